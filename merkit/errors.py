@@ -1,0 +1,63 @@
+"""Typed errors. Every error names the file, row or sample at fault and what was expected."""
+
+from __future__ import annotations
+
+
+class MerkitError(Exception):
+    """Base class of every error merkit raises on purpose."""
+
+
+class DatasetError(MerkitError):
+    """A dataset root or its layout is missing or not what the loader expects."""
+
+
+class AnnotationError(DatasetError):
+    """A row of an annotation file is malformed.
+
+    Attributes:
+        file: the annotation file.
+        row: 1-based spreadsheet row (header included) or None when not row-specific.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, row: int | None = None):
+        where = ""
+        if file is not None:
+            where = f"{file}"
+            if row is not None:
+                where += f", row {row}"
+            where += ": "
+        super().__init__(where + message)
+        self.file = file
+        self.row = row
+
+
+class MissingFramesError(DatasetError):
+    """Frame files referenced by an annotation are absent on disk."""
+
+
+class ProtocolError(MerkitError):
+    """Unknown protocol, or a protocol that does not fit the dataset."""
+
+
+class ConfigError(MerkitError):
+    """A configuration value is unknown or out of range."""
+
+
+class PreprocessError(MerkitError):
+    """A preprocessing step could not produce a view for a sample."""
+
+
+class FaceNotFoundError(PreprocessError):
+    """No face was detected in a frame of a sample."""
+
+
+class ModelInputError(MerkitError):
+    """A model received views that do not match its input spec."""
+
+
+class LeakageError(MerkitError):
+    """A subject appears in both the training and the test part of a fold."""
+
+
+class WeightsNotFoundError(MerkitError):
+    """A feature needs user-supplied weights that were not found on disk."""

@@ -1,0 +1,72 @@
+"""View specifications: what a model needs from the preprocessing pipeline.
+
+A view is a named float32 array built from one :class:`~merkit.data.Sample`. Shapes, per sample
+(a batch puts ``B`` in front):
+
+========== ================= ===============================================================
+name       shape             content
+========== ================= ===============================================================
+onset      (C, H, W)         onset frame, values in [0, 1]
+apex       (C, H, W)         apex frame, values in [0, 1]
+diff       (C, H, W)         apex - onset, values in [-1, 1]
+flow       (3, H, W)         onset->apex optical flow u, v (pixels at H x W) and optical strain
+frames     (T, C, H, W)      T frames from onset to offset, values in [0, 1]
+flow_seq   (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
+depth_seq  (T, 1, H, W)      depth of T frames, values in [0, 1]
+au         (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
+========== ================= ===============================================================
+
+``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
+attribute; the pipeline builds exactly those.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VIEW_NAMES = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq", "au")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """What one view must look like.
+
+    Attributes:
+        name: one of :data:`VIEW_NAMES`.
+        size: (H, W) in pixels (ignored for ``au``).
+        channels: 1 or 3 for image views; fixed 3 for flow views, 1 for depth.
+        length: T for sequence views, None otherwise.
+    """
+
+    name: str
+    size: tuple[int, int] = (112, 112)
+    channels: int = 1
+    length: int | None = None
+
+    def __post_init__(self) -> None:
+        from merkit.errors import ConfigError
+
+        if self.name not in VIEW_NAMES:
+            raise ConfigError(f"unknown view {self.name!r}; expected one of {VIEW_NAMES}")
+        sequence = self.name in ("frames", "flow_seq", "depth_seq", "au")
+        if sequence and (self.length is None or self.length < 2):
+            raise ConfigError(f"view {self.name!r} is a sequence and needs length >= 2, got {self.length}")
+        if not sequence and self.length is not None:
+            raise ConfigError(f"view {self.name!r} is a single map and takes no length")
+        if self.channels not in (1, 3):
+            raise ConfigError(f"view {self.name!r}: channels must be 1 or 3, got {self.channels}")
+
+    def shape(self, num_aus: int | None = None) -> tuple[int, ...]:
+        """The per-sample array shape this spec asks for."""
+        h, w = self.size
+        if self.name in ("flow",):
+            return (3, h, w)
+        if self.name == "flow_seq":
+            return (self.length, 3, h, w)
+        if self.name == "depth_seq":
+            return (self.length, 1, h, w)
+        if self.name == "frames":
+            return (self.length, self.channels, h, w)
+        if self.name == "au":
+            return (self.length, num_aus if num_aus is not None else -1)
+        return (self.channels, h, w)
