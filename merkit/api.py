@@ -1,0 +1,131 @@
+"""The Python entry points the CLI calls: prepare a run, the demo data, dataset inspection.
+
+Typical use::
+
+    from merkit.api import prepare_run
+    from merkit.train.loso import run_loso
+    samples, protocol, config, run_dir, skipped = prepare_run(dataset="casme2", root="/data/CASME2", model="tsfmicro")
+    metrics = run_loso(samples, protocol, config, run_dir, cache_dir=".merkit-cache")
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from merkit.config import RunConfig, find_config, load_config
+from merkit.data.protocols import Protocol, apply_protocol, get_protocol
+from merkit.data.registry import get_dataset, load_dataset
+from merkit.data.sample import Sample
+from merkit.errors import ConfigError, DatasetError
+
+#: model name -> CPU config the demo runs (each documented in README.md)
+DEMO_MODELS: dict[str, str] = {
+    "logreg": "logreg-cpu",
+    "tsfmicro": "tsfmicro-cpu",
+}
+
+#: the SynthME set the demo generates (and reuses when already on disk)
+DEMO_DATA = {"subjects": 8, "clips_per_subject": 10, "preset": "default", "seed": 0}
+DEMO_PROTOCOL = "casme2-5"
+
+
+def prepare_run(
+    *,
+    dataset: str,
+    root: str | Path | None = None,
+    model: str | None = None,
+    config: str | Path | None = None,
+    protocol: str | None = None,
+    out: str | Path | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    selection: str | None = None,
+    apex_policy: str | None = None,
+    on_error: str = "raise",
+) -> tuple[list[Sample], Protocol, RunConfig, Path, list[str]]:
+    """Load a dataset, apply its protocol and resolve a run config.
+
+    Returns:
+        (labelled samples, protocol, resolved config, run directory, skipped-row lines).
+
+    Raises:
+        ConfigError: neither ``model`` nor ``config`` given, or they disagree.
+        DatasetError: the dataset root is missing or malformed.
+    """
+    if model is None and config is None:
+        raise ConfigError("give --model NAME or --config FILE")
+    overrides: dict[str, Any] = {}
+    if epochs is not None:
+        overrides.setdefault("train", {})["epochs"] = epochs
+    if seed is not None:
+        overrides["seed"] = seed
+    if selection is not None:
+        overrides.setdefault("selection", {})["policy"] = selection
+    if apex_policy is not None:
+        overrides.setdefault("views", {})["apex_policy"] = apex_policy
+    cfg = load_config(config if config is not None else f"{model}-cpu", overrides)
+    if model is not None and cfg.model_name != model:
+        raise ConfigError(f"config {config} builds model {cfg.model_name!r}, not {model!r}")
+    info = get_dataset(dataset)
+    proto = get_protocol(protocol or cfg.dataset.protocol or info.protocols[0])
+    result = load_dataset(dataset, root, on_error=on_error)
+    samples = apply_protocol(result.samples, proto)
+    if not samples:
+        raise DatasetError(f"{dataset}: protocol {proto.name} keeps no sample")
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={
+        "name": dataset, "protocol": proto.name, "root": str(root) if root is not None else None})})
+    run_dir = Path(out) if out is not None else Path("runs") / f"{dataset}-{cfg.model_name}"
+    return samples, proto, cfg, run_dir, result.skipped
+
+
+def demo_samples(data_dir: str | Path) -> tuple[list[Sample], Protocol]:
+    """The SynthME demo set (generated on first use, reused after), labelled by ``casme2-5``."""
+    from merkit.data.synthetic import write_synthme
+
+    data_dir = Path(data_dir)
+    stamp = data_dir / "demo.json"
+    if not stamp.is_file() or json.loads(stamp.read_text()) != DEMO_DATA:
+        write_synthme(data_dir, **DEMO_DATA)
+        stamp.write_text(json.dumps(DEMO_DATA))
+    protocol = get_protocol(DEMO_PROTOCOL)
+    return apply_protocol(load_dataset("synthme", data_dir).samples, protocol), protocol
+
+
+def inspect_dataset(name: str, root: str | Path | None, protocol: str | None = None, on_error: str = "raise") -> dict[str, Any]:
+    """Counts per class, subject and source dataset plus the fixes and skips of a loader run.
+
+    Returns:
+        dict with keys ``dataset, protocol, n_samples, n_subjects, class_counts, per_dataset,
+        per_subject, fixes, skipped`` (class counts under the protocol; without a protocol the
+        raw emotion strings are counted).
+    """
+    info = get_dataset(name)
+    result = load_dataset(name, root, on_error=on_error)
+    samples = result.samples
+    proto = get_protocol(protocol) if protocol else (get_protocol(info.protocols[0]) if info.protocols else None)
+    if proto is not None:
+        samples = apply_protocol(samples, proto)
+        class_counts = Counter(proto.classes[s.label] for s in samples)
+        class_counts = {c: class_counts.get(c, 0) for c in proto.classes}
+    else:
+        class_counts = dict(Counter(s.emotion for s in samples))
+    per_dataset: dict[str, Any] = {}
+    for ds in sorted({s.dataset for s in samples}):
+        part = [s for s in samples if s.dataset == ds]
+        counts = Counter(proto.classes[s.label] if proto else s.emotion for s in part)
+        per_dataset[ds] = {"n_samples": len(part), "n_subjects": len({s.subject for s in part}),
+                           "class_counts": dict(sorted(counts.items()))}
+    return {
+        "dataset": name,
+        "protocol": proto.name if proto else None,
+        "n_samples": len(samples),
+        "n_subjects": len({s.group for s in samples}),
+        "class_counts": class_counts,
+        "per_dataset": per_dataset,
+        "per_subject": dict(sorted(Counter(s.group for s in samples).items())),
+        "fixes": list(result.fixes),
+        "skipped": list(result.skipped),
+    }

@@ -1,0 +1,215 @@
+"""The ``merkit`` command. Thin: parses arguments, calls the library, prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from merkit.errors import MerkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")
+datasets_app = typer.Typer(no_args_is_help=True, help="Dataset loaders: list them, inspect a copy on disk.")
+app.add_typer(datasets_app, name="datasets")
+console = Console()
+
+
+def _fail(err: MerkitError) -> None:
+    console.print(f"[bold red]error[/]: {err}")
+    raise typer.Exit(code=2)
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., help="output folder (CASME II layout)"),
+    subjects: int = typer.Option(10, min=1),
+    clips_per_subject: int = typer.Option(10, min=1),
+    preset: str = typer.Option("default", help="default | hard"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Generate a SynthME dataset with exact ground truth, in the CASME II on-disk layout."""
+    from merkit.data.synthetic import write_synthme
+
+    try:
+        path = write_synthme(out, subjects=subjects, clips_per_subject=clips_per_subject, preset=preset, seed=seed)
+    except MerkitError as err:
+        _fail(err)
+    console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
+
+
+def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers) -> dict:
+    from merkit.train.loso import run_loso
+
+    with _progress() as progress:
+        task = progress.add_task(f"{config.model_name}: views", total=len(samples))
+
+        def on_progress(stage: str, done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        def on_fold(number: int, total: int, name: str) -> None:
+            progress.update(task, description=f"{config.model_name}: fold {name}", completed=number - 1, total=total)
+
+        return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
+                        on_fold=on_fold, on_progress=on_progress)
+
+
+@app.command()
+def train(
+    dataset: str = typer.Option(..., help="dataset name (see `merkit datasets list`)"),
+    root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
+    model: Optional[str] = typer.Option(None, help="model name; uses configs/<model>-cpu.yaml unless --config"),
+    config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
+    protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>)"),
+    epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
+    seed: Optional[int] = typer.Option(None, help="override the run seed"),
+    selection: Optional[str] = typer.Option(None, help="last | val-split"),
+    apex_policy: Optional[str] = typer.Option(None, help="annotated | annotated-or-middle | middle | spotted"),
+    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    skip_bad: bool = typer.Option(False, help="skip malformed annotation rows instead of failing (recorded)"),
+) -> None:
+    """Leave-one-subject-out training and evaluation; writes a run directory."""
+    from merkit.api import prepare_run
+
+    try:
+        samples, proto, cfg, run_dir, skipped = prepare_run(
+            dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, epochs=epochs,
+            seed=seed, selection=selection, apex_policy=apex_policy, on_error="skip" if skip_bad else "raise")
+        for line in skipped:
+            console.print(f"[yellow]skipped[/] {line}")
+        metrics = _run_with_progress(samples, proto, cfg, run_dir, cache, workers)
+    except MerkitError as err:
+        _fail(err)
+    from merkit.eval.reports import format_results
+
+    console.print(format_results({cfg.model_name: metrics}))
+    if len(metrics.get("per_dataset", {})) > 1:
+        table = Table(title="per source dataset")
+        for col in ("dataset", "n", "ACC", "UF1", "UAR"):
+            table.add_column(col)
+        for name, m in metrics["per_dataset"].items():
+            table.add_row(name, str(m["n_samples"]), f"{m['acc']:.4f}", f"{m['uf1']:.4f}", f"{m['uar']:.4f}")
+        console.print(table)
+    console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']})")
+
+
+@app.command()
+def evaluate(run_dir: Path = typer.Argument(..., help="a run directory holding predictions.csv")) -> None:
+    """Recompute metrics.json and confusion_matrix.png from a run's predictions.csv."""
+    from merkit.eval.metrics import evaluate_run
+    from merkit.eval.reports import format_results
+
+    try:
+        metrics = evaluate_run(run_dir)
+    except MerkitError as err:
+        _fail(err)
+    console.print(format_results({run_dir.name: metrics}))
+
+
+@app.command()
+def demo(
+    data: Path = typer.Option(Path("data/synthme-demo"), help="where the SynthME demo set is generated (reused)"),
+    out: Path = typer.Option(Path("runs/demo"), help="folder of the demo's run directories"),
+    models: Optional[str] = typer.Option(None, help="comma-separated subset of the demo models"),
+    workers: int = typer.Option(2, min=1),
+) -> None:
+    """SynthME -> every model's CPU config under LOSO -> a results table (what `make demo` runs)."""
+    import time
+
+    from merkit.api import DEMO_MODELS, demo_samples
+    from merkit.eval.reports import format_results
+
+    chosen = DEMO_MODELS if models is None else {m: DEMO_MODELS[m] for m in models.split(",")}
+    start = time.perf_counter()
+    try:
+        samples, proto = demo_samples(data)
+        console.print(f"SynthME demo set: {len(samples)} clips, {len({s.subject for s in samples})} subjects, "
+                      f"protocol {proto.name} ({', '.join(proto.classes)}) at {data}")
+        results = {}
+        for name, config_name in chosen.items():
+            from merkit.config import load_config
+
+            cfg = load_config(config_name)
+            t0 = time.perf_counter()
+            results[name] = _run_with_progress(samples, proto, cfg, out / name, out / "cache", workers)
+            console.print(f"  {name}: {time.perf_counter() - t0:.0f} s, run directory {out / name}")
+    except MerkitError as err:
+        _fail(err)
+    console.print(format_results(results))
+    console.print(f"total {time.perf_counter() - start:.0f} s; LOSO over subjects, selection: last epoch of a fixed budget")
+
+
+@app.command("models")
+def models_list() -> None:
+    """List the registered models."""
+    from merkit.models import available
+
+    table = Table(title="models")
+    table.add_column("name")
+    table.add_column("description")
+    for name, description in available().items():
+        table.add_row(name, description)
+    console.print(table)
+
+
+@datasets_app.command("list")
+def datasets_list() -> None:
+    """Registered datasets, their protocols and the files each expects."""
+    from merkit.data.registry import all_datasets
+
+    for name, info in all_datasets().items():
+        console.rule(f"[bold]{name}[/]" + ("  (licensed)" if info.licensed else ""))
+        console.print(f"protocols: {', '.join(info.protocols)}")
+        console.print(info.layout)
+
+
+@datasets_app.command("inspect")
+def datasets_inspect(
+    name: str = typer.Argument(...),
+    root: Optional[Path] = typer.Option(None),
+    protocol: Optional[str] = typer.Option(None),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+    skip_bad: bool = typer.Option(False, help="skip malformed rows instead of failing (recorded)"),
+) -> None:
+    """Counts per class, subject and source dataset, with every fix and skip applied."""
+    from merkit.api import inspect_dataset
+
+    try:
+        report = inspect_dataset(name, root, protocol, on_error="skip" if skip_bad else "raise")
+    except MerkitError as err:
+        _fail(err)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    console.print(f"[bold]{report['dataset']}[/] protocol {report['protocol']}: {report['n_samples']} samples, "
+                  f"{report['n_subjects']} subjects")
+    for title, key in (("class", "class_counts"), ("source dataset", "per_dataset")):
+        table = Table(title=f"per {title}")
+        table.add_column(title)
+        table.add_column("n")
+        for k, v in report[key].items():
+            table.add_row(str(k), str(v if not isinstance(v, dict) else v.get("n_samples", v)))
+        console.print(table)
+    for line in report["fixes"]:
+        console.print(f"[cyan]fix[/] {line}")
+    for line in report["skipped"]:
+        console.print(f"[yellow]skipped[/] {line}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

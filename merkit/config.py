@@ -1,0 +1,189 @@
+"""Run configuration: one YAML per paper setting in ``configs/``, validated by pydantic.
+
+A config file has the top-level sections ``model`` (``name`` plus builder keyword arguments),
+``train``, ``views``, and optionally ``dataset`` and ``selection``. Unknown keys are errors,
+so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from merkit.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScheduleConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch.
+
+    ``exponential``: lr_e = lr * gamma**e. ``cosine``: cosine annealing to 0 over the epochs.
+    """
+
+    type: Literal["none", "exponential", "cosine"] = "none"
+    gamma: float = 0.95
+
+
+class AugmentConfig(_Strict):
+    """Training-time augmentation, applied identically to every view of a sample.
+
+    ``random_crop``: pad by this many pixels (reflect) and crop back at a random offset.
+    ``shift``: the same as a translation of up to this many pixels (paper 004's face-box shift).
+    ``color_jitter``: maximum relative brightness/contrast change of image views.
+    Horizontal flips negate the flow's u channel, vertical flips its v channel.
+    """
+
+    hflip: bool = False
+    vflip: bool = False
+    random_crop: int = 0
+    shift: int = 0
+    color_jitter: float = 0.0
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    schedule: ScheduleConfig = ScheduleConfig()
+    augment: AugmentConfig = AugmentConfig()
+    grad_clip: float | None = None
+    amp: Literal["none", "bf16", "fp16"] = "none"
+
+
+class ViewsConfig(_Strict):
+    """How views are built (the model's input spec says which views and their sizes).
+
+    The model's ``input_spec`` is the one source of view names, sizes, channels and lengths.
+    ``size``, ``channels`` and ``num_frames`` may be written here to document a paper setting;
+    when given they must agree with the input spec (checked at run start).
+
+    Attributes:
+        fps: resample the onset..offset course to this frame rate before sampling (None: keep).
+        sampling: ``uniform`` positions, ``interpolate`` (linear temporal interpolation to
+            num_frames) or ``keyframes`` (spatio-temporal-slice key frames, paper 004).
+        apex_policy: ``annotated`` (error if missing), ``annotated-or-middle``, ``middle``, ``spotted``.
+        flow: optical-flow method for flow views.
+        magnify: Eulerian magnification factor alpha for sequence views (None: off).
+        face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align, crop).
+        depth: where depth_seq comes from (``dataset`` = the Sample's depth frames).
+        au: where the au view's landmarks come from (``dlib`` landmarks, or ``synthme`` ground truth).
+    """
+
+    size: tuple[int, int] | None = None
+    channels: Literal[1, 3] | None = None
+    num_frames: int | None = Field(None, ge=2)
+    fps: float | None = None
+    sampling: Literal["uniform", "interpolate", "keyframes"] = "uniform"
+    apex_policy: Literal["annotated", "annotated-or-middle", "middle", "spotted"] = "annotated-or-middle"
+    spotting: Literal["diff", "flow", "frequency"] = "diff"
+    flow: Literal["tvl1", "dis", "farneback"] = "tvl1"
+    magnify: float | None = None
+    face: Literal["none", "mtcnn", "dlib"] = "none"
+    depth: str = "dataset"
+    au: Literal["dlib", "synthme"] = "dlib"
+
+
+class SelectionConfig(_Strict):
+    """Model selection; never looks at the test subject.
+
+    ``last``: the model after the last epoch of the fixed budget.
+    ``val-split``: hold out ``val_fraction`` of the *training* subjects (at least one), keep the
+    epoch with the best validation UF1.
+    """
+
+    policy: Literal["last", "val-split"] = "last"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class DatasetConfig(_Strict):
+    name: str = "casme2"
+    protocol: str | None = None
+    root: str | None = None
+
+
+class RunConfig(_Strict):
+    """A full run: what ``config.yaml`` in a run directory holds (resolved)."""
+
+    model: dict[str, Any]
+    train: TrainConfig = TrainConfig()
+    views: ViewsConfig = ViewsConfig()
+    selection: SelectionConfig = SelectionConfig()
+    dataset: DatasetConfig = DatasetConfig()
+    seed: int = 0
+    shuffle_labels: bool = Field(False, description="leak check: permute training labels")
+
+    @field_validator("model")
+    @classmethod
+    def _has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "name" not in value:
+            raise ValueError("the model section needs a 'name'")
+        return value
+
+    @property
+    def model_name(self) -> str:
+        return str(self.model["name"])
+
+    @property
+    def model_kwargs(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model.items() if k != "name"}
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def find_config(name_or_path: str | Path) -> Path:
+    """A config file by path, or by name in ``configs/`` (``tsfmicro-cpu``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    raise ConfigError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR} (known: {known})")
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a config file, applying nested ``overrides``.
+
+    Raises:
+        ConfigError: unreadable YAML or a value that fails validation (message names the key).
+    """
+    path = find_config(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    return config_from_dict(_merge(raw, overrides or {}), source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"{source}: {problems}") from None
+
+
+def dump_config(config: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
+    """Write the fully resolved config (plus ``extra`` sections such as ``protocol``) as YAML."""
+    data = config.model_dump(mode="json")
+    data.update(extra or {})
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,306 @@
+"""The preprocess pipeline: build exactly the views a model's input spec names.
+
+``build_views(sample, specs, config)`` turns one :class:`~merkit.data.Sample` into a dict of
+float32 arrays (shapes in :mod:`merkit.views`). ``ViewBuilder`` adds an on-disk cache keyed by
+sample + view spec + preprocessing config (written atomically, recomputed when the config
+changes) and runs over many samples on N worker processes.
+
+Order of steps for a clip: frame course onset..offset -> apex (policy) -> face alignment
+(optional, estimated on the onset frame, applied to the whole course) -> temporal sampling ->
+magnification (optional, sequence views) -> resize / colour -> flow, depth, AU streams.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from merkit.config import ViewsConfig
+from merkit.data.sample import Sample
+from merkit.errors import MerkitError, PreprocessError
+from merkit.views import ViewSpec
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = 1
+SEQUENCE_VIEWS = ("frames", "flow_seq", "depth_seq", "au")
+
+
+@dataclass(frozen=True)
+class Course:
+    """The frames of a clip from onset to offset, after the face step.
+
+    Attributes:
+        frames: (T, H, W, 3) uint8 RGB, frames[0] is the onset frame.
+        numbers: (T,) dataset frame numbers of ``frames``.
+        apex: position of the apex in ``frames``.
+        apex_source: how the apex was obtained (``annotated``, ``middle``, ``spotted:<method>``).
+    """
+
+    frames: np.ndarray
+    numbers: np.ndarray
+    apex: int
+    apex_source: str
+
+
+def _course_numbers(sample: Sample) -> list[int]:
+    source = sample.frames
+    first, last = source.position(sample.onset_frame), source.position(sample.offset_frame)
+    if last < first:
+        raise PreprocessError(f"{sample.sample_id}: offset frame {sample.offset_frame} precedes onset {sample.onset_frame}")
+    return list(source.numbers[first : last + 1])
+
+
+def load_course(sample: Sample, config: ViewsConfig) -> Course:
+    """Read the onset..offset frames of ``sample``, resolve its apex, apply the face step.
+
+    Raises:
+        PreprocessError: the apex is needed but missing under the ``annotated`` policy, or the
+            face step fails (``FaceNotFoundError``).
+    """
+    numbers = _course_numbers(sample)
+    frames = np.stack([sample.frames.read(n) for n in numbers])
+    apex, source = _resolve_apex(sample, numbers, frames, config)
+    if config.face != "none":
+        from merkit.preprocess.face import align_clip
+
+        frames = align_clip(frames, detector=config.face, sample_id=sample.sample_id).frames
+    return Course(frames=frames, numbers=np.asarray(numbers), apex=apex, apex_source=source)
+
+
+def _resolve_apex(sample: Sample, numbers: list[int], frames: np.ndarray, config: ViewsConfig) -> tuple[int, str]:
+    policy = config.apex_policy
+    if sample.apex_frame is not None and policy in ("annotated", "annotated-or-middle"):
+        if sample.apex_frame not in numbers:
+            raise PreprocessError(
+                f"{sample.sample_id}: apex frame {sample.apex_frame} lies outside onset..offset "
+                f"{numbers[0]}..{numbers[-1]}"
+            )
+        return numbers.index(sample.apex_frame), "annotated"
+    if policy == "annotated":
+        raise PreprocessError(
+            f"{sample.sample_id}: no annotated apex; choose apex_policy 'middle', 'spotted' or 'annotated-or-middle'"
+        )
+    if policy == "spotted":
+        from merkit.preprocess.spotting import spot_apex
+
+        return int(spot_apex(frames, method=config.spotting)), f"spotted:{config.spotting}"
+    return (len(numbers) - 1) // 2, "middle"
+
+
+def to_image_view(image: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (C, h, w) float32 in [0, 1] at ``size`` = (h, w)."""
+    h, w = size
+    interpolation = cv2.INTER_AREA if image.shape[0] >= h else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (w, h), interpolation=interpolation)
+    if channels == 1:
+        resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[..., None]
+    return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def sample_positions(course: Course, length: int, config: ViewsConfig, fps: float) -> np.ndarray:
+    """``length`` positions into the course (onset first, apex included), per ``config.sampling``.
+
+    With ``config.fps`` the course is first resampled to that rate (e.g. 200 -> 30 Hz). The
+    sampled position nearest the apex is replaced by the apex so models that need the apex pair
+    (ATM-GCN's global node) always have it.
+    """
+    from merkit.preprocess import sampling
+
+    n = len(course.frames)
+    base = np.arange(n)
+    if config.fps is not None and config.fps < fps:
+        base = np.asarray(sampling.resample_rate(n, fps, config.fps))
+    if config.sampling == "keyframes":
+        positions = np.asarray(sampling.keyframes_sts(course.frames[base], num=length))
+        positions = base[positions]
+    else:
+        positions = base[np.asarray(sampling.uniform_indices(len(base), length))]
+    positions = positions.copy()
+    positions[0] = 0
+    if course.apex not in positions:
+        nearest = int(np.argmin(np.abs(positions[1:] - course.apex))) + 1
+        positions[nearest] = course.apex
+        positions.sort()
+    return positions
+
+
+def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) -> dict[str, np.ndarray]:
+    """Build the views ``specs`` names for ``sample``.
+
+    Returns:
+        dict view name -> float32 array with the shape of :meth:`ViewSpec.shape`; sequence
+        views add ``apex_index`` (int64 scalar: the apex position among the sampled frames).
+
+    Raises:
+        PreprocessError: a view cannot be built (message names the sample and the step).
+    """
+    course = load_course(sample, config)
+    onset, apex = course.frames[0], course.frames[course.apex]
+    views: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name == "onset":
+            views["onset"] = to_image_view(onset, spec.size, spec.channels)
+        elif spec.name == "apex":
+            views["apex"] = to_image_view(apex, spec.size, spec.channels)
+        elif spec.name == "diff":
+            views["diff"] = to_image_view(apex, spec.size, spec.channels) - to_image_view(onset, spec.size, spec.channels)
+        elif spec.name == "flow":
+            from merkit.preprocess.flow import flow_view
+
+            views["flow"] = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
+        else:
+            positions = sample_positions(course, spec.length, config, sample.fps)
+            views["apex_index"] = np.asarray(int(np.flatnonzero(positions == course.apex)[0]), dtype=np.int64)
+            views[spec.name] = _sequence_view(sample, course, positions, spec, config)
+    return views
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: ViewSpec, config: ViewsConfig) -> np.ndarray:
+    frames = course.frames[positions]
+    if spec.name == "frames":
+        return np.stack([to_image_view(f, spec.size, spec.channels) for f in frames])
+    if spec.name == "flow_seq":
+        from merkit.preprocess.flow import flow_sequence
+
+        grey = np.stack([_grey(f) for f in frames])
+        if config.magnify is not None:
+            from merkit.preprocess.magnify import magnify
+
+            effective_fps = sample.fps * (len(positions) - 1) / max(1, positions[-1] - positions[0])
+            grey = magnify(grey, fps=effective_fps, alpha=config.magnify)
+        return flow_sequence(grey, onset_index=0, method=config.flow, size=spec.size).astype(np.float32)
+    if spec.name == "depth_seq":
+        from merkit.preprocess.depth import depth_sequence
+
+        return depth_sequence(sample, course.numbers[positions], size=spec.size, source=config.depth).astype(np.float32)
+    if spec.name == "au":
+        from merkit.preprocess.au import au_view
+
+        return au_view(sample, course.frames, positions, source=config.au).astype(np.float32)
+    raise PreprocessError(f"{sample.sample_id}: no builder for view {spec.name!r}")
+
+
+# --------------------------------------------------------------------------- cache + workers
+
+
+def cache_key(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) -> str:
+    """Hash of everything a sample's views depend on: files, annotation, specs, config, version."""
+    numbers = _course_numbers(sample)
+    files = []
+    for n in numbers:
+        path = sample.frames.paths[sample.frames.position(n)]
+        stat = path.stat()
+        files.append((str(path), stat.st_size, int(stat.st_mtime)))
+    payload = {
+        "version": PIPELINE_VERSION,
+        "sample": [sample.sample_id, sample.onset_frame, sample.apex_frame, sample.offset_frame, sample.fps],
+        "files": files,
+        "specs": [asdict(s) for s in specs],
+        "config": config.model_dump(mode="json"),
+    }
+    return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _save_atomic(path: Path, views: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp.npz")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **views)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _build_cached(args: tuple[Sample, tuple[ViewSpec, ...], ViewsConfig, str | None]) -> dict[str, np.ndarray] | str:
+    sample, specs, config, cache_dir = args
+    try:
+        if cache_dir is None:
+            return build_views(sample, specs, config)
+        path = Path(cache_dir) / f"{cache_key(sample, specs, config)}.npz"
+        if path.is_file():
+            try:
+                with np.load(path) as data:
+                    return {k: data[k] for k in data.files}
+            except (OSError, ValueError, EOFError):  # a damaged cache entry is rebuilt
+                log.warning("rebuilding damaged cache entry %s", path)
+        views = build_views(sample, specs, config)
+        _save_atomic(path, views)
+        return views
+    except MerkitError as err:
+        return f"{type(err).__name__}: {err}"
+
+
+class ViewBuilder:
+    """Build views for many samples with a cache and worker processes.
+
+    Args:
+        specs: the model's input spec.
+        config: preprocessing configuration.
+        cache_dir: folder of the on-disk cache (None: no cache).
+        workers: worker processes (1: in this process).
+        on_error: ``raise`` the first failure, or ``skip`` the sample and record why.
+    """
+
+    def __init__(self, specs: Sequence[ViewSpec], config: ViewsConfig, cache_dir: str | Path | None = None,
+                 workers: int = 1, on_error: str = "raise"):
+        self.specs = tuple(specs)
+        self.config = config
+        self.cache_dir = str(cache_dir) if cache_dir is not None else None
+        self.workers = max(1, int(workers))
+        self.on_error = on_error
+        self.skipped: list[str] = []
+
+    def build(self, samples: Sequence[Sample], progress: Callable[[int, int], None] | None = None) -> tuple[list[Sample], dict[str, np.ndarray]]:
+        """Views of ``samples`` stacked along a new first axis.
+
+        Returns:
+            (kept samples, dict view name -> (N, ...) array); with ``on_error="skip"`` failed
+            samples are left out and listed in :attr:`skipped`.
+
+        Raises:
+            PreprocessError: a sample failed and ``on_error="raise"``.
+        """
+        jobs = [(s, self.specs, self.config, self.cache_dir) for s in samples]
+        results: Iterable
+        if self.workers > 1 and len(jobs) > 1:
+            pool = ProcessPoolExecutor(max_workers=self.workers)
+            results = pool.map(_build_cached, jobs, chunksize=max(1, len(jobs) // (4 * self.workers)))
+        else:
+            pool = None
+            results = map(_build_cached, jobs)
+        kept, built = [], []
+        try:
+            for i, (sample, result) in enumerate(zip(samples, results)):
+                if isinstance(result, str):
+                    if self.on_error == "raise":
+                        raise PreprocessError(f"{sample.sample_id}: {result}")
+                    self.skipped.append(f"{sample.sample_id}: {result}")
+                else:
+                    kept.append(sample)
+                    built.append(result)
+                if progress is not None:
+                    progress(i + 1, len(samples))
+        finally:
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)
+        if not built:
+            raise PreprocessError("no sample produced views" + (f"; first failure: {self.skipped[0]}" if self.skipped else ""))
+        stacked = {name: np.stack([b[name] for b in built]) for name in built[0]}
+        return kept, stacked

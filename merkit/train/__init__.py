@@ -1,0 +1,1 @@
+"""Training: losses, augmentation, the trainer, the LOSO runner and model selection."""

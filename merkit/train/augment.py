@@ -1,0 +1,81 @@
+"""Training-time augmentation on batched views, the same transform for every view of a sample.
+
+Image-like views have their spatial axes last: ``(B, C, H, W)`` or ``(B, T, C, H, W)``.
+Flips of flow views change the sign of the matching flow component (u for horizontal flips,
+v for vertical ones): a mirrored face moves the other way. Strain is unchanged by flips.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from merkit.config import AugmentConfig
+
+SPATIAL_VIEWS = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq")
+FLOW_VIEWS = ("flow", "flow_seq")
+INTENSITY_VIEWS = ("onset", "apex", "frames")
+
+
+def _flip_sign(name: str, view: torch.Tensor, component: int, mask: torch.Tensor) -> torch.Tensor:
+    """Negate flow component ``component`` (0 = u, 1 = v) of the samples in ``mask``."""
+    if name not in FLOW_VIEWS:
+        return view
+    sign = torch.ones_like(view)
+    channel = (slice(None),) * (view.dim() - 3) + (component,)
+    index = (mask,) + channel[1:]
+    sign[index] = -1.0
+    return view * sign
+
+
+def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Return augmented copies of ``views`` (a batch); non-spatial views pass through.
+
+    Args:
+        views: view name -> batched tensor.
+        config: which augmentations and how strong.
+        generator: the torch RNG driving every random choice (one seed -> same batches).
+    """
+    out = dict(views)
+    names = [n for n in out if n in SPATIAL_VIEWS]
+    if not names:
+        return out
+    batch = out[names[0]].shape[0]
+    for flip, component, axis in ((config.hflip, 0, -1), (config.vflip, 1, -2)):
+        if not flip:
+            continue
+        mask = torch.rand(batch, generator=generator) < 0.5
+        if mask.any():
+            for name in names:
+                view = out[name]
+                flipped = torch.where(_bmask(mask, view), view.flip(axis), view)
+                out[name] = _flip_sign(name, flipped, component, mask)
+    pad = max(config.random_crop, config.shift)
+    if pad > 0:
+        offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator)
+        for name in names:
+            out[name] = _shift(out[name], offsets, pad)
+    if config.color_jitter > 0:
+        gain = 1 + (torch.rand(batch, generator=generator) * 2 - 1) * config.color_jitter
+        bias = (torch.rand(batch, generator=generator) * 2 - 1) * config.color_jitter * 0.5
+        for name in out:
+            if name in INTENSITY_VIEWS:
+                shape = (batch,) + (1,) * (out[name].dim() - 1)
+                out[name] = (out[name] * gain.view(shape) + bias.view(shape)).clamp(0, 1)
+            elif name == "diff":
+                out[name] = out[name] * gain.view((batch,) + (1,) * (out[name].dim() - 1))
+    return out
+
+
+def _bmask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return mask.view((-1,) + (1,) * (like.dim() - 1))
+
+
+def _shift(view: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad by ``pad`` (replicate) and crop back at per-sample ``offsets`` (dy, dx)."""
+    shape = view.shape
+    flat = view.reshape(shape[0], -1, shape[-2], shape[-1])
+    padded = F.pad(flat, (pad, pad, pad, pad), mode="replicate")
+    h, w = shape[-2], shape[-1]
+    crops = [padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets.tolist())]
+    return torch.stack(crops).reshape(shape)
