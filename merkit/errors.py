@@ -61,3 +61,11 @@ class LeakageError(MerkitError):
 
 class WeightsNotFoundError(MerkitError):
     """A feature needs user-supplied weights that were not found on disk."""
+
+
+class MetricsError(MerkitError):
+    """Labels or a predictions table given to a metric are malformed.
+
+    Raised for empty input, ``y_true``/``y_pred`` of different lengths, labels outside the
+    protocol's classes, and a predictions file lacking a required column.
+    """
