@@ -1,0 +1,408 @@
+"""Shared helpers of the dataset loaders: reading annotation spreadsheets, parsing cells,
+building a checked :class:`~merkit.data.sample.Sample`, and recording fixes and skips.
+
+Spreadsheet rows are numbered as a spreadsheet program shows them: 1-based, header included.
+Every problem found in a row is a typed error naming the file and that row; with
+``on_error="skip"`` the row is left out and one line saying why is recorded instead.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+from merkit.data.protocols import normalise_emotion
+from merkit.data.registry import OnError
+from merkit.data.sample import FrameSource, Sample
+from merkit.errors import AnnotationError, DatasetError, MissingFramesError
+
+Row = tuple[int, tuple[Any, ...]]
+"""One spreadsheet row: (1-based row number, cell values)."""
+
+UNANNOTATED = frozenset({"", "/", "-", "-1", "n/a", "na", "none", "nan"})
+"""Cell texts that mean "not annotated" in an apex column (CASME II writes ``/``, SAMM ``-1``)."""
+
+AUPolicy = Literal["drop", "all"]
+
+
+# --------------------------------------------------------------------------- files
+
+
+def find_one(directories: Sequence[Path], patterns: Sequence[str], *, dataset: str, what: str, layout: str) -> Path:
+    """The single file matching one of ``patterns`` (case-insensitive) in ``directories``.
+
+    Raises:
+        DatasetError: no file or several files match; the message shows the expected layout.
+    """
+    regexes = [re.compile(_glob_to_regex(p), re.IGNORECASE) for p in patterns]
+    found: list[Path] = []
+    for directory in directories:
+        if directory.is_dir():
+            found += sorted(p for p in directory.iterdir() if p.is_file() and any(r.fullmatch(p.name) for r in regexes)
+                            and not p.name.startswith("~$"))
+    if not found:
+        searched = ", ".join(str(d) for d in directories)
+        raise DatasetError(f"{dataset}: no {what} ({' or '.join(patterns)}) in {searched}.\nExpected layout:\n{layout}")
+    if len(found) > 1:
+        raise DatasetError(f"{dataset}: several {what} files, expected one: {', '.join(str(p) for p in found)}")
+    return found[0]
+
+
+def _glob_to_regex(pattern: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+
+
+def child_dir(parent: Path, name: str) -> Path | None:
+    """``parent/name``, matched case-insensitively when the exact name is absent; None if none."""
+    exact = parent / name
+    if exact.is_dir():
+        return exact
+    if not parent.is_dir():
+        return None
+    matches = [p for p in parent.iterdir() if p.is_dir() and p.name.lower() == name.lower()]
+    return matches[0] if len(matches) == 1 else None
+
+
+def read_sheet(path: Path, sheet: str | int = 0) -> list[Row]:
+    """Every row of one worksheet as raw cell values (openpyxl, cached formula values).
+
+    Args:
+        sheet: worksheet name (matched case-insensitively, surrounding spaces ignored) or index.
+
+    Raises:
+        DatasetError: the file is not a readable .xlsx, or the sheet does not exist.
+    """
+    import openpyxl
+
+    try:
+        book = openpyxl.load_workbook(path, data_only=True)
+    except Exception as err:  # openpyxl raises several unrelated types for a bad file
+        raise DatasetError(f"{path}: cannot read as an .xlsx workbook ({err})") from err
+    names = book.sheetnames
+    if isinstance(sheet, int):
+        if sheet >= len(names):
+            raise DatasetError(f"{path}: expected at least {sheet + 1} worksheet(s), found {names}")
+        worksheet = book[names[sheet]]
+    else:
+        wanted = [n for n in names if n.strip().lower() == sheet.strip().lower()]
+        if not wanted:
+            raise DatasetError(f"{path}: no worksheet named {sheet!r}; worksheets: {names}")
+        worksheet = book[wanted[0]]
+    rows = [(i, tuple(values)) for i, values in enumerate(worksheet.iter_rows(min_row=1, values_only=True), start=1)]
+    book.close()
+    return rows
+
+
+def sheet_names(path: Path) -> list[str]:
+    import openpyxl
+
+    try:
+        book = openpyxl.load_workbook(path, read_only=True)
+    except Exception as err:
+        raise DatasetError(f"{path}: cannot read as an .xlsx workbook ({err})") from err
+    names = list(book.sheetnames)
+    book.close()
+    return names
+
+
+def is_blank_row(values: Iterable[Any]) -> bool:
+    return all(cell_text(v) == "" for v in values)
+
+
+# --------------------------------------------------------------------------- header and cells
+
+
+def header_key(name: Any) -> str:
+    """Header comparison key: lower case, spaces/underscores/hyphens removed (``Onset Frame`` = ``onsetframe``)."""
+    return re.sub(r"[\s_\-]+", "", cell_text(name).lower())
+
+
+def find_header(rows: Sequence[Row], marker: str, *, file: Path) -> int:
+    """Position in ``rows`` of the first row that has a cell equal to ``marker`` (header row).
+
+    Raises:
+        AnnotationError: no such row.
+    """
+    key = header_key(marker)
+    for i, (_, values) in enumerate(rows):
+        if any(header_key(v) == key for v in values):
+            return i
+    raise AnnotationError(f"no header row (a row with a {marker!r} cell) found", file=str(file))
+
+
+def column_positions(header: Row, required: Mapping[str, str], optional: Mapping[str, str] | None = None,
+                     *, file: Path) -> dict[str, int]:
+    """Map field names to column positions from a header row.
+
+    Args:
+        header: the header row.
+        required: field -> header text that must be present (compared with :func:`header_key`).
+        optional: field -> header text used when present.
+
+    Raises:
+        AnnotationError: a required column is missing (names all missing and all found columns).
+    """
+    row_number, values = header
+    keys = [header_key(v) for v in values]
+    positions: dict[str, int] = {}
+    missing = []
+    for field, name in {**required, **(optional or {})}.items():
+        if header_key(name) in keys:
+            positions[field] = keys.index(header_key(name))
+        elif field in required:
+            missing.append(name)
+    if missing:
+        found = [cell_text(v) for v in values if cell_text(v)]
+        raise AnnotationError(f"missing column(s) {missing}; the header holds {found}", file=str(file), row=row_number)
+    return positions
+
+
+def cell(values: Sequence[Any], position: int | None) -> Any:
+    if position is None or position >= len(values):
+        return None
+    return values[position]
+
+
+def cell_text(value: Any) -> str:
+    """A cell as stripped text; integral floats lose their ``.0`` (``4.0`` -> ``"4"``)."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return ""
+        if value.is_integer():
+            return str(int(value))
+    return str(value).strip()
+
+
+def parse_frame(value: Any, column: str, *, file: Path, row: int) -> int:
+    """A frame number cell as an int.
+
+    Raises:
+        AnnotationError: the cell is empty or not a whole number.
+    """
+    text = cell_text(value)
+    if re.fullmatch(r"-?\d+", text):
+        return int(text)
+    raise AnnotationError(f"{column}: expected a frame number, got {text or 'an empty cell'!r}", file=str(file), row=row)
+
+
+def is_unannotated(value: Any) -> bool:
+    """True for the cells datasets use to say "no apex annotated" (``/``, ``-1``, empty ...)."""
+    return cell_text(value).lower() in UNANNOTATED
+
+
+def parse_aus(value: Any, or_policy: AUPolicy = "drop") -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """AU codes of an annotation cell, and the alternatives written with ``or``.
+
+    Codes are separated by ``+`` or ``,`` (CAS(ME)^3); each is kept as written (``R12``,
+    ``4``, ``L14A``), with a leading ``AU`` removed. A term such as ``R12 or R15`` means the coder
+    was unsure which AU it was: with ``or_policy="drop"`` neither is kept (loaders never invent
+    an annotation); with ``"all"`` both are kept.
+
+    Returns:
+        (AU codes, the alternative terms as written, e.g. ``("R12 or R15",)``).
+    """
+    text = cell_text(value)
+    codes: list[str] = []
+    alternatives: list[str] = []
+    for term in re.split(r"[+,]", text):
+        term = " ".join(term.split())
+        if not term:
+            continue
+        options = [o.strip() for o in re.split(r"\bor\b", term, flags=re.IGNORECASE) if o.strip()]
+        if len(options) > 1:
+            alternatives.append(term)
+            if or_policy == "all":
+                codes += [_au_code(o) for o in options]
+        else:
+            codes.append(_au_code(term))
+    return tuple(c for c in codes if c), tuple(alternatives)
+
+
+def _au_code(term: str) -> str:
+    return re.sub(r"^AU\s*", "", term.strip(), flags=re.IGNORECASE)
+
+
+def canonical_emotion(raw: Any, aliases: Mapping[str, str]) -> tuple[str, str | None]:
+    """Normalised emotion (:func:`normalise_emotion`) and the alias applied, if any.
+
+    Returns:
+        (emotion, None) or (alias target, ``"'suprise' read as 'surprise'"``).
+    """
+    emotion = normalise_emotion(cell_text(raw))
+    if emotion in aliases:
+        return aliases[emotion], f"emotion {cell_text(raw)!r} read as {aliases[emotion]!r}"
+    return emotion, None
+
+
+# --------------------------------------------------------------------------- fixes and skips
+
+
+class LoadLog:
+    """Collects a loader's fixes and skipped rows and applies its ``on_error`` choice."""
+
+    def __init__(self, on_error: OnError):
+        if on_error not in ("raise", "skip"):
+            raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.fixes: list[str] = []
+        self.skipped: list[str] = []
+
+    def fix(self, where: str, message: str) -> None:
+        self.fixes.append(f"{where}: {message}")
+
+    def problem(self, error: DatasetError) -> None:
+        """Raise ``error``, or record it as a skipped row under ``on_error="skip"``."""
+        if self.on_error == "raise":
+            raise error
+        self.skipped.append(str(error))
+
+
+def where(file: Path, row: int | None, clip: str | None = None) -> str:
+    text = f"{file}" + (f", row {row}" if row is not None else "")
+    return text + (f" ({clip})" if clip else "")
+
+
+@dataclass(frozen=True)
+class KnownFix:
+    """A documented annotation error of one release, corrected in code.
+
+    The fix is applied only while the row still shows the error: the annotated value must be
+    unusable (its frame is not on disk, or it breaks onset <= apex <= offset) and the
+    replacement must be on disk. A corrected release therefore passes through untouched.
+
+    Attributes:
+        field: ``onset``, ``apex`` or ``offset``.
+        value: replacement frame number; ``"last"`` = the last frame on disk; None (apex only)
+            = no usable apex.
+        reason: where the fix comes from, shown in the fix line.
+    """
+
+    field: Literal["onset", "apex", "offset"]
+    value: int | Literal["last"] | None
+    reason: str
+
+
+def apply_known_fixes(fixes: Sequence[KnownFix], numbers: dict[str, int | None], frames: FrameSource) -> list[str]:
+    """Apply ``fixes`` in place to ``numbers`` (keys onset, apex, offset).
+
+    Returns:
+        one message per fix applied (for :meth:`LoadLog.fix`).
+    """
+    applied = []
+    for fix in fixes:
+        old = numbers[fix.field]
+        if old is not None and frames.has(old) and _ordered(numbers):
+            continue
+        new = frames.numbers[-1] if fix.value == "last" else fix.value
+        if new is not None and not frames.has(new):
+            continue
+        numbers[fix.field] = new
+        if not _ordered(numbers):
+            numbers[fix.field] = old
+            continue
+        applied.append(f"{fix.field} frame {old} -> {new}: {fix.reason}")
+    return applied
+
+
+def _ordered(numbers: Mapping[str, int | None]) -> bool:
+    onset, apex, offset = numbers["onset"], numbers["apex"], numbers["offset"]
+    if onset is None or offset is None or onset > offset:
+        return False
+    return apex is None or onset <= apex <= offset
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def frame_source(folder: Path, pattern: str, *, file: Path, row: int | None, clip: str) -> FrameSource:
+    """:meth:`FrameSource.from_dir` whose error also names the annotation file and row."""
+    try:
+        return FrameSource.from_dir(folder, pattern)
+    except MissingFramesError as err:
+        raise MissingFramesError(f"{where(file, row, clip)}: {err}") from None
+
+
+def checked_sample(
+    *,
+    dataset: str,
+    subject: str,
+    clip_id: str,
+    frames: FrameSource,
+    onset: int,
+    apex: int | None,
+    offset: int,
+    emotion: str,
+    aus: tuple[str, ...] = (),
+    depth: FrameSource | None = None,
+    fps: float,
+    file: Path | None,
+    row: int | None,
+    meta: Mapping[str, Any] | None = None,
+) -> Sample:
+    """A Sample whose onset/apex/offset are ordered and on disk.
+
+    Raises:
+        AnnotationError: onset > apex, apex > offset or onset > offset (naming file and row).
+        MissingFramesError: the onset, apex or offset frame (or its depth frame) is not on disk.
+    """
+    place = where(file, row, f"{subject}/{clip_id}") if file is not None else f"{subject}/{clip_id}"
+    if onset > offset:
+        raise AnnotationError(f"{subject}/{clip_id}: onset frame {onset} is after offset frame {offset}",
+                              file=_str(file), row=row)
+    if apex is not None and not onset <= apex <= offset:
+        order = "before the onset" if apex < onset else "after the offset"
+        raise AnnotationError(f"{subject}/{clip_id}: apex frame {apex} is {order} (onset {onset}, offset {offset})",
+                              file=_str(file), row=row)
+    for name, number in (("onset", onset), ("apex", apex), ("offset", offset)):
+        if number is None:
+            continue
+        for source, kind in ((frames, "frame"), (depth, "depth frame")):
+            if source is not None and not source.has(number):
+                folder = source.paths[0].parent
+                raise MissingFramesError(
+                    f"{place}: {name} {kind} {number} is not on disk in {folder} "
+                    f"(frames present: {source.numbers[0]}..{source.numbers[-1]})")
+    info = {"row": row, "file": _str(file)} if file is not None else {}
+    return Sample(dataset=dataset, subject=subject, clip_id=clip_id, frames=frames, onset_frame=onset,
+                  apex_frame=apex, offset_frame=offset, emotion=emotion, aus=aus, depth=depth, fps=fps,
+                  meta={**info, **(meta or {})})
+
+
+def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]], tuple[Sample, list[str]]],
+                 log: LoadLog, file: Path) -> list[Sample]:
+    """Samples of the non-blank ``rows``, each read by ``read_row(row, values) -> (sample, fixes)``.
+
+    A row whose sample id repeats an earlier row's is an :class:`AnnotationError`. Row errors go
+    through ``log`` (raised or recorded as skipped); a kept row's fix messages are recorded.
+    """
+    samples: list[Sample] = []
+    seen: dict[str, int] = {}
+    for row, values in rows:
+        if is_blank_row(values):
+            continue
+        try:
+            sample, fixes = read_row(row, values)
+            if sample.sample_id in seen:
+                raise AnnotationError(f"{sample.subject}/{sample.clip_id} is annotated twice "
+                                      f"(first in row {seen[sample.sample_id]})", file=str(file), row=row)
+        except DatasetError as err:
+            log.problem(err)
+            continue
+        seen[sample.sample_id] = row
+        samples.append(sample)
+        for message in fixes:
+            log.fix(where(file, row, f"{sample.subject}/{sample.clip_id}"), message)
+    return samples
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def natural_key(text: str) -> list[Any]:
+    """Sort key that orders ``s2`` before ``s10``."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]

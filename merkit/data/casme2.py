@@ -1,0 +1,164 @@
+"""CASME II (Yan et al., PLoS ONE 2014): 255 coded clips of 26 subjects at 200 fps.
+
+Reads the release as distributed: one coding spreadsheet ``CASME2-coding-*.xlsx`` and the
+face-cropped frames ``Cropped/subNN/<Filename>/reg_img<N>.jpg`` (the SynthME demo writes the
+same layout). Frames are numbered by the numbers in their file names, not 0..n.
+
+Known annotation errors handled here (each applied fix is reported in ``LoadResult.fixes``):
+
+* ``ApexFrame`` written ``/`` (sub04/EP12_01f in the 2014-05-08 release, more rows in older
+  ones): the clip is kept with ``apex_frame=None``; the run's apex policy decides.
+* ``OffsetFrame`` of sub16/EP01_08 points past the frames on disk (the release holds frames
+  73..96 of that clip): the offset becomes the last frame on disk.
+* Spreadsheet row 62 (2014-05-08 release) has an offset the frames contradict; the meb toolkit
+  (tvaranka/meb) reads 91 off the frames on disk, used here.
+* ``Estimated Emotion`` spelling and case variants (``Happiness``, ``suprise``) are normalised.
+
+Both table fixes are guarded (see :class:`~merkit.data.annotations.KnownFix`): they change
+nothing in a release where the row is already correct.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from merkit.data.annotations import (
+    KnownFix, LoadLog, apply_known_fixes, canonical_emotion, cell, cell_text, checked_sample,
+    collect_rows, column_positions, find_header, find_one, frame_source, is_unannotated, parse_aus,
+    parse_frame, read_sheet,
+)
+from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
+from merkit.data.sample import Sample
+from merkit.errors import AnnotationError, DatasetError
+
+CASME2_FPS = 200.0
+
+LAYOUT = """\
+<root>/
+  CASME2-coding-<date>.xlsx      exactly one coding spreadsheet, header in row 1 with the columns
+                                 Subject, Filename, OnsetFrame, ApexFrame, OffsetFrame,
+                                 Action Units, Estimated Emotion (further columns are ignored)
+  Cropped/                       face-cropped frames (frames_dir="CASME2_RAW_selected" reads the
+    sub01/                       raw frames, same tree)
+      EP02_01f/
+        reg_img46.jpg            one image per frame, named by its frame number
+        reg_img47.jpg ...
+    sub02/ ... sub26/"""
+
+COLUMNS = {
+    "subject": "Subject",
+    "filename": "Filename",
+    "onset": "OnsetFrame",
+    "apex": "ApexFrame",
+    "offset": "OffsetFrame",
+    "aus": "Action Units",
+    "emotion": "Estimated Emotion",
+}
+
+EMOTION_ALIASES = {
+    "suprise": "surprise",
+    "surprised": "surprise",
+    "happy": "happiness",
+    "disgusted": "disgust",
+    "sad": "sadness",
+    "other": "others",
+}
+
+# (subject, Filename) -> fixes
+KNOWN_CLIP_FIXES: dict[tuple[str, str], tuple[KnownFix, ...]] = {
+    ("sub16", "EP01_08"): (KnownFix("offset", "last", "the release's frames of this clip stop before the annotated offset"),),
+}
+# spreadsheet row -> fixes (CASME2-coding-20140508.xlsx)
+KNOWN_ROW_FIXES: dict[int, tuple[KnownFix, ...]] = {
+    62: (KnownFix("offset", 91, "offset read off the frames on disk (as the meb toolkit does)"),),
+}
+
+
+def subject_id(value: object, *, file: Path, row: int) -> str:
+    """``subNN`` from a Subject cell holding ``1``, ``"01"`` or ``"sub01"``.
+
+    Raises:
+        AnnotationError: anything else.
+    """
+    text = cell_text(value)
+    match = re.fullmatch(r"(?:sub)?0*(\d+)", text, flags=re.IGNORECASE)
+    if match is None:
+        raise AnnotationError(f"Subject: expected a subject number such as 1 or sub01, got {text!r}",
+                              file=str(file), row=row)
+    return f"sub{int(match.group(1)):02d}"
+
+
+def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: str = "Cropped",
+                au_or: str = "drop") -> LoadResult:
+    """Load CASME II from ``root`` (see :data:`LAYOUT`).
+
+    Args:
+        root: dataset root.
+        on_error: ``raise`` the first row error, or ``skip`` the row and record why.
+        frames_dir: folder under ``root`` holding ``subNN/<Filename>/`` frame folders.
+        au_or: AU terms written ``A or B``: ``drop`` them, or keep ``all`` alternatives.
+
+    Returns:
+        LoadResult: one Sample per spreadsheet row (``dataset="casme2"``, ``subject="sub01"``,
+        ``clip_id=Filename``, ``fps=200``, ``meta={"row", "file"}``), no protocol applied.
+
+    Raises:
+        DatasetError: no or several coding spreadsheets, or the frames folder is missing.
+        AnnotationError: a required column is missing; with ``on_error="raise"`` also a
+            malformed row (bad number, onset > apex, apex > offset, onset > offset).
+        MissingFramesError: with ``on_error="raise"``, a clip folder or an annotated frame is
+            not on disk.
+    """
+    root = Path(root)
+    sheet_path = find_one([root], ["CASME2-coding-*.xlsx"], dataset="casme2", what="coding spreadsheet", layout=LAYOUT)
+    frames_root = root / frames_dir
+    if not frames_root.is_dir():
+        raise DatasetError(f"casme2: frame folder {frames_root} does not exist.\nExpected layout:\n{LAYOUT}")
+    rows = read_sheet(sheet_path, 0)
+    header_at = find_header(rows, "Subject", file=sheet_path)
+    columns = column_positions(rows[header_at], COLUMNS, file=sheet_path)
+    log = LoadLog(on_error)
+    samples = collect_rows(rows[header_at + 1:],
+                           lambda row, values: _read_row(values, columns, row, sheet_path, frames_root, au_or),
+                           log, sheet_path)
+    return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
+
+
+def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path, frames_root: Path,
+              au_or: str) -> tuple[Sample, list[str]]:
+    """The Sample of one spreadsheet row and the fix messages that apply to it."""
+    subject = subject_id(cell(values, columns["subject"]), file=sheet_path, row=row)
+    filename = cell_text(cell(values, columns["filename"]))
+    if not filename:
+        raise AnnotationError("Filename is empty", file=str(sheet_path), row=row)
+    onset = parse_frame(cell(values, columns["onset"]), "OnsetFrame", file=sheet_path, row=row)
+    offset = parse_frame(cell(values, columns["offset"]), "OffsetFrame", file=sheet_path, row=row)
+    apex_cell = cell(values, columns["apex"])
+    pending_fixes = []
+    if is_unannotated(apex_cell):
+        apex = None
+        pending_fixes.append(f"ApexFrame {cell_text(apex_cell)!r} means no apex was annotated: apex_frame=None")
+    else:
+        apex = parse_frame(apex_cell, "ApexFrame", file=sheet_path, row=row)
+    emotion, alias = canonical_emotion(cell(values, columns["emotion"]), EMOTION_ALIASES)
+    if not emotion:
+        raise AnnotationError("Estimated Emotion is empty", file=str(sheet_path), row=row)
+    if alias:
+        pending_fixes.append(alias)
+    aus, alternatives = parse_aus(cell(values, columns["aus"]), au_or)
+    if alternatives:
+        pending_fixes.append(f"uncertain AU term(s) {list(alternatives)}: " +
+                             ("all alternatives kept" if au_or == "all" else "left out of aus"))
+    frames = frame_source(frames_root / subject / filename, "*.jpg", file=sheet_path, row=row, clip=f"{subject}/{filename}")
+    numbers = {"onset": onset, "apex": apex, "offset": offset}
+    fixes = KNOWN_CLIP_FIXES.get((subject, filename), ()) + KNOWN_ROW_FIXES.get(row, ())
+    pending_fixes += apply_known_fixes(fixes, numbers, frames)
+    sample = checked_sample(dataset="casme2", subject=subject, clip_id=filename, frames=frames,
+                            onset=numbers["onset"], apex=numbers["apex"], offset=numbers["offset"],
+                            emotion=emotion, aus=aus, fps=CASME2_FPS, file=sheet_path, row=row,
+                            meta={"au_alternatives": alternatives} if alternatives else None)
+    return sample, pending_fixes
+
+
+register_dataset(DatasetInfo(name="casme2", loader=load_casme2, protocols=("casme2-5", "casme2-3"), layout=LAYOUT))
