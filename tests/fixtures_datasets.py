@@ -137,3 +137,114 @@ def small_casme2_rows() -> list[dict]:
         {"subject": 1, "filename": "EP03_02", "onset": 131, "apex": 139, "offset": 161, "aus": "18", "emotion": "others"},
         {"subject": 2, "filename": "EP01_11f", "onset": 46, "apex": 76, "offset": 91, "aus": "4+9", "emotion": "disgust"},
     ]
+
+
+# --------------------------------------------------------------------------- SAMM
+
+# clips per subject in the MEGC2019 composite (133 clips, 28 subjects)
+SAMM_MEGC_SUBJECTS = {
+    6: 11, 7: 8, 9: 4, 10: 4, 11: 20, 12: 3, 13: 6, 14: 10, 15: 3, 16: 5, 17: 4, 18: 3, 19: 1, 20: 4, 21: 2,
+    22: 5, 23: 1, 24: 1, 26: 9, 28: 3, 30: 3, 31: 1, 32: 4, 33: 5, 34: 3, 35: 8, 36: 1, 37: 1,
+}
+SAMM_EMOTIONS = {"Anger": 57, "Other": 26, "Happiness": 26, "Surprise": 15, "Contempt": 12, "Disgust": 9, "Fear": 8,
+                 "Sadness": 6}
+SAMM_HEADER = ["Subject", "Filename", "Inducement Code", "Onset Frame", "Apex Frame", "Offset Frame", "Duration",
+               "Micro", "Action Units", "Estimated Emotion", "Objective Classes", "Notes"]
+SAMM_TITLE_BLOCK = [
+    ["SAMM - Spontaneous Actions and Micro-Movements"],
+    ["FACS codes of the micro-movements, version 2"],
+    [],
+    ["Subject numbers match the folder names of the image sequences."],
+    ["Onset, apex and offset are frame numbers of the 200 fps sequences."],
+    ["Objective classes follow Davison et al. (2018)."],
+    [],
+    ["Key", "Meaning"],
+    ["L", "Left"],
+    ["R", "Right"],
+    ["A-E", "Intensity"],
+    [],
+    [],
+]
+SAMM_APEX_MISSING_ROWS = (140, 147, 148)
+SAMM_OR_AU_ROWS = (30, 33, 56, 79, 169)
+
+
+def samm_rows() -> list[dict]:
+    """159 rows of 32 subjects (006..037): the 133 composite clips (anger 57, contempt 12,
+    disgust 9, fear 8, sadness 6, happiness 26, surprise 15; per-subject counts as in MEGC2019)
+    and 26 Other clips; 008, 025, 027 and 029 have only Other. Quirks: apex -1 in rows 140, 147,
+    148; AUs with ``or`` in rows 30, 33, 56, 79, 169; row 71's offset contradicts its frames
+    (5739 is on disk); two Other clips spelled ``Others``; Subject cells are numbers or text."""
+    composite = _spread([e for e, n in SAMM_EMOTIONS.items() if e != "Other" for _ in range(n)], seed=3)
+    rows: list[dict] = []
+    for subject, count in SAMM_MEGC_SUBJECTS.items():
+        rows += [{"subject": subject, "filename": f"{subject:03d}_{k // 3 + 1}_{k % 3 + 1}", "emotion": composite.pop()}
+                 for k in range(count)]
+    others = [8, 25, 27, 29, 8, 25, 27, 29] + [6, 7, 9, 10, 11, 11, 13, 14, 16, 17, 20, 22, 26, 26, 32, 33, 35, 35]
+    rows += [{"subject": s, "filename": f"{s:03d}_9_{k + 1}", "emotion": "Other"} for k, s in enumerate(others)]
+    rows.sort(key=lambda r: (r["subject"], r["filename"]))
+    for i, row in enumerate(rows):
+        onset = 1000 + 37 * i
+        row.update(onset=onset, apex=onset + 30, offset=onset + 60, aus=_AU_CELLS[i % len(_AU_CELLS)],
+                   padded=row["subject"] % 2 == 0)
+    for row_number in SAMM_APEX_MISSING_ROWS:
+        rows[row_number - 15]["apex"] = -1
+    for row_number, aus in zip(SAMM_OR_AU_ROWS, ("R12 or R15", "R12 or R15+R20", "L14 or R14", "R14 or L14",
+                                                 "R14A or R14B")):
+        rows[row_number - 15]["aus"] = aus
+    rows[71 - 15].update(onset=5700, apex=5720, offset=5379, frames=[5700, 5720, 5739])
+    for row in [r for r in rows if r["emotion"] == "Other"][3:5]:
+        row["emotion"] = "Others"
+    assert len(rows) == 159
+    return rows
+
+
+def build_samm(root: Path, rows: list[dict] | None = None, *, sheet: str = "SAMM_Micro_FACS_Codes_v2.xlsx") -> Path:
+    """Write the spreadsheet (title block, header in row 14) and ``root/<sss>/<Filename>/<sss>_<n>.jpg``."""
+    rows = samm_rows() if rows is None else rows
+    table = [list(r) for r in SAMM_TITLE_BLOCK] + [SAMM_HEADER]
+    for i, row in enumerate(rows):
+        subject = row["subject"] if i % 4 else f"{row['subject']:03d}"  # numbers and text, as pandas sees them
+        table.append([subject, row["filename"], f"{row['subject'] % 7 + 1}", row["onset"], row["apex"], row["offset"],
+                      row["offset"] - row["onset"] + 1, "Micro - 1/2", row["aus"], row["emotion"],
+                      f"Class {i % 6 + 1}", None])
+        for n in _frames_of(row):
+            name = f"{row['subject']:03d}_{n:05d}.jpg" if row.get("padded") else f"{row['subject']:03d}_{n}.jpg"
+            write_image(root / f"{row['subject']:03d}" / row["filename"] / name)
+    write_xlsx(root / sheet, {"FACS_Codes": table})
+    return root
+
+
+def small_samm_rows() -> list[dict]:
+    return [
+        {"subject": 6, "filename": "006_1_2", "onset": 5562, "apex": 5588, "offset": 5632, "aus": "4+7", "emotion": "Anger", "padded": True},
+        {"subject": 6, "filename": "006_1_3", "onset": 1024, "apex": -1, "offset": 1082, "aus": "R12 or R15", "emotion": "Happiness"},
+        {"subject": 7, "filename": "007_3_1", "onset": 3500, "apex": 3520, "offset": 3544, "aus": "A1+2", "emotion": "Others"},
+    ]
+
+
+# --------------------------------------------------------------------------- SMIC-HS
+
+# (negative, positive, surprise) per subject: the 164 clips of 16 subjects
+SMIC_SUBJECTS = {
+    1: (3, 2, 1), 2: (0, 1, 5), 3: (22, 11, 6), 4: (10, 4, 5), 5: (1, 0, 1), 6: (2, 0, 2), 8: (9, 4, 0), 9: (0, 1, 3),
+    11: (3, 3, 1), 12: (0, 8, 1), 13: (0, 10, 0), 14: (3, 2, 5), 15: (1, 1, 2), 18: (2, 0, 5), 19: (0, 1, 1),
+    20: (14, 3, 5),
+}
+_SMIC_ABBREVIATION = {"negative": "ne", "positive": "po", "surprise": "sur"}
+
+
+def build_smic(root: Path, subjects: dict[int, tuple[int, int, int]] | None = None) -> Path:
+    """``root/HS/s<k>/micro/<emotion>/s<k>_<ne|po|sur>_<nn>/image<number>.bmp``, three frames a clip,
+    plus folders the loader must ignore (a subject without micro/, a non_micro/ folder)."""
+    subjects = SMIC_SUBJECTS if subjects is None else subjects
+    for subject, counts in subjects.items():
+        for emotion, count in zip(("negative", "positive", "surprise"), counts):
+            for k in range(count):
+                clip = root / "HS" / f"s{subject}" / "micro" / emotion / f"s{subject}_{_SMIC_ABBREVIATION[emotion]}_{k + 1:02d}"
+                first = 1000 * subject + 40 * k
+                for n in (first, first + 11, first + 23):
+                    write_image(clip / f"image{n:07d}.bmp")
+        write_image(root / "HS" / f"s{subject}" / "non_micro" / "n_01" / "image0000001.bmp")
+    (root / "HS" / "s7").mkdir(parents=True, exist_ok=True)
+    return root

@@ -372,6 +372,73 @@ def checked_sample(
                   meta={**info, **(meta or {})})
 
 
+def annotated_clip(
+    values: Sequence[Any],
+    columns: Mapping[str, int],
+    headers: Mapping[str, str],
+    *,
+    row: int,
+    file: Path,
+    dataset: str,
+    subject: str,
+    clip_id: str,
+    folder: Path,
+    fps: float,
+    aliases: Mapping[str, str],
+    au_or: AUPolicy = "drop",
+    known_fixes: Sequence[KnownFix] = (),
+    frame_pattern: str = "*.jpg",
+    depth_folder: Path | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> tuple[Sample, list[str]]:
+    """The Sample of one coded spreadsheet row, and the fix messages that apply to it.
+
+    Reads the ``onset``, ``apex``, ``offset``, ``aus`` and ``emotion`` fields (``columns``:
+    field -> position, ``headers``: field -> header text for messages). An unannotated apex
+    (:func:`is_unannotated`) becomes None; ``aliases`` rename emotion spellings; ``known_fixes``
+    are applied (guarded) before the clip is checked by :func:`checked_sample`.
+
+    Raises:
+        AnnotationError, MissingFramesError: as :func:`parse_frame` and :func:`checked_sample`.
+    """
+    clip = f"{subject}/{clip_id}"
+    onset = parse_frame(cell(values, columns["onset"]), headers["onset"], file=file, row=row)
+    offset = parse_frame(cell(values, columns["offset"]), headers["offset"], file=file, row=row)
+    fixes = []
+    apex_cell = cell(values, columns["apex"])
+    if is_unannotated(apex_cell):
+        apex = None
+        fixes.append(f"{headers['apex']} {cell_text(apex_cell)!r} means no apex was annotated: apex_frame=None")
+    else:
+        apex = parse_frame(apex_cell, headers["apex"], file=file, row=row)
+    emotion, alias = canonical_emotion(cell(values, columns["emotion"]), aliases)
+    if not emotion:
+        raise AnnotationError(f"{headers['emotion']} is empty", file=str(file), row=row)
+    if alias:
+        fixes.append(alias)
+    aus, alternatives = parse_aus(cell(values, columns["aus"]), au_or)
+    extra = dict(meta or {})
+    if alternatives:
+        extra["au_alternatives"] = alternatives
+        fixes.append(f"uncertain AU term(s) {list(alternatives)}: "
+                     + ("all alternatives kept" if au_or == "all" else "left out of aus"))
+    frames = frame_source(folder, frame_pattern, file=file, row=row, clip=clip)
+    depth = None if depth_folder is None else depth_source(depth_folder, file=file, row=row, clip=clip)
+    numbers = {"onset": onset, "apex": apex, "offset": offset}
+    fixes += apply_known_fixes(known_fixes, numbers, frames)
+    sample = checked_sample(dataset=dataset, subject=subject, clip_id=clip_id, frames=frames, onset=numbers["onset"],
+                            apex=numbers["apex"], offset=numbers["offset"], emotion=emotion, aus=aus, depth=depth,
+                            fps=fps, file=file, row=row, meta=extra)
+    return sample, fixes
+
+
+def depth_source(folder: Path, *, file: Path, row: int | None, clip: str) -> FrameSource:
+    """Depth frames of a clip: the folder's .png files, or its .jpg files when it has no .png."""
+    if folder.is_dir() and not any(folder.glob("*.png")):
+        return frame_source(folder, "*.jpg", file=file, row=row, clip=clip)
+    return frame_source(folder, "*.png", file=file, row=row, clip=clip)
+
+
 def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]], tuple[Sample, list[str]]],
                  log: LoadLog, file: Path) -> list[Sample]:
     """Samples of the non-blank ``rows``, each read by ``read_row(row, values) -> (sample, fixes)``.

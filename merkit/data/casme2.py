@@ -24,9 +24,8 @@ import re
 from pathlib import Path
 
 from merkit.data.annotations import (
-    KnownFix, LoadLog, apply_known_fixes, canonical_emotion, cell, cell_text, checked_sample,
-    collect_rows, column_positions, find_header, find_one, frame_source, is_unannotated, parse_aus,
-    parse_frame, read_sheet,
+    AUPolicy, KnownFix, LoadLog, annotated_clip, cell, cell_text, collect_rows, column_positions, find_header,
+    find_one, read_sheet,
 )
 from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
 from merkit.data.sample import Sample
@@ -90,7 +89,7 @@ def subject_id(value: object, *, file: Path, row: int) -> str:
 
 
 def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: str = "Cropped",
-                au_or: str = "drop") -> LoadResult:
+                au_or: AUPolicy = "drop") -> LoadResult:
     """Load CASME II from ``root`` (see :data:`LAYOUT`).
 
     Args:
@@ -126,39 +125,15 @@ def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
 
 
 def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path, frames_root: Path,
-              au_or: str) -> tuple[Sample, list[str]]:
-    """The Sample of one spreadsheet row and the fix messages that apply to it."""
+              au_or: AUPolicy) -> tuple[Sample, list[str]]:
     subject = subject_id(cell(values, columns["subject"]), file=sheet_path, row=row)
     filename = cell_text(cell(values, columns["filename"]))
     if not filename:
         raise AnnotationError("Filename is empty", file=str(sheet_path), row=row)
-    onset = parse_frame(cell(values, columns["onset"]), "OnsetFrame", file=sheet_path, row=row)
-    offset = parse_frame(cell(values, columns["offset"]), "OffsetFrame", file=sheet_path, row=row)
-    apex_cell = cell(values, columns["apex"])
-    pending_fixes = []
-    if is_unannotated(apex_cell):
-        apex = None
-        pending_fixes.append(f"ApexFrame {cell_text(apex_cell)!r} means no apex was annotated: apex_frame=None")
-    else:
-        apex = parse_frame(apex_cell, "ApexFrame", file=sheet_path, row=row)
-    emotion, alias = canonical_emotion(cell(values, columns["emotion"]), EMOTION_ALIASES)
-    if not emotion:
-        raise AnnotationError("Estimated Emotion is empty", file=str(sheet_path), row=row)
-    if alias:
-        pending_fixes.append(alias)
-    aus, alternatives = parse_aus(cell(values, columns["aus"]), au_or)
-    if alternatives:
-        pending_fixes.append(f"uncertain AU term(s) {list(alternatives)}: " +
-                             ("all alternatives kept" if au_or == "all" else "left out of aus"))
-    frames = frame_source(frames_root / subject / filename, "*.jpg", file=sheet_path, row=row, clip=f"{subject}/{filename}")
-    numbers = {"onset": onset, "apex": apex, "offset": offset}
-    fixes = KNOWN_CLIP_FIXES.get((subject, filename), ()) + KNOWN_ROW_FIXES.get(row, ())
-    pending_fixes += apply_known_fixes(fixes, numbers, frames)
-    sample = checked_sample(dataset="casme2", subject=subject, clip_id=filename, frames=frames,
-                            onset=numbers["onset"], apex=numbers["apex"], offset=numbers["offset"],
-                            emotion=emotion, aus=aus, fps=CASME2_FPS, file=sheet_path, row=row,
-                            meta={"au_alternatives": alternatives} if alternatives else None)
-    return sample, pending_fixes
+    known = KNOWN_CLIP_FIXES.get((subject, filename), ()) + KNOWN_ROW_FIXES.get(row, ())
+    return annotated_clip(values, columns, COLUMNS, row=row, file=sheet_path, dataset="casme2", subject=subject,
+                          clip_id=filename, folder=frames_root / subject / filename, fps=CASME2_FPS,
+                          aliases=EMOTION_ALIASES, au_or=au_or, known_fixes=known)
 
 
 register_dataset(DatasetInfo(name="casme2", loader=load_casme2, protocols=("casme2-5", "casme2-3"), layout=LAYOUT))

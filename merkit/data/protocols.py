@@ -95,6 +95,88 @@ register_protocol(Protocol(
     description="CASME II in the MEGC2019 three classes: negative = disgust + repression.",
 ))
 
+_NEGATIVE_POSITIVE_SURPRISE = ("negative", "positive", "surprise")
+_SAMM_NEGATIVE = ("anger", "contempt", "disgust", "fear", "sadness")
+_SAMM_3 = {**{e: "negative" for e in _SAMM_NEGATIVE}, "happiness": "positive", "surprise": "surprise"}
+_CASME2_3 = {"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"}
+_CASME3_NEGATIVE = ("anger", "disgust", "fear", "sad")
+
+register_protocol(Protocol(
+    name="samm-5",
+    classes=("happiness", "anger", "contempt", "surprise", "other"),
+    mapping=_identity(("happiness", "anger", "contempt", "surprise", "other")),
+    datasets=("samm",),
+    description="SAMM five classes (136 clips); disgust, fear and sadness excluded.",
+))
+register_protocol(Protocol(
+    name="samm-3",
+    classes=_NEGATIVE_POSITIVE_SURPRISE,
+    mapping=_SAMM_3,
+    datasets=("samm",),
+    description="SAMM in the MEGC2019 three classes (133 clips): negative = anger + contempt + disgust + "
+                "fear + sadness.",
+))
+register_protocol(Protocol(
+    name="samm-8",
+    classes=("happiness", "surprise", "contempt", "anger", "other", "disgust", "fear", "sadness"),
+    mapping=_identity(("happiness", "surprise", "contempt", "anger", "other", "disgust", "fear", "sadness")),
+    datasets=("samm",),
+    description="SAMM, all eight estimated emotions (159 clips), as MADV-Net uses it.",
+))
+register_protocol(Protocol(
+    name="smic-3",
+    classes=_NEGATIVE_POSITIVE_SURPRISE,
+    mapping=_identity(_NEGATIVE_POSITIVE_SURPRISE),
+    datasets=("smic",),
+    description="SMIC-HS three classes (164 clips).",
+))
+register_protocol(Protocol(
+    name="casme_sq-4",
+    classes=("negative", "positive", "surprise", "others"),
+    mapping=_identity(("negative", "positive", "surprise", "others")),
+    datasets=("casme_sq",),
+    description="CAS(ME)^2 micro-expressions in the four emotion categories of its coding sheet.",
+))
+register_protocol(Protocol(
+    name="casme_sq-3",
+    classes=_NEGATIVE_POSITIVE_SURPRISE,
+    mapping=_identity(_NEGATIVE_POSITIVE_SURPRISE),
+    datasets=("casme_sq",),
+    description="CAS(ME)^2 micro-expressions, others excluded.",
+))
+register_protocol(Protocol(
+    name="casme3-7",
+    classes=("happy", "disgust", "fear", "anger", "sad", "surprise", "others"),
+    mapping=_identity(("happy", "disgust", "fear", "anger", "sad", "surprise", "others")),
+    datasets=("casme3",),
+    description="CAS(ME)^3 part A, seven emotions (860 clips).",
+))
+register_protocol(Protocol(
+    name="casme3-4",
+    classes=("negative", "positive", "surprise", "others"),
+    mapping={**{e: "negative" for e in _CASME3_NEGATIVE}, "happy": "positive", "surprise": "surprise",
+             "others": "others"},
+    datasets=("casme3",),
+    description="CAS(ME)^3 part A, four classes: negative = anger + disgust + fear + sad.",
+))
+register_protocol(Protocol(
+    name="casme3-3",
+    classes=_NEGATIVE_POSITIVE_SURPRISE,
+    mapping={**{e: "negative" for e in _CASME3_NEGATIVE}, "happy": "positive", "surprise": "surprise"},
+    datasets=("casme3",),
+    description="CAS(ME)^3 part A, three classes: the four-class protocol without others.",
+))
+_MEGC_LABELS = _identity(_NEGATIVE_POSITIVE_SURPRISE)  # samples of the released flow format carry these
+register_protocol(Protocol(
+    name="megc2019-3",
+    classes=_NEGATIVE_POSITIVE_SURPRISE,
+    mapping=_MEGC_LABELS,
+    datasets=("casme2", "samm", "smic"),
+    per_dataset={"casme2": {**_CASME2_3, **_MEGC_LABELS}, "samm": {**_SAMM_3, **_MEGC_LABELS}, "smic": _MEGC_LABELS},
+    description="MEGC2019 composite (See et al., FG 2019): CASME II, SAMM and SMIC-HS in negative / positive / "
+                "surprise; each source dataset mapped by its own table.",
+))
+
 
 def apply_protocol(samples: Iterable, protocol: Protocol | str) -> list:
     """Samples the protocol keeps, each with its ``label`` set; the others are dropped.

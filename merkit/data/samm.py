@@ -1,0 +1,128 @@
+"""SAMM (Davison et al., IEEE TAC 2018): 159 micro-movements of 32 subjects at 200 fps.
+
+Reads ``SAMM_Micro_FACS_Codes_v2.xlsx`` (a title block precedes the table; the header row is
+found as the row holding a ``Subject`` cell, row 14 in the v2 release) and the frames
+``<root>/<subject>/<Filename>/<subject>_<frame number>.jpg``. Frame numbers are parsed from the
+file names, whatever their zero padding.
+
+Known annotation errors handled here (each applied fix is reported in ``LoadResult.fixes``):
+
+* ``Apex Frame`` = ``-1`` (three rows of v2): the clip is kept with ``apex_frame=None``.
+* ``Action Units`` with ``or`` (``R12 or R15``, five rows of v2): the coder was unsure; the
+  alternatives are left out of ``aus`` (``au_or="all"`` keeps them) and kept in
+  ``meta["au_alternatives"]``.
+* Spreadsheet row 71 (v2) has an offset the frames contradict; the meb toolkit (tvaranka/meb)
+  reads 5739 off the frames on disk, used here (guarded, see
+  :class:`~merkit.data.annotations.KnownFix`).
+* ``Estimated Emotion`` ``Others`` is the same class as ``Other``; case varies.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from merkit.data.annotations import (
+    AUPolicy, KnownFix, LoadLog, annotated_clip, cell, cell_text, collect_rows, column_positions, find_header,
+    find_one, read_sheet,
+)
+from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
+from merkit.data.sample import Sample
+from merkit.errors import AnnotationError, DatasetError
+
+SAMM_FPS = 200.0
+
+LAYOUT = """\
+<root>/
+  SAMM_Micro_FACS_Codes_v2.xlsx  the coding spreadsheet; a title block, then a header row with
+                                 Subject, Filename, Inducement Code, Onset Frame, Apex Frame,
+                                 Offset Frame, Duration, Micro, Action Units, Estimated Emotion,
+                                 Objective Classes, Notes
+  006/                           one folder per subject (3 digits)
+    006_1_2/                     one folder per clip, named by Filename
+      006_05562.jpg              frames named <subject>_<frame number>.jpg
+      006_05563.jpg ...
+  007/ ... 037/"""
+
+COLUMNS = {
+    "subject": "Subject",
+    "filename": "Filename",
+    "onset": "Onset Frame",
+    "apex": "Apex Frame",
+    "offset": "Offset Frame",
+    "aus": "Action Units",
+    "emotion": "Estimated Emotion",
+}
+OPTIONAL_COLUMNS = {"objective_class": "Objective Classes"}
+
+EMOTION_ALIASES = {"others": "other", "happy": "happiness", "sad": "sadness", "suprise": "surprise",
+                   "angry": "anger", "disgusted": "disgust"}
+
+# spreadsheet row -> fixes (SAMM_Micro_FACS_Codes_v2.xlsx)
+KNOWN_ROW_FIXES: dict[int, tuple[KnownFix, ...]] = {
+    71: (KnownFix("offset", 5739, "offset read off the frames on disk (as the meb toolkit does)"),),
+}
+
+
+def subject_id(value: object, *, file: Path, row: int) -> str:
+    """Three-digit subject id from ``6``, ``"6"`` or ``"006"``.
+
+    Raises:
+        AnnotationError: anything else.
+    """
+    text = cell_text(value)
+    if not re.fullmatch(r"\d+", text):
+        raise AnnotationError(f"Subject: expected a subject number such as 006, got {text!r}", file=str(file), row=row)
+    return f"{int(text):03d}"
+
+
+def load_samm(root: str | Path, on_error: OnError = "raise", *, frames_dir: str = "",
+              au_or: AUPolicy = "drop") -> LoadResult:
+    """Load SAMM from ``root`` (see :data:`LAYOUT`).
+
+    Args:
+        root: dataset root (holds the spreadsheet).
+        on_error: ``raise`` the first row error, or ``skip`` the row and record why.
+        frames_dir: folder under ``root`` holding the subject folders (default: ``root`` itself).
+        au_or: AU terms written ``A or B``: ``drop`` them, or keep ``all`` alternatives.
+
+    Returns:
+        LoadResult: one Sample per spreadsheet row (``dataset="samm"``, ``subject="006"``,
+        ``clip_id=Filename``, ``fps=200``, emotion lower case with ``other`` for Other/Others,
+        ``meta={"row", "file", "objective_class"}``), no protocol applied.
+
+    Raises:
+        DatasetError: no or several spreadsheets.
+        AnnotationError: no header row, or a required column is missing; with
+            ``on_error="raise"`` also a malformed row.
+        MissingFramesError: with ``on_error="raise"``, a clip folder or frame is not on disk.
+    """
+    root = Path(root)
+    sheet_path = find_one([root], ["SAMM_Micro_FACS_Codes*.xlsx"], dataset="samm", what="coding spreadsheet",
+                          layout=LAYOUT)
+    frames_root = root / frames_dir
+    if not frames_root.is_dir():
+        raise DatasetError(f"samm: frame folder {frames_root} does not exist.\nExpected layout:\n{LAYOUT}")
+    rows = read_sheet(sheet_path, 0)
+    header_at = find_header(rows, "Subject", file=sheet_path)
+    columns = column_positions(rows[header_at], COLUMNS, OPTIONAL_COLUMNS, file=sheet_path)
+    log = LoadLog(on_error)
+    samples = collect_rows(rows[header_at + 1:],
+                           lambda row, values: _read_row(values, columns, row, sheet_path, frames_root, au_or),
+                           log, sheet_path)
+    return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
+
+
+def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path, frames_root: Path,
+              au_or: AUPolicy) -> tuple[Sample, list[str]]:
+    subject = subject_id(cell(values, columns["subject"]), file=sheet_path, row=row)
+    filename = cell_text(cell(values, columns["filename"]))
+    if not filename:
+        raise AnnotationError("Filename is empty", file=str(sheet_path), row=row)
+    meta = {"objective_class": cell_text(cell(values, columns.get("objective_class")))}
+    return annotated_clip(values, columns, COLUMNS, row=row, file=sheet_path, dataset="samm", subject=subject,
+                          clip_id=filename, folder=frames_root / subject / filename, fps=SAMM_FPS,
+                          aliases=EMOTION_ALIASES, au_or=au_or, known_fixes=KNOWN_ROW_FIXES.get(row, ()), meta=meta)
+
+
+register_dataset(DatasetInfo(name="samm", loader=load_samm, protocols=("samm-5", "samm-3", "samm-8"), layout=LAYOUT))
