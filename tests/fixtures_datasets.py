@@ -248,3 +248,59 @@ def build_smic(root: Path, subjects: dict[int, tuple[int, int, int]] | None = No
         write_image(root / "HS" / f"s{subject}" / "non_micro" / "n_01" / "image0000001.bmp")
     (root / "HS" / "s7").mkdir(parents=True, exist_ok=True)
     return root
+
+
+# --------------------------------------------------------------------------- CAS(ME)^2
+
+CASME_SQ_SUBJECTS = (15, 16, 19, 20, 21, 22, 23, 24, 25, 26, 27, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 40)
+CASME_SQ_VIDEOS = {"0101": ("disgust1", "disgustingteeth"), "0102": ("disgust2", "eatingworms"),
+                   "0401": ("anger1", "girlcrashing"), "0402": ("anger2", "sittingonbed"),
+                   "0502": ("happy2", "funnyerrors"), "0503": ("happy3", "keyboard"),
+                   "0505": ("happy5", "funnyinnovations"), "0507": ("happy7", "climbingthewall")}
+CASME_SQ_MICRO = {"negative": 21, "positive": 8, "surprise": 9, "others": 19}
+CASME_SQ_MACRO = 40
+
+
+def casme_sq_rows() -> list[dict]:
+    """57 micro-expressions (negative 21, positive 8, surprise 9, others 19) spread over the 22
+    subjects, plus 40 macro-expressions; several expressions per video. Quirks: one micro row
+    with offset 0 (not coded), emotions in mixed case, ``other`` once."""
+    emotions = _spread([e for e, n in CASME_SQ_MICRO.items() for _ in range(n)], seed=5)
+    codes = list(CASME_SQ_VIDEOS)
+    rows = []
+    for k in range(57 + CASME_SQ_MACRO):
+        participant = k % 22 + 1
+        code = codes[(k // 22) % len(codes)]
+        micro = k < 57
+        onset = 100 + 50 * k
+        rows.append({"participant": participant, "code": code, "onset": onset, "apex": onset + 4,
+                     "offset": onset + (9 if micro else 40), "aus": _AU_CELLS[k % len(_AU_CELLS)],
+                     "emotion": emotions.pop() if micro else "positive",
+                     "type": "micro-expression" if micro else "macro-expression", "self_report": "happy"})
+    per_video = Counter()
+    for row in rows:
+        per_video[row["participant"], row["code"]] += 1
+        row["clip"] = f"{CASME_SQ_VIDEOS[row['code']][0]}_{per_video[row['participant'], row['code']]}"
+    rows[3].update(offset=0, frames=[rows[3]["onset"], rows[3]["apex"]])
+    rows[5]["emotion"] = rows[5]["emotion"].capitalize()
+    next(r for r in rows[:57] if r["emotion"] == "others")["emotion"] = "other"
+    rows[60].update(offset=0, frames=[rows[60]["onset"], rows[60]["apex"]])  # a macro row, filtered out
+    return rows
+
+
+def build_casme_sq(root: Path, rows: list[dict] | None = None, *, frames_dir: str = "rawpic") -> Path:
+    """``CAS(ME)^2code_final.xlsx`` (no header; naming rule sheets) and
+    ``rawpic/s<NN>/<NN>_<code><title>/img<N>.jpg``."""
+    rows = casme_sq_rows() if rows is None else rows
+    codes = [[row["participant"], row["clip"], row["onset"], row["apex"], row["offset"], row["aus"], row["emotion"],
+              row["type"], row["self_report"]] for row in rows]
+    rule1 = [[number, f"casme_0{number}", k + 1] for k, number in enumerate(CASME_SQ_SUBJECTS)]
+    rule2 = [[int(code) if k % 2 else code, name] for k, (code, (name, _)) in enumerate(CASME_SQ_VIDEOS.items())]
+    write_xlsx(root / "CAS(ME)^2code_final.xlsx", {"CASFEcode_final": codes, "naming rule1": rule1,
+                                                  "naming rule2": rule2})
+    for row in rows:
+        number = CASME_SQ_SUBJECTS[row["participant"] - 1]
+        title = CASME_SQ_VIDEOS.get(row["code"], ("", "unknown"))[1]
+        for n in _frames_of(row):
+            write_image(root / frames_dir / f"s{number}" / f"{number}_{row['code']}{title}" / f"img{n}.jpg")
+    return root

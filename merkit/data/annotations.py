@@ -189,11 +189,6 @@ def parse_frame(value: Any, column: str, *, file: Path, row: int) -> int:
     raise AnnotationError(f"{column}: expected a frame number, got {text or 'an empty cell'!r}", file=str(file), row=row)
 
 
-def is_unannotated(value: Any) -> bool:
-    """True for the cells datasets use to say "no apex annotated" (``/``, ``-1``, empty ...)."""
-    return cell_text(value).lower() in UNANNOTATED
-
-
 def parse_aus(value: Any, or_policy: AUPolicy = "drop") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """AU codes of an annotation cell, and the alternatives written with ``or``.
 
@@ -390,13 +385,15 @@ def annotated_clip(
     frame_pattern: str = "*.jpg",
     depth_folder: Path | None = None,
     meta: Mapping[str, Any] | None = None,
+    unannotated: frozenset[str] = UNANNOTATED,
 ) -> tuple[Sample, list[str]]:
     """The Sample of one coded spreadsheet row, and the fix messages that apply to it.
 
     Reads the ``onset``, ``apex``, ``offset``, ``aus`` and ``emotion`` fields (``columns``:
-    field -> position, ``headers``: field -> header text for messages). An unannotated apex
-    (:func:`is_unannotated`) becomes None; ``aliases`` rename emotion spellings; ``known_fixes``
-    are applied (guarded) before the clip is checked by :func:`checked_sample`.
+    field -> position, ``headers``: field -> header text for messages). An apex cell whose
+    text is in ``unannotated`` (default :data:`UNANNOTATED`) becomes None; ``aliases`` rename
+    emotion spellings; ``known_fixes`` are applied (guarded) before the clip is checked by
+    :func:`checked_sample`. ``depth_folder`` adds a depth source (see :func:`depth_source`).
 
     Raises:
         AnnotationError, MissingFramesError: as :func:`parse_frame` and :func:`checked_sample`.
@@ -406,7 +403,7 @@ def annotated_clip(
     offset = parse_frame(cell(values, columns["offset"]), headers["offset"], file=file, row=row)
     fixes = []
     apex_cell = cell(values, columns["apex"])
-    if is_unannotated(apex_cell):
+    if cell_text(apex_cell).lower() in unannotated:
         apex = None
         fixes.append(f"{headers['apex']} {cell_text(apex_cell)!r} means no apex was annotated: apex_frame=None")
     else:
