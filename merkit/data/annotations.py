@@ -282,24 +282,29 @@ class KnownFix:
 
 
 def apply_known_fixes(fixes: Sequence[KnownFix], numbers: dict[str, int | None], frames: FrameSource) -> list[str]:
-    """Apply ``fixes`` in place to ``numbers`` (keys onset, apex, offset).
+    """Apply ``fixes`` to ``numbers`` (keys onset, apex, offset) in place, all or none.
+
+    A fix is a candidate while its field's value is unusable (not on disk, or the row is not
+    ordered onset <= apex <= offset) and its replacement is on disk; the candidates are applied
+    together only if they leave the row ordered.
 
     Returns:
         one message per fix applied (for :meth:`LoadLog.fix`).
     """
+    trial = dict(numbers)
     applied = []
     for fix in fixes:
-        old = numbers[fix.field]
-        if old is not None and frames.has(old) and _ordered(numbers):
+        old = trial[fix.field]
+        if old is not None and frames.has(old) and _ordered(trial):
             continue
         new = frames.numbers[-1] if fix.value == "last" else fix.value
         if new is not None and not frames.has(new):
             continue
-        numbers[fix.field] = new
-        if not _ordered(numbers):
-            numbers[fix.field] = old
-            continue
+        trial[fix.field] = new
         applied.append(f"{fix.field} frame {old} -> {new}: {fix.reason}")
+    if not applied or not _ordered(trial):
+        return []
+    numbers.update(trial)
     return applied
 
 
@@ -313,12 +318,22 @@ def _ordered(numbers: Mapping[str, int | None]) -> bool:
 # --------------------------------------------------------------------------- samples
 
 
-def frame_source(folder: Path, pattern: str, *, file: Path, row: int | None, clip: str) -> FrameSource:
-    """:meth:`FrameSource.from_dir` whose error also names the annotation file and row."""
+def frame_source(folder: Path, pattern: str, *, file: Path, row: int | None, clip: str,
+                 cache: dict[tuple[Path, str], FrameSource] | None = None) -> FrameSource:
+    """:meth:`FrameSource.from_dir` whose error also names the annotation file and row.
+
+    ``cache`` (one dict per loader run) reuses the listing of a folder that holds several
+    clips (CAS(ME)^3 materials).
+    """
+    if cache is not None and (folder, pattern) in cache:
+        return cache[folder, pattern]
     try:
-        return FrameSource.from_dir(folder, pattern)
+        frames = FrameSource.from_dir(folder, pattern)
     except MissingFramesError as err:
         raise MissingFramesError(f"{where(file, row, clip)}: {err}") from None
+    if cache is not None:
+        cache[folder, pattern] = frames
+    return frames
 
 
 def checked_sample(
@@ -386,6 +401,7 @@ def annotated_clip(
     depth_folder: Path | None = None,
     meta: Mapping[str, Any] | None = None,
     unannotated: frozenset[str] = UNANNOTATED,
+    frame_cache: dict[tuple[Path, str], FrameSource] | None = None,
 ) -> tuple[Sample, list[str]]:
     """The Sample of one coded spreadsheet row, and the fix messages that apply to it.
 
@@ -393,7 +409,8 @@ def annotated_clip(
     field -> position, ``headers``: field -> header text for messages). An apex cell whose
     text is in ``unannotated`` (default :data:`UNANNOTATED`) becomes None; ``aliases`` rename
     emotion spellings; ``known_fixes`` are applied (guarded) before the clip is checked by
-    :func:`checked_sample`. ``depth_folder`` adds a depth source (see :func:`depth_source`).
+    :func:`checked_sample`. ``depth_folder`` adds a depth source (see :func:`depth_source`);
+    ``frame_cache`` is passed to :func:`frame_source`.
 
     Raises:
         AnnotationError, MissingFramesError: as :func:`parse_frame` and :func:`checked_sample`.
@@ -419,8 +436,8 @@ def annotated_clip(
         extra["au_alternatives"] = alternatives
         fixes.append(f"uncertain AU term(s) {list(alternatives)}: "
                      + ("all alternatives kept" if au_or == "all" else "left out of aus"))
-    frames = frame_source(folder, frame_pattern, file=file, row=row, clip=clip)
-    depth = None if depth_folder is None else depth_source(depth_folder, file=file, row=row, clip=clip)
+    frames = frame_source(folder, frame_pattern, file=file, row=row, clip=clip, cache=frame_cache)
+    depth = None if depth_folder is None else depth_source(depth_folder, file=file, row=row, clip=clip, cache=frame_cache)
     numbers = {"onset": onset, "apex": apex, "offset": offset}
     fixes += apply_known_fixes(known_fixes, numbers, frames)
     sample = checked_sample(dataset=dataset, subject=subject, clip_id=clip_id, frames=frames, onset=numbers["onset"],
@@ -429,11 +446,14 @@ def annotated_clip(
     return sample, fixes
 
 
-def depth_source(folder: Path, *, file: Path, row: int | None, clip: str) -> FrameSource:
+def depth_source(folder: Path, *, file: Path, row: int | None, clip: str,
+                 cache: dict[tuple[Path, str], FrameSource] | None = None) -> FrameSource:
     """Depth frames of a clip: the folder's .png files, or its .jpg files when it has no .png."""
-    if folder.is_dir() and not any(folder.glob("*.png")):
-        return frame_source(folder, "*.jpg", file=file, row=row, clip=clip)
-    return frame_source(folder, "*.png", file=file, row=row, clip=clip)
+    for pattern in ("*.png", "*.jpg"):
+        if cache is not None and (folder, pattern) in cache:
+            return cache[folder, pattern]
+    pattern = "*.jpg" if folder.is_dir() and not any(folder.glob("*.png")) else "*.png"
+    return frame_source(folder, pattern, file=file, row=row, clip=clip, cache=cache)
 
 
 def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]], tuple[Sample, list[str]]],
