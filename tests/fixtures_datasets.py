@@ -370,3 +370,64 @@ def build_casme3(root: Path, rows: list[dict] | None = None, *, depth: bool = Tr
             if depth:
                 write_image(clip / "depth" / f"{n}.png")
     return root
+
+
+# --------------------------------------------------------------------------- MEGC2019
+
+
+def build_megc2019(root: Path) -> Path:
+    """``root/CASME2``, ``root/SAMM``, ``root/SMIC`` with the full fixture trees."""
+    build_casme2(root / "CASME2")
+    build_samm(root / "SAMM")
+    build_smic(root / "SMIC")
+    return root
+
+
+def megc2019_flow_rows() -> list[dict]:
+    """The 442 rows of the released CSV: per source dataset the subject counts of the composite
+    and its class counts (CASME II 88/32/25, SAMM 92/26/15, SMIC 70/51/43)."""
+    rows = []
+    labels = {"casme2": _spread([0] * 88 + [1] * 32 + [2] * 25, seed=11),
+              "samm": _spread([0] * 92 + [1] * 26 + [2] * 15, seed=12)}
+    for subject, count in CASME2_MEGC_SUBJECTS.items():
+        rows += [{"dataset": "casme2", "sub": f"sub{subject:02d}", "filename_o": f"EP{k + 1:02d}_{subject:02d}f",
+                  "label": labels["casme2"].pop()} for k in range(count)]
+    for subject, counts in SMIC_SUBJECTS.items():
+        for label, count in enumerate(counts):
+            rows += [{"dataset": "smic", "sub": f"s{subject:02d}",
+                      "filename_o": f"s{subject:02d}_{('ne', 'po', 'sur')[label]}_{k + 1:02d}", "label": label}
+                     for k in range(count)]
+    for subject, count in SAMM_MEGC_SUBJECTS.items():
+        rows += [{"dataset": "samm", "sub": f"{subject:03d}", "filename_o": f"{subject:03d}_{k // 3 + 1}_{k % 3 + 1}",
+                  "label": labels["samm"].pop()} for k in range(count)]
+    assert len(rows) == 442
+    return rows
+
+
+def build_megc2019_flow(root: Path, rows: list[dict] | None = None, *, crops: bool = True) -> Path:
+    """``label/combined_3_class2_for_optical_flow.csv``, ``STSNet_whole_norm_u_v_os/<sub>_<filename_o> .png``
+    (28 x 28; every tenth without the space) and, with ``crops``, ``combined_datasets_whole/<imagename>``;
+    plus a decoy folder holding two of the flow images."""
+    rows = megc2019_flow_rows() if rows is None else rows
+    table = root / "label" / "combined_3_class2_for_optical_flow.csv"
+    table.parent.mkdir(parents=True, exist_ok=True)
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[..., 0] = np.arange(28, dtype=np.uint8)[None, :] * 9  # R: a ramp along x
+    image[..., 2] = 200
+    ok, flow_png = cv2.imencode(".png", image[..., ::-1])  # cv2 writes BGR
+    assert ok
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["dataset", "sub", "filename_o", "label", "imagename", "notes"])
+        for k, row in enumerate(rows):
+            name = f"{row['sub']}_{row['filename_o']}"
+            writer.writerow([row["dataset"], row["sub"], row["filename_o"], row["label"], f"{name}.jpg", ""])
+            flow = root / "datasets" / "STSNet_whole_norm_u_v_os" / (f"{name}.png" if k % 10 == 0 else f"{name} .png")
+            flow.parent.mkdir(parents=True, exist_ok=True)
+            flow.write_bytes(flow_png.tobytes())
+            if crops:
+                write_image(root / "datasets" / "combined_datasets_whole" / f"{name}.jpg")
+    for row in rows[:2]:
+        (root / "datasets" / "decoy").mkdir(parents=True, exist_ok=True)
+        (root / "datasets" / "decoy" / f"{row['sub']}_{row['filename_o']} .png").write_bytes(flow_png.tobytes())
+    return root

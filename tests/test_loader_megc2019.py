@@ -1,0 +1,126 @@
+import csv
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from fixtures_datasets import build_megc2019, build_megc2019_flow, megc2019_flow_rows
+from merkit.data.megc2019 import EXCLUDED, read_flow_image
+from merkit.data.protocols import apply_protocol
+from merkit.data.registry import get_dataset, load_dataset
+from merkit.errors import AnnotationError, DatasetError, MissingFramesError
+
+
+def _summary(samples):
+    per = {}
+    for name in ("casme2", "samm", "smic"):
+        part = [s for s in samples if s.dataset == name]
+        per[name] = (len(part), tuple(Counter(s.label for s in part)[k] for k in range(3)), len({s.subject for s in part}))
+    return per
+
+
+@pytest.fixture(scope="module")
+def composite(tmp_path_factory):
+    root = build_megc2019(tmp_path_factory.mktemp("megc"))
+    return root, load_dataset("megc2019", root)
+
+
+def test_composite_counts(composite):
+    _, result = composite
+    samples = apply_protocol(result.samples, "megc2019-3")
+    assert len(samples) == 442
+    assert len({s.group for s in samples}) == 68
+    assert Counter(s.label for s in samples) == {0: 250, 1: 109, 2: 83}
+    assert _summary(samples) == {"casme2": (145, (88, 32, 25), 24), "samm": (133, (92, 26, 15), 28),
+                                 "smic": (164, (70, 51, 43), 16)}
+
+
+def test_exclusions_and_reports(composite):
+    _, result = composite
+    clips = {(s.subject, s.clip_id) for s in result.samples if s.dataset == "casme2"}
+    assert not clips & EXCLUDED
+    assert len(result.samples) == 255 - 5 + 159 + 164
+    excluded = [line for line in result.skipped if "excluded from the MEGC2019 composite" in line]
+    assert len(excluded) == 5 and all(line.startswith("[casme2] ") for line in excluded)
+    assert any(line.startswith("[casme2] ") and "sub04/EP12_01f" not in line for line in result.fixes)
+    assert any(line.startswith("[samm] ") for line in result.fixes)
+
+
+def test_subject_ids_stay_distinct(composite):
+    _, result = composite
+    groups = {s.group for s in result.samples}
+    assert {g.split("/")[0] for g in groups} == {"casme2", "samm", "smic"}
+    assert len(groups) == len({(s.dataset, s.subject) for s in result.samples}) == 26 + 32 + 16
+
+
+def test_source_roots_on_their_own(composite, tmp_path, monkeypatch):
+    root, _ = composite
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DatasetError, match="no casme2 dataset(.|\n)*casme2_root="):
+        load_dataset("megc2019", empty)
+    monkeypatch.setenv("MERKIT_SMIC_ROOT", str(root / "SMIC"))
+    result = load_dataset("megc2019", empty, casme2_root=root / "CASME2", samm_root=root / "SAMM")
+    assert len(apply_protocol(result.samples, "megc2019-3")) == 442
+
+
+@pytest.fixture(scope="module")
+def flow_release(tmp_path_factory):
+    root = build_megc2019_flow(tmp_path_factory.mktemp("megc_flow"))
+    return root, load_dataset("megc2019-flow", root)
+
+
+def test_flow_release_counts(flow_release):
+    _, result = flow_release
+    samples = apply_protocol(result.samples, "megc2019-3")
+    assert len(samples) == 442 and len({s.group for s in samples}) == 68
+    assert _summary(samples) == {"casme2": (145, (88, 32, 25), 24), "samm": (133, (92, 26, 15), 28),
+                                 "smic": (164, (70, 51, 43), 16)}
+
+
+def test_flow_release_samples_carry_precomputed_views(flow_release):
+    root, result = flow_release
+    first = result.samples[0]
+    assert (first.dataset, first.subject, first.clip_id) == ("casme2", "sub01", "EP01_01f")
+    assert first.emotion in ("negative", "positive", "surprise") and first.label is None
+    assert len(first.frames) == 0 and first.apex_frame is None
+    assert first.meta["precomputed_views"] == ("flow", "apex")
+    assert first.meta["flow_image"] == str(root / "datasets" / "STSNet_whole_norm_u_v_os" / "sub01_EP01_01f.png")
+    assert result.samples[1].meta["flow_image"].endswith("sub01_EP02_01f .png")  # with the space
+    assert first.meta["apex_image"] == str(root / "datasets" / "combined_datasets_whole" / "sub01_EP01_01f.jpg")
+    samm = next(s for s in result.samples if s.dataset == "samm")
+    assert samm.subject == "006" and samm.fps == 200
+    flow = read_flow_image(first.meta["flow_image"])
+    assert flow.shape == (3, 28, 28) and flow.dtype == np.float32
+    np.testing.assert_allclose(flow[0, 5], np.arange(28) * 9 / 255, atol=1e-6)  # u = the R plane
+    np.testing.assert_allclose(flow[2], 200 / 255, atol=1e-6)
+
+
+def test_flow_release_without_crops(tmp_path):
+    rows = megc2019_flow_rows()[:6]
+    root = build_megc2019_flow(tmp_path, rows, crops=False)
+    result = load_dataset("megc2019-flow", root)
+    assert all(s.meta["precomputed_views"] == ("flow",) and "apex_image" not in s.meta for s in result.samples)
+
+
+def test_flow_release_bad_rows(tmp_path):
+    rows = megc2019_flow_rows()[:6]
+    root = build_megc2019_flow(tmp_path, rows)
+    table = root / "label" / "combined_3_class2_for_optical_flow.csv"
+    lines = list(csv.reader(open(table)))
+    lines[3][3] = "5"
+    with open(table, "w", newline="") as handle:
+        csv.writer(handle).writerows(lines)
+    with pytest.raises(AnnotationError, match="label: expected 0, 1 or 2, got '5'") as info:
+        load_dataset("megc2019-flow", root)
+    assert info.value.row == 4
+    (root / "datasets" / "STSNet_whole_norm_u_v_os" / "sub01_EP02_01f .png").unlink()
+    result = load_dataset("megc2019-flow", root, on_error="skip")
+    assert len(result.samples) == 4 and "row 3" in result.skipped[0] and "row 4" in result.skipped[1]
+    with pytest.raises(MissingFramesError, match="no flow image sub01_EP02_01f"):
+        load_dataset("megc2019-flow", root, csv_file=table, flow_dir="datasets/STSNet_whole_norm_u_v_os")
+
+
+def test_registered():
+    assert get_dataset("megc2019").protocols == ("megc2019-3",)
+    assert "filename_o" in get_dataset("megc2019-flow").layout
