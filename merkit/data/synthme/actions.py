@@ -300,9 +300,7 @@ def _au_parts(au: str, g: FaceGeometry, side: str) -> list[tuple[np.ndarray, flo
         add(corner, 0.12, 0.10, (0.9 * o, 0.15))
     elif au == "23":
         add(corner, 0.08, 0.08, (-0.4 * o, 0.0))
-    elif au in ("17", "25", "26"):
-        pass  # midline only
-    return parts
+    return parts  # 17, 25, 26 act at the midline only
 
 
 def _parse_au(code: str) -> tuple[str, str]:
