@@ -84,14 +84,14 @@ register_protocol(Protocol(
     name="casme2-5",
     classes=("happiness", "disgust", "repression", "surprise", "others"),
     mapping=_identity(("happiness", "disgust", "repression", "surprise", "others")),
-    datasets=("casme2",),
+    datasets=("casme2", "synthme"),
     description="CASME II five classes (Yan et al. 2014); fear and sadness excluded.",
 ))
 register_protocol(Protocol(
     name="casme2-3",
     classes=("negative", "positive", "surprise"),
     mapping={"disgust": "negative", "repression": "negative", "happiness": "positive", "surprise": "surprise"},
-    datasets=("casme2",),
+    datasets=("casme2", "synthme"),
     description="CASME II in the MEGC2019 three classes: negative = disgust + repression.",
 ))
 

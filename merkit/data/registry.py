@@ -65,7 +65,7 @@ def register_dataset(info: DatasetInfo) -> DatasetInfo:
 def _load_all() -> None:
     import importlib
 
-    for module in ("casme2", "samm", "smic", "casme_sq", "casme3", "megc2019"):
+    for module in ("casme2", "synthme_dataset", "samm", "smic", "casme_sq", "casme3", "megc2019"):
         try:
             importlib.import_module(f"merkit.data.{module}")
         except ModuleNotFoundError as err:  # loader not written yet

@@ -1,0 +1,42 @@
+"""The ``synthme`` dataset: a SynthME folder read through the CASME II loader.
+
+SynthME (:mod:`merkit.data.synthetic`) writes the real CASME II layout, so the CASME II loader
+reads it unchanged; this entry only renames the dataset to ``synthme`` (so runs never pass
+synthetic numbers off as CASME II ones) and attaches what the generator knows exactly:
+``meta["synthme"] = (root, subject number, Filename)`` lets the pipeline re-render a clip's
+ground truth (depth, landmarks, AU intensities) with :func:`~merkit.data.synthetic.load_synth_clip`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from merkit.data.casme2 import LAYOUT as CASME2_LAYOUT
+from merkit.data.casme2 import load_casme2
+from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
+from merkit.errors import DatasetError
+
+LAYOUT = CASME2_LAYOUT.replace("CASME2-coding-<date>.xlsx", "CASME2-coding-synthme.xlsx").replace(
+    "<root>/", "<root>/                          written by `merkit synth`\n  synthme.json                   generator parameters (exact ground truth)", 1)
+
+
+def load_synthme(root: str | Path, on_error: OnError = "raise") -> LoadResult:
+    """Load a folder written by :func:`~merkit.data.synthetic.write_synthme`.
+
+    Raises:
+        DatasetError: ``synthme.json`` is missing (not a SynthME folder).
+    """
+    root = Path(root)
+    if not (root / "synthme.json").is_file():
+        raise DatasetError(f"synthme: {root} holds no synthme.json; generate one with `merkit synth --out {root}`")
+    result = load_casme2(root, on_error=on_error)
+    samples = [
+        replace(s, dataset="synthme", meta={**s.meta, "synthme": (str(root), int(s.subject[3:]), s.clip_id)})
+        for s in result.samples
+    ]
+    return LoadResult(samples=samples, fixes=result.fixes, skipped=result.skipped)
+
+
+register_dataset(DatasetInfo(name="synthme", loader=load_synthme, protocols=("casme2-5", "casme2-3"),
+                             layout=LAYOUT, licensed=False))
