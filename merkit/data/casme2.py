@@ -8,10 +8,10 @@ Known annotation errors handled here (each applied fix is reported in ``LoadResu
 
 * ``ApexFrame`` written ``/`` (sub04/EP12_01f in the 2014-05-08 release, more rows in older
   ones): the clip is kept with ``apex_frame=None``; the run's apex policy decides.
-* ``OffsetFrame`` of sub16/EP01_08 points past the frames on disk (the release holds frames
-  73..96 of that clip): the offset becomes the last frame on disk.
-* Spreadsheet row 62 (2014-05-08 release) has an offset the frames contradict; the meb toolkit
-  (tvaranka/meb) reads 91 off the frames on disk, used here.
+* ``OffsetFrame`` of sub16/EP01_08 (110) points past the frames on disk (users of the release
+  report frames 73..96 only): the offset becomes the last frame on disk.
+* Spreadsheet row 62 has an offset its frames contradict; the meb toolkit (tvaranka/meb)
+  corrects it to 91, read off the frames, which is used here.
 * ``Estimated Emotion`` spelling and case variants (``Happiness``, ``suprise``) are normalised.
 
 Both table fixes are guarded (see :class:`~merkit.data.annotations.KnownFix`): they change
