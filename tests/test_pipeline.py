@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+
+from merkit.config import ViewsConfig
+from merkit.data.synthetic import load_synth_clip
+from merkit.errors import PreprocessError
+from merkit.preprocess.pipeline import ViewBuilder, build_views, cache_key, load_course
+from merkit.views import ViewSpec
+
+
+def _clip(sample):
+    root, subject, filename = sample.meta["synthme"]
+    return load_synth_clip(root, subject, filename, verify=False)
+
+
+def test_course_starts_at_onset_and_finds_the_annotated_apex(synth_samples):
+    sample = synth_samples[0]
+    course = load_course(sample, ViewsConfig())
+    clip = _clip(sample)
+    assert course.numbers[0] == sample.onset_frame and course.numbers[-1] == sample.offset_frame
+    assert course.numbers[course.apex] == sample.apex_frame
+    np.testing.assert_array_equal(course.frames[0], clip.frames[clip.onset])
+    np.testing.assert_array_equal(course.frames[course.apex], clip.frames[clip.apex])
+    assert course.apex_source == "annotated"
+
+
+def test_diff_view_is_apex_minus_onset_at_the_requested_size(synth_samples):
+    sample = synth_samples[1]
+    views = build_views(sample, [ViewSpec("onset", (32, 32)), ViewSpec("apex", (32, 32)), ViewSpec("diff", (32, 32))], ViewsConfig())
+    assert views["diff"].shape == (1, 32, 32) and views["diff"].dtype == np.float32
+    np.testing.assert_allclose(views["diff"], views["apex"] - views["onset"], atol=1e-6)
+    assert np.abs(views["diff"]).max() > 0.02  # the expression moved something
+
+
+def test_flow_view_points_the_way_the_true_displacement_does(synth_samples):
+    sample = synth_samples[2]
+    clip = _clip(sample)
+    views = build_views(sample, [ViewSpec("flow", (64, 64))], ViewsConfig(flow="farneback"))
+    true = clip.flow_at(clip.apex)
+    moving = np.linalg.norm(true, axis=-1) > 0.5
+    assert moving.sum() > 20
+    est = views["flow"][:2].transpose(1, 2, 0)[moving]
+    cosine = (est * true[moving]).sum(-1) / (np.linalg.norm(est, axis=-1) * np.linalg.norm(true[moving], axis=-1) + 1e-6)
+    assert np.median(cosine) > 0.5
+
+
+def test_sequence_views_start_at_onset_and_contain_the_apex(synth_samples):
+    sample = synth_samples[3]
+    views = build_views(sample, [ViewSpec("frames", (24, 24), length=6)], ViewsConfig())
+    assert views["frames"].shape == (6, 1, 24, 24)
+    onset = build_views(sample, [ViewSpec("onset", (24, 24))], ViewsConfig())["onset"]
+    apex = build_views(sample, [ViewSpec("apex", (24, 24))], ViewsConfig())["apex"]
+    np.testing.assert_allclose(views["frames"][0], onset)
+    np.testing.assert_allclose(views["frames"][int(views["apex_index"])], apex)
+
+
+def test_missing_apex_follows_the_policy(synth_samples):
+    from dataclasses import replace
+
+    sample = replace(synth_samples[0], apex_frame=None)
+    with pytest.raises(PreprocessError, match="no annotated apex"):
+        load_course(sample, ViewsConfig(apex_policy="annotated"))
+    course = load_course(sample, ViewsConfig(apex_policy="middle"))
+    assert course.apex == (len(course.frames) - 1) // 2 and course.apex_source == "middle"
+
+
+def test_cache_reuses_views_and_recomputes_when_the_config_changes(synth_samples, tmp_path):
+    specs = [ViewSpec("diff", (16, 16))]
+    samples = synth_samples[:3]
+    first_samples, first = ViewBuilder(specs, ViewsConfig(), cache_dir=tmp_path).build(samples)
+    files = sorted(tmp_path.glob("*.npz"))
+    assert len(files) == 3 and not list(tmp_path.glob("*.tmp*"))
+    _, again = ViewBuilder(specs, ViewsConfig(), cache_dir=tmp_path).build(samples)
+    np.testing.assert_array_equal(first["diff"], again["diff"])
+    assert sorted(tmp_path.glob("*.npz")) == files  # nothing new written
+    assert cache_key(samples[0], specs, ViewsConfig()) != cache_key(samples[0], specs, ViewsConfig(apex_policy="middle"))
+    ViewBuilder(specs, ViewsConfig(apex_policy="middle"), cache_dir=tmp_path).build(samples)
+    assert len(list(tmp_path.glob("*.npz"))) == 6
+
+
+def test_damaged_cache_entry_is_rebuilt(synth_samples, tmp_path):
+    specs = [ViewSpec("diff", (16, 16))]
+    _, first = ViewBuilder(specs, ViewsConfig(), cache_dir=tmp_path).build(synth_samples[:1])
+    entry = next(tmp_path.glob("*.npz"))
+    entry.write_bytes(b"not an npz")
+    _, again = ViewBuilder(specs, ViewsConfig(), cache_dir=tmp_path).build(synth_samples[:1])
+    np.testing.assert_array_equal(first["diff"], again["diff"])
+
+
+def test_skip_records_the_failing_sample(synth_samples):
+    from dataclasses import replace
+
+    bad = replace(synth_samples[0], apex_frame=None)
+    builder = ViewBuilder([ViewSpec("diff", (16, 16))], ViewsConfig(apex_policy="annotated"), on_error="skip")
+    kept, views = builder.build([bad, synth_samples[1]])
+    assert kept == [synth_samples[1]] and views["diff"].shape[0] == 1
+    assert bad.sample_id in builder.skipped[0]
+    with pytest.raises(PreprocessError, match=bad.sample_id):
+        ViewBuilder([ViewSpec("diff", (16, 16))], ViewsConfig(apex_policy="annotated")).build([bad])
+
+
+def test_two_workers_give_the_same_views(synth_samples):
+    specs = [ViewSpec("diff", (16, 16))]
+    _, one = ViewBuilder(specs, ViewsConfig(), workers=1).build(synth_samples[:4])
+    _, two = ViewBuilder(specs, ViewsConfig(), workers=2).build(synth_samples[:4])
+    np.testing.assert_array_equal(one["diff"], two["diff"])
