@@ -104,3 +104,8 @@ def test_two_workers_give_the_same_views(synth_samples):
     _, one = ViewBuilder(specs, ViewsConfig(), workers=1).build(synth_samples[:4])
     _, two = ViewBuilder(specs, ViewsConfig(), workers=2).build(synth_samples[:4])
     np.testing.assert_array_equal(one["diff"], two["diff"])
+
+
+def test_synthme_samples_carry_the_generated_frame_rate(synth_samples):
+    assert {s.fps for s in synth_samples} == {100.0}
+    assert {s.dataset for s in synth_samples} == {"synthme"}

@@ -2,13 +2,14 @@
 
 SynthME (:mod:`merkit.data.synthetic`) writes the real CASME II layout, so the CASME II loader
 reads it unchanged; this entry only renames the dataset to ``synthme`` (so runs never pass
-synthetic numbers off as CASME II ones) and attaches what the generator knows exactly:
+synthetic numbers off as CASME II ones), takes the frame rate the folder was generated at, and attaches what the generator knows exactly:
 ``meta["synthme"] = (root, subject number, Filename)`` lets the pipeline re-render a clip's
 ground truth (depth, landmarks, AU intensities) with :func:`~merkit.data.synthetic.load_synth_clip`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,11 +29,13 @@ def load_synthme(root: str | Path, on_error: OnError = "raise") -> LoadResult:
         DatasetError: ``synthme.json`` is missing (not a SynthME folder).
     """
     root = Path(root)
-    if not (root / "synthme.json").is_file():
+    record = root / "synthme.json"
+    if not record.is_file():
         raise DatasetError(f"synthme: {root} holds no synthme.json; generate one with `merkit synth --out {root}`")
+    fps = float(json.loads(record.read_text())["config"]["fps"])
     result = load_casme2(root, on_error=on_error)
     samples = [
-        replace(s, dataset="synthme", meta={**s.meta, "synthme": (str(root), int(s.subject[3:]), s.clip_id)})
+        replace(s, dataset="synthme", fps=fps, meta={**s.meta, "synthme": (str(root), int(s.subject[3:]), s.clip_id)})
         for s in result.samples
     ]
     return LoadResult(samples=samples, fixes=result.fixes, skipped=result.skipped)

@@ -1,0 +1,95 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from merkit.config import config_from_dict
+from merkit.data.protocols import get_protocol
+from merkit.errors import LeakageError
+from merkit.train.loso import _validation_split, assert_disjoint, loso_folds, run_loso
+
+LOGREG = {"model": {"name": "logreg", "image_size": 16}, "train": {"epochs": 3, "batch_size": 8, "lr": 0.01}}
+
+
+def test_one_fold_per_subject_and_never_a_shared_subject(synth_samples):
+    folds = loso_folds(synth_samples)
+    assert [f.name for f in folds] == ["sub01", "sub02", "sub03", "sub04"]
+    for fold in folds:
+        test_subjects = {synth_samples[i].subject for i in fold.test_index}
+        train_subjects = {synth_samples[i].subject for i in fold.train_index}
+        assert test_subjects == {fold.name} and fold.name not in train_subjects
+        assert len(fold.train_index) + len(fold.test_index) == len(synth_samples)
+
+
+def test_subject_ids_of_different_datasets_are_different_folds(synth_samples):
+    other = [replace(s, dataset="samm") for s in synth_samples[:5]]
+    folds = loso_folds(list(synth_samples[:5]) + other)
+    assert [f.name for f in folds] == ["samm-sub01", "synthme-sub01"]
+
+
+def test_leak_is_refused(synth_samples):
+    with pytest.raises(LeakageError, match="sub01"):
+        assert_disjoint(synth_samples[:3], synth_samples[2:4])
+
+
+def test_validation_split_comes_from_training_subjects_only(synth_samples):
+    fold = loso_folds(synth_samples)[0]
+    fit, val = _validation_split(synth_samples, fold.train_index, 0.34, seed=0)
+    test_subjects = {synth_samples[i].subject for i in fold.test_index}
+    val_subjects = {synth_samples[i].subject for i in val}
+    fit_subjects = {synth_samples[i].subject for i in fit}
+    assert val_subjects and fit_subjects and not (val_subjects & test_subjects) and not (val_subjects & fit_subjects)
+    assert sorted(np.concatenate([fit, val])) == sorted(fold.train_index)
+
+
+def test_run_directory_contract_and_resume(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    metrics = run_loso(synth_samples, protocol, config, tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "predictions.csv", "metrics.json", "confusion_matrix.png", "log.txt"):
+        assert (run / name).is_file(), name
+    predictions = pd.read_csv(run / "predictions.csv", dtype={"subject": str})
+    assert list(predictions.columns[:6]) == ["sample_id", "dataset", "subject", "fold", "y_true", "y_pred"]
+    assert [c for c in predictions.columns if c.startswith("p_")] == [f"p_{c}" for c in protocol.classes]
+    assert len(predictions) == len(synth_samples) and predictions.sample_id.is_unique
+    assert (predictions.subject == predictions.fold).all()
+    np.testing.assert_allclose(predictions.filter(like="p_").sum(axis=1), 1, atol=1e-5)
+    saved = json.loads((run / "metrics.json").read_text())
+    for key in ("acc", "uf1", "uar", "macro_f1", "per_class", "per_dataset", "per_subject_mean", "n_folds", "n_samples", "selection"):
+        assert key in saved
+    assert saved["selection"]["policy"] == "last" and saved["n_folds"] == 4
+    for fold in ("sub01", "sub02", "sub03", "sub04"):
+        assert (run / "folds" / fold / "model.pt").is_file()
+    # resume: a completed fold is reused, not retrained (its predictions file is the source)
+    marker = run / "folds" / "sub01" / "predictions.csv"
+    table = pd.read_csv(marker, dtype={"subject": str, "fold": str})
+    table["y_pred"] = table["y_true"]
+    table.to_csv(marker, index=False)
+    (run / "folds" / "sub02" / "predictions.csv").unlink()
+    again = run_loso(synth_samples, protocol, config, run)
+    merged = pd.read_csv(run / "predictions.csv", dtype={"subject": str})
+    assert (merged[merged.fold == "sub01"].y_pred == merged[merged.fold == "sub01"].y_true).all()
+    assert (run / "folds" / "sub02" / "predictions.csv").is_file()
+    assert again["n_samples"] == metrics["n_samples"]
+
+
+def test_same_seed_same_metrics(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    first = run_loso(synth_samples, protocol, config, tmp_path / "a")
+    second = run_loso(synth_samples, protocol, config, tmp_path / "b")
+    assert first["uf1"] == second["uf1"] and first["acc"] == second["acc"]
+    a = pd.read_csv(tmp_path / "a" / "predictions.csv")
+    b = pd.read_csv(tmp_path / "b" / "predictions.csv")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_val_split_selection_is_recorded(synth_samples, tmp_path):
+    config = config_from_dict({**LOGREG, "selection": {"policy": "val-split", "val_fraction": 0.34}})
+    metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")
+    assert metrics["selection"]["policy"] == "val-split"
+    history = json.loads((tmp_path / "run" / "folds" / "sub01" / "history.json").read_text())
+    assert len(history["val_uf1"]) == 3 and 1 <= history["best_epoch"] <= 3
