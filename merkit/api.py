@@ -4,14 +4,15 @@ Typical use::
 
     from merkit.api import prepare_run
     from merkit.train.loso import run_loso
-    samples, protocol, config, run_dir, skipped = prepare_run(dataset="casme2", root="/data/CASME2", model="tsfmicro")
-    metrics = run_loso(samples, protocol, config, run_dir, cache_dir=".merkit-cache")
+    run = prepare_run(dataset="casme2", root="/data/CASME2", model="tsfmicro")
+    metrics = run_loso(run.samples, run.protocol, run.config, run.run_dir, cache_dir=".merkit-cache")
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,24 @@ DEMO_DATA = {"subjects": 8, "clips_per_subject": 10, "preset": "default", "seed"
 DEMO_PROTOCOL = "casme2-5"
 
 
+@dataclass
+class PreparedRun:
+    """Everything a LOSO run needs, resolved.
+
+    Attributes:
+        samples: labelled samples. protocol: the label protocol. config: the resolved config.
+        run_dir: where the run is written. notes: adjustments merkit made (e.g. a fallback
+        variant for a release lacking a view). skipped: annotation rows the loader skipped.
+    """
+
+    samples: list[Sample]
+    protocol: Protocol
+    config: RunConfig
+    run_dir: Path
+    notes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
 def prepare_run(
     *,
     dataset: str,
@@ -45,11 +64,11 @@ def prepare_run(
     selection: str | None = None,
     apex_policy: str | None = None,
     on_error: str = "raise",
-) -> tuple[list[Sample], Protocol, RunConfig, Path, list[str]]:
+) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
 
-    Returns:
-        (labelled samples, protocol, resolved config, run directory, skipped-row lines).
+    Without ``config`` the model's ``configs/<model>-<dataset>.yaml`` is used when it exists,
+    else its reduced ``configs/<model>-cpu.yaml``.
 
     Raises:
         ConfigError: neither ``model`` nor ``config`` given, or they disagree.
@@ -66,7 +85,7 @@ def prepare_run(
         overrides.setdefault("selection", {})["policy"] = selection
     if apex_policy is not None:
         overrides.setdefault("views", {})["apex_policy"] = apex_policy
-    cfg = load_config(config if config is not None else f"{model}-cpu", overrides)
+    cfg = load_config(config if config is not None else default_config_name(model, dataset), overrides)
     if model is not None and cfg.model_name != model:
         raise ConfigError(f"config {config} builds model {cfg.model_name!r}, not {model!r}")
     info = get_dataset(dataset)
@@ -75,10 +94,61 @@ def prepare_run(
     samples = apply_protocol(result.samples, proto)
     if not samples:
         raise DatasetError(f"{dataset}: protocol {proto.name} keeps no sample")
+    cfg, notes = fit_to_release(cfg, samples)
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={
         "name": dataset, "protocol": proto.name, "root": str(root) if root is not None else None})})
     run_dir = Path(out) if out is not None else Path("runs") / f"{dataset}-{cfg.model_name}"
-    return samples, proto, cfg, run_dir, result.skipped
+    return PreparedRun(samples, proto, cfg, run_dir, notes=notes, skipped=list(result.skipped))
+
+
+def default_config_name(model: str, dataset: str) -> str:
+    """``configs/<model>-<dataset>.yaml`` when it exists, else the reduced ``<model>-cpu``."""
+    try:
+        find_config(f"{model}-{dataset}")
+        return f"{model}-{dataset}"
+    except ConfigError:
+        return f"{model}-cpu"
+
+
+#: per model, the config change that lets it run on a release lacking some views
+RELEASE_FALLBACKS: dict[str, dict[str, Any]] = {"tsfmicro": {"branches": "temporal"}}
+
+
+def fit_to_release(cfg: RunConfig, samples: list[Sample]) -> tuple[RunConfig, list[str]]:
+    """Check a model's views against what a precomputed release ships (MEGC2019 flow format).
+
+    Samples built from frames can give every view. A release of ready-made views (``meta
+    ["precomputed_views"]``) gives only those; a model asking for more falls back to its
+    variant in :data:`RELEASE_FALLBACKS` with a note, or the run is refused.
+
+    Raises:
+        ConfigError: the model needs views the release lacks and has no fallback.
+    """
+    import torch
+
+    from merkit.models.registry import create
+
+    shipped = [set(s.meta["precomputed_views"]) for s in samples if s.meta.get("precomputed_views")]
+    if not shipped:
+        return cfg, []
+    available = set.intersection(*shipped)
+
+    def missing(config: RunConfig) -> set[str]:
+        with torch.random.fork_rng():
+            spec = create(config.model_name, num_classes=2, **config.model_kwargs).input_spec
+        return {v.name for v in spec} - available
+
+    lacking = missing(cfg)
+    if not lacking:
+        return cfg, []
+    fallback = RELEASE_FALLBACKS.get(cfg.model_name)
+    if fallback is not None:
+        changed = cfg.model_copy(update={"model": {**cfg.model, **fallback}})
+        if not missing(changed):
+            setting = ", ".join(f"{k}={v}" for k, v in fallback.items())
+            return changed, [f"the release has no {', '.join(sorted(lacking))} view: running {cfg.model_name} with {setting}"]
+    raise ConfigError(f"model {cfg.model_name} needs the views {sorted(lacking)}, which this release does not ship "
+                      f"(it has {sorted(available)})")
 
 
 def demo_samples(data_dir: str | Path) -> tuple[list[Sample], Protocol]:

@@ -83,12 +83,15 @@ def train(
     from merkit.api import prepare_run
 
     try:
-        samples, proto, cfg, run_dir, skipped = prepare_run(
+        run = prepare_run(
             dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, epochs=epochs,
             seed=seed, selection=selection, apex_policy=apex_policy, on_error="skip" if skip_bad else "raise")
-        for line in skipped:
+        for line in run.notes:
+            console.print(f"[cyan]note[/] {line}")
+        for line in run.skipped:
             console.print(f"[yellow]skipped[/] {line}")
-        metrics = _run_with_progress(samples, proto, cfg, run_dir, cache, workers)
+        cfg, run_dir = run.config, run.run_dir
+        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results

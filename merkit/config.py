@@ -160,17 +160,31 @@ def find_config(name_or_path: str | Path) -> Path:
     raise ConfigError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR} (known: {known})")
 
 
-def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read and validate a config file, applying nested ``overrides``.
-
-    Raises:
-        ConfigError: unreadable YAML or a value that fails validation (message names the key).
-    """
+def _read_raw(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
     path = find_config(name_or_path)
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'base' configs form a cycle")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    base = raw.pop("base", None)
+    if base is not None:
+        parent, _ = _read_raw(base, seen + (path.resolve(),))
+        raw = _merge(parent, raw)
+    return raw, path
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Read and validate a config file, applying nested ``overrides``.
+
+    A file may start from another with ``base: <name or path>``; its own keys are merged over
+    the base's (nested sections key by key).
+
+    Raises:
+        ConfigError: unreadable YAML or a value that fails validation (message names the key).
+    """
+    raw, path = _read_raw(name_or_path)
     return config_from_dict(_merge(raw, overrides or {}), source=str(path))
 
 

@@ -27,3 +27,18 @@ def test_overrides_merge_into_nested_sections():
 def test_unknown_config_name_lists_known_ones():
     with pytest.raises(ConfigError, match="logreg-cpu"):
         load_config("no-such-config")
+
+
+def test_base_config_is_merged_under_the_file(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("base: logreg-cpu\ntrain: {epochs: 4}\nmodel: {image_size: 16}\n")
+    cfg = load_config(child)
+    assert cfg.train.epochs == 4 and cfg.train.lr == 0.01
+    assert cfg.model == {"name": "logreg", "image_size": 16, "in_channels": 1}
+
+
+def test_base_cycle_is_an_error(tmp_path):
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\nmodel: {{name: logreg}}\n")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml")

@@ -90,7 +90,7 @@ def test_bad_input_and_options():
 def test_registered_and_published_config():
     from merkit.models.registry import create
 
-    config = load_config("ststnet-megc2019")
+    config = load_config("ststnet-megc2019-flow")
     assert config.model_name == "ststnet"
     assert (config.train.lr, config.train.batch_size, config.train.epochs, config.train.optimizer) == (5e-5, 256, 800, "adam")
     assert (config.dataset.name, config.dataset.protocol) == ("megc2019-flow", "megc2019-3")

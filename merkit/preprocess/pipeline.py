@@ -145,6 +145,8 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
     Raises:
         PreprocessError: a view cannot be built (message names the sample and the step).
     """
+    if sample.meta.get("precomputed_views"):
+        return _precomputed_views(sample, specs)
     course = load_course(sample, config)
     onset, apex = course.frames[0], course.frames[course.apex]
     views: dict[str, np.ndarray] = {}
@@ -163,6 +165,33 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
             positions = sample_positions(course, spec.length, config, sample.fps)
             views["apex_index"] = np.asarray(int(np.flatnonzero(positions == course.apex)[0]), dtype=np.int64)
             views[spec.name] = _sequence_view(sample, course, positions, spec, config)
+    return views
+
+
+def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec]) -> dict[str, np.ndarray]:
+    """Views a release ships ready-made (the MEGC2019 flow format: ``flow`` and ``apex`` images).
+
+    The released flow image is per-image min-max scaled to [0, 1] (see
+    :func:`merkit.data.megc2019.read_flow_image`); it is resized to the spec's size if needed.
+    """
+    from merkit.data.megc2019 import read_flow_image
+    from merkit.data.sample import read_image
+
+    available = tuple(sample.meta["precomputed_views"])
+    views: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.name not in available:
+            raise PreprocessError(
+                f"{sample.sample_id}: view {spec.name!r} is not in this release, which ships only {', '.join(available)}"
+            )
+        if spec.name == "flow":
+            flow = read_flow_image(sample.meta["flow_image"])
+            if flow.shape[1:] != tuple(spec.size):
+                h, w = spec.size
+                flow = cv2.resize(flow.transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+            views["flow"] = np.ascontiguousarray(flow, dtype=np.float32)
+        else:
+            views[spec.name] = to_image_view(read_image(sample.meta[f"{spec.name}_image"]), spec.size, spec.channels)
     return views
 
 
@@ -200,15 +229,18 @@ def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: 
 
 def cache_key(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) -> str:
     """Hash of everything a sample's views depend on: files, annotation, specs, config, version."""
-    numbers = _course_numbers(sample)
+    if sample.meta.get("precomputed_views"):
+        paths = [Path(sample.meta[f"{name}_image"]) for name in sample.meta["precomputed_views"]]
+    else:
+        paths = [sample.frames.paths[sample.frames.position(n)] for n in _course_numbers(sample)]
     files = []
-    for n in numbers:
-        path = sample.frames.paths[sample.frames.position(n)]
+    for path in paths:
         stat = path.stat()
         files.append((str(path), stat.st_size, int(stat.st_mtime)))
     payload = {
         "version": PIPELINE_VERSION,
-        "sample": [sample.sample_id, sample.onset_frame, sample.apex_frame, sample.offset_frame, sample.fps],
+        "sample": [sample.sample_id, sample.onset_frame, sample.apex_frame, sample.offset_frame, sample.fps,
+                   sample.meta.get("source_format")],
         "files": files,
         "specs": [asdict(s) for s in specs],
         "config": config.model_dump(mode="json"),
