@@ -151,6 +151,37 @@ def fit_to_release(cfg: RunConfig, samples: list[Sample]) -> tuple[RunConfig, li
                       f"(it has {sorted(available)})")
 
 
+def preprocess_specs(*, views: str | None, model: str | None, config: str | None, dataset: str, size: int = 112,
+                     channels: int = 1, num_frames: int = 8):
+    """The view specs and views config ``merkit preprocess`` builds.
+
+    ``model`` (or ``config``) gives exactly that model's input spec; ``views`` names views
+    built at ``size`` x ``size`` with ``channels`` and ``num_frames``.
+
+    Raises:
+        ConfigError: neither or both of ``views`` and ``model``/``config``.
+    """
+    import torch
+
+    from merkit.config import ViewsConfig
+    from merkit.models.registry import create
+    from merkit.views import ViewSpec
+
+    if (views is None) == (model is None and config is None):
+        raise ConfigError("give either --views NAMES or --model/--config")
+    if views is None:
+        cfg = load_config(config if config is not None else default_config_name(model, dataset))
+        with torch.random.fork_rng():
+            specs = create(cfg.model_name, num_classes=2, **cfg.model_kwargs).input_spec
+        return tuple(specs), cfg.views
+    views_config = load_config(config).views if config is not None else ViewsConfig()
+    sequence = {"frames", "flow_seq", "depth_seq", "au"}
+    specs = tuple(ViewSpec(name.strip(), size=(size, size), channels=channels,
+                           length=num_frames if name.strip() in sequence else None)
+                  for name in views.split(",") if name.strip())
+    return specs, views_config
+
+
 def demo_samples(data_dir: str | Path) -> tuple[list[Sample], Protocol]:
     """The SynthME demo set (generated on first use, reused after), labelled by ``casme2-5``."""
     from merkit.data.synthetic import write_synthme

@@ -153,6 +153,43 @@ def demo(
     console.print(f"total {time.perf_counter() - start:.0f} s; LOSO over subjects, selection: last epoch of a fixed budget")
 
 
+@app.command()
+def preprocess(
+    dataset: str = typer.Option(..., help="dataset name"),
+    root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
+    views: Optional[str] = typer.Option(None, help="comma-separated views (onset,apex,diff,flow,frames,flow_seq,depth_seq,au)"),
+    model: Optional[str] = typer.Option(None, help="build the views this model's config needs instead of --views"),
+    config: Optional[str] = typer.Option(None, help="config file/name: its views section sets how views are built"),
+    size: int = typer.Option(112, help="view size in pixels (with --views)"),
+    channels: int = typer.Option(1, help="1 grey or 3 RGB (with --views)"),
+    num_frames: int = typer.Option(8, help="length of sequence views (with --views)"),
+    workers: int = typer.Option(1, min=1),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    skip_bad: bool = typer.Option(False, help="skip samples whose views fail (recorded) instead of stopping"),
+) -> None:
+    """Build and cache views for every sample of a dataset (N worker processes)."""
+    from merkit.api import preprocess_specs
+    from merkit.data.registry import load_dataset
+    from merkit.preprocess.pipeline import ViewBuilder
+
+    try:
+        specs, views_config = preprocess_specs(views=views, model=model, config=config, dataset=dataset, size=size,
+                                               channels=channels, num_frames=num_frames)
+        samples = load_dataset(dataset, root, on_error="skip" if skip_bad else "raise").samples
+        builder = ViewBuilder(specs, views_config, cache_dir=cache, workers=workers,
+                              on_error="skip" if skip_bad else "raise")
+        with _progress() as progress:
+            task = progress.add_task("views", total=len(samples))
+            kept, arrays = builder.build(samples, progress=lambda d, t: progress.update(task, completed=d))
+    except MerkitError as err:
+        _fail(err)
+    for name, array in arrays.items():
+        console.print(f"{name}: {tuple(array.shape)} {array.dtype}")
+    for line in builder.skipped:
+        console.print(f"[yellow]skipped[/] {line}")
+    console.print(f"{len(kept)} of {len(samples)} samples cached in {cache}")
+
+
 @app.command("models")
 def models_list() -> None:
     """List the registered models."""

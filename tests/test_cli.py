@@ -74,3 +74,13 @@ def test_tsfmicro_on_the_flow_release_uses_the_apex_crop_or_falls_back(tmp_path)
                     "--epochs", 1, "--out", tmp_path / "run", "--cache", tmp_path / "cache")
     assert "temporal" in output
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["n_samples"] == 12
+
+
+def test_preprocess_caches_the_named_views(synth_root, tmp_path):
+    output = invoke("preprocess", "--dataset", "synthme", "--root", synth_root, "--views", "diff,frames", "--size", 16,
+                    "--num-frames", 4, "--workers", 2, "--cache", tmp_path / "cache")
+    assert "diff: (20, 1, 16, 16)" in output and "frames: (20, 4, 1, 16, 16)" in output
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 20
+    output = invoke("preprocess", "--dataset", "synthme", "--root", synth_root, "--model", "logreg",
+                    "--cache", tmp_path / "cache")
+    assert "diff: (20, 1, 32, 32)" in output
