@@ -29,7 +29,7 @@ DEMO_MODELS: dict[str, str] = {
 }
 
 #: the SynthME set the demo generates (and reuses when already on disk)
-DEMO_DATA = {"subjects": 8, "clips_per_subject": 10, "preset": "default", "seed": 0}
+DEMO_DATA = {"subjects": 8, "clips_per_subject": 15, "preset": "default", "seed": 0}
 DEMO_PROTOCOL = "casme2-5"
 
 

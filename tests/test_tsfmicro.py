@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from merkit.train.loso import check_views_config
 import torch.nn.functional as F
 
 from merkit.config import load_config
@@ -174,5 +176,5 @@ def test_paper_config_builds_the_paper_architecture():
 def test_cpu_config_agrees_with_its_views_section():
     config = load_config("tsfmicro-cpu")
     model = create(config.model_name, num_classes=5, **config.model_kwargs)
-    for spec in model.input_spec:
-        assert spec.size == config.views.size and spec.channels == config.views.channels
+    check_views_config(model.input_spec, config)  # raises on a disagreement
+    assert {s.name for s in model.input_spec} == {"flow", "onset"}

@@ -5,27 +5,33 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from merkit.errors import ConfigError
 from merkit.models.registry import register
 from merkit.views import ViewSpec
 
 
 class LogisticRegression(nn.Module):
-    """Multinomial logistic regression on the flattened apex - onset difference.
+    """Multinomial logistic regression on a flattened motion map.
 
-    Input: ``views["diff"]`` of shape (B, C, H, W). Output: logits (B, K). It sees the same
-    motion signal as the published models with no spatial structure at all, so a model that
-    cannot beat it clearly has learnt little about micro-expressions.
+    Input: ``views[view]`` of shape (B, C, H, W): the apex - onset difference (``diff``, C =
+    ``in_channels``) or the onset->apex flow (``flow``, C = 3). Output: logits (B, K). It sees the
+    same motion signal as the published models with no spatial structure at all, so a model
+    that cannot beat it clearly has learnt little about micro-expressions.
     """
 
-    def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 1):
+    def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 1, view: str = "diff"):
         super().__init__()
-        self.input_spec = (ViewSpec("diff", size=(image_size, image_size), channels=in_channels),)
-        self.linear = nn.Linear(in_channels * image_size * image_size, num_classes)
+        if view not in ("diff", "flow"):
+            raise ConfigError(f"logreg: view must be 'diff' or 'flow', got {view!r}")
+        channels = 3 if view == "flow" else in_channels
+        self.view = view
+        self.input_spec = (ViewSpec(view, size=(image_size, image_size), channels=channels),)
+        self.linear = nn.Linear(channels * image_size * image_size, num_classes)
 
     def forward(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.linear(views["diff"].flatten(1))
+        return self.linear(views[self.view].flatten(1))
 
 
-@register("logreg", "multinomial logistic regression on the apex - onset difference (trivial peer)")
-def build_logreg(num_classes: int, image_size: int = 32, in_channels: int = 1) -> LogisticRegression:
-    return LogisticRegression(num_classes, image_size=image_size, in_channels=in_channels)
+@register("logreg", "multinomial logistic regression on the apex - onset difference or flow (trivial peer)")
+def build_logreg(num_classes: int, image_size: int = 32, in_channels: int = 1, view: str = "diff") -> LogisticRegression:
+    return LogisticRegression(num_classes, image_size=image_size, in_channels=in_channels, view=view)
