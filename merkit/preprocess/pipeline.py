@@ -79,23 +79,22 @@ def load_course(sample: Sample, config: ViewsConfig) -> Course:
 
 
 def _resolve_apex(sample: Sample, numbers: list[int], frames: np.ndarray, config: ViewsConfig) -> tuple[int, str]:
-    policy = config.apex_policy
-    if sample.apex_frame is not None and policy in ("annotated", "annotated-or-middle"):
+    """Apex position in the course under ``config.apex_policy`` (``annotated-or-middle`` is
+    ``annotated`` with the middle frame as the fallback for clips without an apex)."""
+    from merkit.preprocess.spotting import resolve_apex
+
+    annotated = None
+    if sample.apex_frame is not None:
         if sample.apex_frame not in numbers:
             raise PreprocessError(
                 f"{sample.sample_id}: apex frame {sample.apex_frame} lies outside onset..offset "
                 f"{numbers[0]}..{numbers[-1]}"
             )
-        return numbers.index(sample.apex_frame), "annotated"
-    if policy == "annotated":
-        raise PreprocessError(
-            f"{sample.sample_id}: no annotated apex; choose apex_policy 'middle', 'spotted' or 'annotated-or-middle'"
-        )
-    if policy == "spotted":
-        from merkit.preprocess.spotting import spot_apex
-
-        return int(spot_apex(frames, method=config.spotting)), f"spotted:{config.spotting}"
-    return (len(numbers) - 1) // 2, "middle"
+        annotated = numbers.index(sample.apex_frame)
+    policy = config.apex_policy
+    fallback = "middle" if policy == "annotated-or-middle" else None
+    return resolve_apex(len(numbers), annotated, "annotated" if fallback else policy, frames=frames,
+                        method=config.spotting, fallback=fallback, sample_id=sample.sample_id)
 
 
 def to_image_view(image: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
