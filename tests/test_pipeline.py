@@ -109,3 +109,13 @@ def test_two_workers_give_the_same_views(synth_samples):
 def test_synthme_samples_carry_the_generated_frame_rate(synth_samples):
     assert {s.fps for s in synth_samples} == {100.0}
     assert {s.dataset for s in synth_samples} == {"synthme"}
+
+
+def test_single_map_views_read_only_onset_and_apex(synth_samples):
+    sample = synth_samples[0]
+    light = load_course(sample, ViewsConfig(), full=False)
+    full = load_course(sample, ViewsConfig())
+    assert len(light.frames) == 2 and light.numbers.tolist() == [sample.onset_frame, sample.apex_frame]
+    np.testing.assert_array_equal(light.frames[light.apex], full.frames[full.apex])
+    middle = load_course(sample, ViewsConfig(apex_policy="middle"), full=False)
+    assert middle.numbers[middle.apex] == full.numbers[(len(full.frames) - 1) // 2]

@@ -41,7 +41,8 @@ class Course:
     """The frames of a clip from onset to offset, after the face step.
 
     Attributes:
-        frames: (T, H, W, 3) uint8 RGB, frames[0] is the onset frame.
+        frames: (T, H, W, 3) uint8 RGB, frames[0] is the onset frame. Without ``full`` loading
+            only the onset and apex frames are read (T = 2, or 1 when they coincide).
         numbers: (T,) dataset frame numbers of ``frames``.
         apex: position of the apex in ``frames``.
         apex_source: how the apex was obtained (``annotated``, ``middle``, ``spotted:<method>``).
@@ -61,16 +62,25 @@ def _course_numbers(sample: Sample) -> list[int]:
     return list(source.numbers[first : last + 1])
 
 
-def load_course(sample: Sample, config: ViewsConfig) -> Course:
+def load_course(sample: Sample, config: ViewsConfig, *, full: bool = True) -> Course:
     """Read the onset..offset frames of ``sample``, resolve its apex, apply the face step.
+
+    Args:
+        full: read every frame of the course; otherwise only the onset and apex frames (all
+            frames are still read when the apex must be spotted).
 
     Raises:
         PreprocessError: the apex is needed but missing under the ``annotated`` policy, or the
             face step fails (``FaceNotFoundError``).
     """
     numbers = _course_numbers(sample)
-    frames = np.stack([sample.frames.read(n) for n in numbers])
+    spotted = config.apex_policy == "spotted"
+    frames = np.stack([sample.frames.read(n) for n in numbers]) if full or spotted else None
     apex, source = _resolve_apex(sample, numbers, frames, config)
+    if not full:
+        keep = sorted({0, apex})
+        frames = frames[keep] if frames is not None else np.stack([sample.frames.read(numbers[i]) for i in keep])
+        numbers, apex = [numbers[i] for i in keep], keep.index(apex)
     if config.face != "none":
         from merkit.preprocess.face import align_clip
 
@@ -146,7 +156,7 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
     """
     if sample.meta.get("precomputed_views"):
         return _precomputed_views(sample, specs)
-    course = load_course(sample, config)
+    course = load_course(sample, config, full=any(spec.name in SEQUENCE_VIEWS for spec in specs))
     onset, apex = course.frames[0], course.frames[course.apex]
     views: dict[str, np.ndarray] = {}
     for spec in specs:
