@@ -13,7 +13,15 @@ from merkit.errors import ConfigError, ModelInputError
 from merkit.models.blocks.fusion import AttentionalFeatureFusion, ChannelAttention
 from merkit.models.blocks.multiscale import DirectionalSplit, GlobalContext, MultiScaleModule, rc1, rc2, rc3
 from merkit.models.blocks.resnet3d import BasicBlock3d, Bottleneck3d, resnet3d
-from merkit.models.ms3d_resnet import VARIANTS, UpsampleFuse, build_ms3d_resnet, select_output
+from merkit.models.ms3d_resnet import (
+    VARIANTS,
+    SpatialAttention,
+    SpatioTemporalAttention,
+    TemporalAttention,
+    UpsampleFuse,
+    build_ms3d_resnet,
+    select_output,
+)
 
 SMALL = {"base_width": 4, "head_hidden": 8, "num_frames": 4, "input_size": (16, 16)}
 
@@ -192,6 +200,19 @@ def test_upsample_fuse_matches_odd_sizes() -> None:
     up = UpsampleFuse(8, 4, (2, 2, 2), reduction=2, iterations=2)
     assert up(torch.randn(2, 8, 2, 5, 5), torch.randn(2, 4, 4, 9, 9)).shape == (2, 4, 4, 9, 9)
     assert up(torch.randn(2, 8, 2, 17, 17), torch.randn(2, 4, 4, 34, 34)).shape == (2, 4, 4, 34, 34)
+
+
+def test_attention_after_block_1_shapes_and_weighting() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 5, 6, 7)
+    with torch.no_grad():
+        temporal, spatial = TemporalAttention(8, reduction=4)(x), SpatialAttention()(x)
+    assert temporal.shape == (2, 1, 5, 1, 1) and spatial.shape == (2, 1, 5, 6, 7)
+    assert 0 < float(temporal.min()) and float(temporal.max()) < 1
+    attention = SpatioTemporalAttention(8)
+    expected = x * attention.temporal(x)
+    expected = expected * attention.spatial(expected)
+    assert torch.allclose(attention(x), expected)
 
 
 # ---------------------------------------------------------------- the discriminative network

@@ -16,8 +16,9 @@ Network (Sec. 3.3, Fig. 3) and how we read what the text leaves open:
   (stride (1, 2, 2): the paper gives none; we follow ResNet's stem). Blocks 2-5 have "6, 8, 12
   and 6 convolution layers where every 2 form a residual structure": basic blocks 3-4-6-3
   (``layout="paper-basic"``, the default): 32 convolutions in the stages, with the stem and a
-  classifier the ResNet-34 layout, although the paper calls it ResNet50. ``layout="bottleneck50"`` builds the true
-  bottleneck ResNet-50 (3-4-6-3 bottlenecks, 4x wider stage outputs). A 3x3x3 max pool with
+  classifier the ResNet-34 layout, although the paper calls it ResNet50.
+  ``layout="bottleneck50"`` builds the true bottleneck ResNet-50 (3-4-6-3 bottlenecks, 4x wider
+  stage outputs, 2.2x the parameters of the full model at base width 64). A 3x3x3 max pool with
   stride (1, 2, 2) opens block 2 as in ResNet's conv2_x; blocks 3-5 halve T, H and W. At the
   paper's 16 x 134 x 134 the maps are T x H: 16 x 67 (block 1), 16 x 34, 8 x 17, 4 x 9, 2 x 5.
 * **Attention after block 1**: the text only says "temporal and spatial attention". We apply,
@@ -45,7 +46,9 @@ Network (Sec. 3.3, Fig. 3) and how we read what the text leaves open:
   values per clip), so each output is globally average-pooled to ``(B, C_k)`` first, then
   ``Linear(C_k, head_hidden) -> ReLU -> Dropout(head_dropout) -> Linear(head_hidden, K)``. The
   paper gives no widths; ``head_hidden`` defaults to 128.
-* **Loss**: the sum of the cross-entropy losses of the outputs (:meth:`loss`).
+* **Loss**: the sum of the cross-entropy losses of the outputs (:meth:`loss`). CAM's
+  BatchNorm layers see one pooled value per sample, so training batches need two or more clips
+  (as for every BatchNorm; the trainer folds a one-clip last batch away).
 * **Inference**: the paper picks "the most optimal solution" among the four without saying how.
   ``selection="max_confidence"`` (default) takes, per sample, the output whose softmax maximum is
   highest (ties: the earliest output); ``"mean"`` averages the four softmax distributions and
