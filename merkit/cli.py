@@ -47,7 +47,7 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
-def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers) -> dict:
+def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1) -> dict:
     from merkit.train.loso import run_loso
 
     with _progress() as progress:
@@ -60,7 +60,7 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers) -
             progress.update(task, description=f"{config.model_name}: fold {name}", completed=number - 1, total=total)
 
         return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
-                        on_fold=on_fold, on_progress=on_progress)
+                        fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress)
 
 
 @app.command()
@@ -76,6 +76,7 @@ def train(
     selection: Optional[str] = typer.Option(None, help="last | val-split"),
     apex_policy: Optional[str] = typer.Option(None, help="annotated | annotated-or-middle | middle | spotted"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
     skip_bad: bool = typer.Option(False, help="skip malformed annotation rows instead of failing (recorded)"),
 ) -> None:
@@ -91,7 +92,7 @@ def train(
         for line in run.skipped:
             console.print(f"[yellow]skipped[/] {line}")
         cfg, run_dir = run.config, run.run_dir
-        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers)
+        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results
@@ -125,7 +126,7 @@ def demo(
     data: Path = typer.Option(Path("data/synthme-demo"), help="where the SynthME demo set is generated (reused)"),
     out: Path = typer.Option(Path("runs/demo"), help="folder of the demo's run directories"),
     models: Optional[str] = typer.Option(None, help="comma-separated subset of the demo models"),
-    workers: int = typer.Option(2, min=1),
+    workers: int = typer.Option(2, min=1, help="preprocessing processes, and LOSO folds trained at once"),
 ) -> None:
     """SynthME -> every model's CPU config under LOSO -> a results table (what `make demo` runs)."""
     import time
@@ -145,7 +146,7 @@ def demo(
 
             cfg = load_config(config_name)
             t0 = time.perf_counter()
-            results[name] = _run_with_progress(samples, proto, cfg, out / name, out / "cache", workers)
+            results[name] = _run_with_progress(samples, proto, cfg, out / name, out / "cache", workers, workers)
             console.print(f"  {name}: {time.perf_counter() - t0:.0f} s, run directory {out / name}")
     except MerkitError as err:
         _fail(err)

@@ -119,3 +119,13 @@ def test_shuffled_training_labels_fall_to_chance(leak_check_samples, tmp_path):
     shuffled = [uf1(True, seed) for seed in range(3)]
     assert real >= 0.6  # measured 0.745
     assert np.mean(shuffled) < 0.35  # chance is 0.2 for five balanced classes; measured 0.19-0.32
+
+
+def test_folds_in_parallel_give_the_same_predictions(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    run_loso(synth_samples, protocol, config, tmp_path / "serial")
+    run_loso(synth_samples, protocol, config, tmp_path / "parallel", fold_workers=2)
+    serial = pd.read_csv(tmp_path / "serial" / "predictions.csv")
+    parallel = pd.read_csv(tmp_path / "parallel" / "predictions.csv")
+    pd.testing.assert_frame_equal(serial, parallel)
