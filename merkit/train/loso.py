@@ -159,7 +159,7 @@ def run_loso(
     jobs = [(number, fold, kept, views, labels, classes, config, run_dir / "folds" / fold.name)
             for number, fold in enumerate(folds)]
     if fold_workers > 1 and len(folds) > 1:
-        frames = _run_folds_in_parallel(jobs, fold_workers, run_dir, on_fold)
+        frames = _run_folds_in_parallel(jobs, fold_workers, on_fold)
     else:
         frames = []
         for job in jobs:
@@ -191,21 +191,21 @@ def check_views_config(specs, config: RunConfig) -> None:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
 
 
-def _fold_in_worker(job: tuple, run_dir: Path) -> pd.DataFrame:
+def _fold_in_worker(job: tuple) -> pd.DataFrame:
     torch.set_num_threads(1)
-    _attach_log(run_dir)
     return _run_fold(*job)
 
 
-def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int, run_dir: Path,
+def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int,
                            on_fold: Callable[[int, int, str], None] | None) -> list[pd.DataFrame]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results: dict[int, pd.DataFrame] = {}
-    context = multiprocessing.get_context("spawn")  # no fork after torch has started its threads
+    # fork, as torch's DataLoader workers do: no main-module guard needed in user scripts
+    context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=fold_workers, mp_context=context) as pool:
-        futures = {pool.submit(_fold_in_worker, job, run_dir): job[0] for job in jobs}
+        futures = {pool.submit(_fold_in_worker, job): job[0] for job in jobs}
         for done, future in enumerate(as_completed(futures)):
             results[futures[future]] = future.result()
             if on_fold is not None:
