@@ -26,6 +26,8 @@ from merkit.errors import ConfigError, DatasetError
 DEMO_MODELS: dict[str, str] = {
     "logreg": "logreg-cpu",
     "tsfmicro": "tsfmicro-cpu",
+    "atm-gcn": "atm-gcn-cpu",
+    "madv-net": "madv-net-synthme",
 }
 
 #: the SynthME set the demo generates (and reuses when already on disk)

@@ -414,7 +414,7 @@ def test_cpu_config_runs_loso_on_synthme_views(synth_samples, tmp_path):
     from merkit.data.protocols import get_protocol
     from merkit.train.loso import run_loso
 
-    config = load_config("madv-net-cpu", {"train": {"epochs": 1}})
+    config = load_config("madv-net-synthme", {"train": {"epochs": 1}})
     metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")
     assert metrics["n_samples"] == len(synth_samples) and metrics["n_folds"] == 4
     checkpoint = torch.load(tmp_path / "run" / "folds" / "sub01" / "model.pt", weights_only=True)
