@@ -65,6 +65,7 @@ def prepare_run(
     seed: int | None = None,
     selection: str | None = None,
     apex_policy: str | None = None,
+    pretrained: str | Path | None = None,
     on_error: str = "raise",
 ) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
@@ -87,6 +88,8 @@ def prepare_run(
         overrides.setdefault("selection", {})["policy"] = selection
     if apex_policy is not None:
         overrides.setdefault("views", {})["apex_policy"] = apex_policy
+    if pretrained is not None:
+        overrides["pretrained"] = str(pretrained)
     cfg = load_config(config if config is not None else default_config_name(model, dataset), overrides)
     if model is not None and cfg.model_name != model:
         raise ConfigError(f"config {config} builds model {cfg.model_name!r}, not {model!r}")

@@ -77,6 +77,7 @@ def train(
     apex_policy: Optional[str] = typer.Option(None, help="annotated | annotated-or-middle | middle | spotted"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
+    pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
     skip_bad: bool = typer.Option(False, help="skip malformed annotation rows instead of failing (recorded)"),
 ) -> None:
@@ -86,7 +87,8 @@ def train(
     try:
         run = prepare_run(
             dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, epochs=epochs,
-            seed=seed, selection=selection, apex_policy=apex_policy, on_error="skip" if skip_bad else "raise")
+            seed=seed, selection=selection, apex_policy=apex_policy, pretrained=pretrained,
+            on_error="skip" if skip_bad else "raise")
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
         for line in run.skipped:
@@ -106,6 +108,32 @@ def train(
             table.add_row(name, str(m["n_samples"]), f"{m['acc']:.4f}", f"{m['uf1']:.4f}", f"{m['uar']:.4f}")
         console.print(table)
     console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']})")
+
+
+@app.command()
+def pretrain(
+    dataset: str = typer.Option(..., help="dataset to pre-train on (every subject; nothing is evaluated)"),
+    root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
+    model: Optional[str] = typer.Option(None, help="model name; uses configs/<model>-cpu.yaml unless --config"),
+    config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
+    protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
+    out: Path = typer.Option(..., help="folder for model.pt, config.yaml, history.json"),
+    epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
+    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+) -> None:
+    """Train on a whole dataset; then `merkit train --pretrained OUT/model.pt` fine-tunes under LOSO."""
+    from merkit.api import prepare_run
+    from merkit.train.loso import train_all
+
+    try:
+        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
+                          epochs=epochs)
+        with console.status(f"pre-training {run.config.model_name} on {len(run.samples)} clips of {dataset}"):
+            path = train_all(run.samples, run.protocol, run.config, out, cache_dir=cache, workers=workers)
+    except MerkitError as err:
+        _fail(err)
+    console.print(f"pre-trained weights: {path}  (fine-tune with: merkit train ... --pretrained {path})")
 
 
 @app.command()

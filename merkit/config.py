@@ -121,6 +121,7 @@ class RunConfig(_Strict):
     dataset: DatasetConfig = DatasetConfig()
     seed: int = 0
     shuffle_labels: bool = Field(False, description="leak check: permute training labels")
+    pretrained: str | None = Field(None, description="checkpoint every fold starts from (pre-train -> fine-tune)")
 
     @field_validator("model")
     @classmethod

@@ -84,3 +84,19 @@ def test_preprocess_caches_the_named_views(synth_root, tmp_path):
     output = invoke("preprocess", "--dataset", "synthme", "--root", synth_root, "--model", "logreg",
                     "--cache", tmp_path / "cache")
     assert "diff: (20, 1, 32, 32)" in output
+
+
+def test_pretrain_then_fine_tune_starts_every_fold_from_the_first_stage(synth_root, tmp_path):
+    import torch
+
+    invoke("pretrain", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--protocol", "casme2-3",
+           "--epochs", 2, "--out", tmp_path / "stage1", "--cache", tmp_path / "cache")
+    stage1 = torch.load(tmp_path / "stage1" / "model.pt", weights_only=True)
+    assert stage1["classes"] == ["negative", "positive", "surprise"]
+    invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
+           "--pretrained", tmp_path / "stage1" / "model.pt", "--out", tmp_path / "run", "--cache", tmp_path / "cache")
+    config = (tmp_path / "run" / "config.yaml").read_text()
+    assert "stage1/model.pt" in config
+    with pytest.raises(Exception):
+        invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
+               "--pretrained", tmp_path / "missing.pt", "--out", tmp_path / "run2")

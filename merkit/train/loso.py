@@ -191,6 +191,37 @@ def check_views_config(specs, config: RunConfig) -> None:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
 
 
+def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, out: str | Path, *,
+              cache_dir: str | Path | None = None, workers: int = 1) -> Path:
+    """Train one model on every sample (the pre-training stage of pre-train -> fine-tune).
+
+    No subject is held out, so the model is never evaluated here; a later LOSO run on another
+    dataset starts its folds from it (``config.pretrained``). Writes ``out/model.pt`` (the fold
+    checkpoint format), ``out/config.yaml`` and ``out/history.json``.
+
+    Returns:
+        the checkpoint path.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes = list(protocol.classes)
+    torch.manual_seed(config.seed)
+    model = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
+    if config.pretrained is not None:
+        from merkit.models.pretrained import load_pretrained
+
+        load_pretrained(model, config.pretrained)
+    check_views_config(model.input_spec, config)
+    kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
+    labels = torch.tensor([s.label for s in kept], dtype=torch.long)
+    history = fit(model, to_tensors(arrays), labels, config.train, seed=config.seed)
+    dump_config(config, out / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes}})
+    (out / "history.json").write_text(json.dumps(history.__dict__))
+    path = out / "model.pt"
+    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes}, path)
+    return path
+
+
 def _fold_in_worker(job: tuple) -> pd.DataFrame:
     torch.set_num_threads(1)
     return _run_fold(*job)
@@ -223,6 +254,10 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     seed = config.seed * 1000 + number
     torch.manual_seed(seed)
     model = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
+    if config.pretrained is not None:
+        from merkit.models.pretrained import load_pretrained
+
+        load_pretrained(model, config.pretrained)
     train_index = fold.train_index
     train_labels = labels[train_index]
     if config.shuffle_labels:
