@@ -28,6 +28,7 @@ DEMO_MODELS: dict[str, str] = {
     "tsfmicro": "tsfmicro-cpu",
     "atm-gcn": "atm-gcn-cpu",
     "madv-net": "madv-net-synthme",
+    "ms3d-resnet": "ms3d-resnet-cpu",
 }
 
 #: the SynthME set the demo generates (and reuses when already on disk)
