@@ -225,6 +225,11 @@ def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: 
     if spec.name == "depth_seq":
         from merkit.preprocess.depth import depth_sequence
 
+        if config.face != "none":
+            raise PreprocessError(
+                f"{sample.sample_id}: depth_seq with the face step {config.face!r} is not supported yet: the depth "
+                "frames would not be warped like the aligned texture frames; use face: none (cropped frames)"
+            )
         return depth_sequence(sample, course.numbers[positions], size=spec.size, source=config.depth).astype(np.float32)
     if spec.name == "au":
         from merkit.preprocess.au import au_view
