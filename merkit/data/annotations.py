@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from merkit.data.protocols import normalise_emotion
-from merkit.data.registry import OnError
+from merkit.data.registry import LoadResult, OnError
 from merkit.data.sample import FrameSource, Sample
 from merkit.errors import AnnotationError, DatasetError, MissingFramesError
 
@@ -481,6 +481,26 @@ def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]],
         for message in fixes:
             log.fix(where(file, row, f"{sample.subject}/{sample.clip_id}"), message)
     return samples
+
+
+def load_header_sheet(sheet_path: Path, required: Mapping[str, str], optional: Mapping[str, str] | None,
+                      read_row: Callable[[tuple[Any, ...], dict[str, int], int], tuple[Sample, list[str]]],
+                      on_error: OnError) -> LoadResult:
+    """Read a coding sheet whose header row holds ``Subject`` (CASME II, SAMM).
+
+    Rows above the header (SAMM's title block) are ignored; every row after it goes through
+    ``read_row(values, columns, row) -> (sample, fixes)`` with ``columns`` from the header.
+
+    Raises:
+        AnnotationError: no header row, or a required column missing; with ``on_error="raise"``
+            also a malformed row.
+    """
+    rows = read_sheet(sheet_path, 0)
+    header_at = find_header(rows, "Subject", file=sheet_path)
+    columns = column_positions(rows[header_at], required, optional, file=sheet_path)
+    log = LoadLog(on_error)
+    samples = collect_rows(rows[header_at + 1:], lambda row, values: read_row(values, columns, row), log, sheet_path)
+    return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
 
 
 def _str(path: Path | None) -> str | None:

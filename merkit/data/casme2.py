@@ -24,8 +24,7 @@ import re
 from pathlib import Path
 
 from merkit.data.annotations import (
-    AUPolicy, KnownFix, LoadLog, annotated_clip, cell, cell_text, collect_rows, column_positions, find_header,
-    find_one, read_sheet,
+    AUPolicy, KnownFix, annotated_clip, cell, cell_text, find_one, load_header_sheet,
 )
 from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
 from merkit.data.sample import Sample
@@ -114,14 +113,9 @@ def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
     frames_root = root / frames_dir
     if not frames_root.is_dir():
         raise DatasetError(f"casme2: frame folder {frames_root} does not exist.\nExpected layout:\n{LAYOUT}")
-    rows = read_sheet(sheet_path, 0)
-    header_at = find_header(rows, "Subject", file=sheet_path)
-    columns = column_positions(rows[header_at], COLUMNS, file=sheet_path)
-    log = LoadLog(on_error)
-    samples = collect_rows(rows[header_at + 1:],
-                           lambda row, values: _read_row(values, columns, row, sheet_path, frames_root, au_or),
-                           log, sheet_path)
-    return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
+    return load_header_sheet(sheet_path, COLUMNS, None,
+                             lambda values, columns, row: _read_row(values, columns, row, sheet_path, frames_root, au_or),
+                             on_error)
 
 
 def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path, frames_root: Path,
