@@ -130,9 +130,7 @@ def fit_to_release(cfg: RunConfig, samples: list[Sample]) -> tuple[RunConfig, li
     Raises:
         ConfigError: the model needs views the release lacks and has no fallback.
     """
-    import torch
-
-    from merkit.models.registry import create
+    from merkit.models.registry import input_spec
 
     shipped = [set(s.meta["precomputed_views"]) for s in samples if s.meta.get("precomputed_views")]
     if not shipped:
@@ -140,9 +138,7 @@ def fit_to_release(cfg: RunConfig, samples: list[Sample]) -> tuple[RunConfig, li
     available = set.intersection(*shipped)
 
     def missing(config: RunConfig) -> set[str]:
-        with torch.random.fork_rng():
-            spec = create(config.model_name, num_classes=2, **config.model_kwargs).input_spec
-        return {v.name for v in spec} - available
+        return {v.name for v in input_spec(config.model_name, **config.model_kwargs)} - available
 
     lacking = missing(cfg)
     if not lacking:
@@ -167,19 +163,15 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
     Raises:
         ConfigError: neither or both of ``views`` and ``model``/``config``.
     """
-    import torch
-
     from merkit.config import ViewsConfig
-    from merkit.models.registry import create
+    from merkit.models.registry import input_spec
     from merkit.views import ViewSpec
 
     if (views is None) == (model is None and config is None):
         raise ConfigError("give either --views NAMES or --model/--config")
     if views is None:
         cfg = load_config(config if config is not None else default_config_name(model, dataset))
-        with torch.random.fork_rng():
-            specs = create(cfg.model_name, num_classes=2, **cfg.model_kwargs).input_spec
-        return tuple(specs), cfg.views
+        return input_spec(cfg.model_name, **cfg.model_kwargs), cfg.views
     views_config = load_config(config).views if config is not None else ViewsConfig()
     sequence = {"frames", "flow_seq", "depth_seq", "au"}
     specs = tuple(ViewSpec(name.strip(), size=(size, size), channels=channels,

@@ -79,6 +79,16 @@ def create(name: str, num_classes: int, **config: Any) -> nn.Module:
     return model
 
 
+def input_spec(name: str, **config: Any) -> tuple:
+    """The views model ``name`` with ``config`` consumes, without touching the global RNG.
+
+    Raises:
+        ConfigError: as :func:`create`.
+    """
+    with torch.random.fork_rng():
+        return tuple(create(name, num_classes=2, **config).input_spec)
+
+
 def logits_of(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
     """The ``(B, K)`` logits of a model output (a tensor or a dict with ``"logits"``)."""
     return output["logits"] if isinstance(output, dict) else output

@@ -191,6 +191,17 @@ def check_views_config(specs, config: RunConfig) -> None:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
 
 
+def new_model(config: RunConfig, num_classes: int, *, seed: int) -> torch.nn.Module:
+    """A freshly initialised model from ``seed``, started from ``config.pretrained`` if set."""
+    torch.manual_seed(seed)
+    model = create(config.model_name, num_classes=num_classes, **config.model_kwargs)
+    if config.pretrained is not None:
+        from merkit.models.pretrained import load_pretrained
+
+        load_pretrained(model, config.pretrained)
+    return model
+
+
 def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, out: str | Path, *,
               cache_dir: str | Path | None = None, workers: int = 1) -> Path:
     """Train one model on every sample (the pre-training stage of pre-train -> fine-tune).
@@ -205,12 +216,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(protocol.classes)
-    torch.manual_seed(config.seed)
-    model = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
-    if config.pretrained is not None:
-        from merkit.models.pretrained import load_pretrained
-
-        load_pretrained(model, config.pretrained)
+    model = new_model(config, len(classes), seed=config.seed)
     check_views_config(model.input_spec, config)
     kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
@@ -252,12 +258,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
         return pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
     assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
     seed = config.seed * 1000 + number
-    torch.manual_seed(seed)
-    model = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
-    if config.pretrained is not None:
-        from merkit.models.pretrained import load_pretrained
-
-        load_pretrained(model, config.pretrained)
+    model = new_model(config, len(classes), seed=seed)
     train_index = fold.train_index
     train_labels = labels[train_index]
     if config.shuffle_labels:
