@@ -276,9 +276,5 @@ def datasets_inspect(
         console.print(f"[yellow]skipped[/] {line}")
 
 
-def main() -> None:  # pragma: no cover
-    app()
-
-
 if __name__ == "__main__":  # pragma: no cover
     app()
