@@ -12,7 +12,7 @@ from merkit.errors import ConfigError, ModelInputError, WeightsNotFoundError
 from merkit.models import create
 from merkit.models.blocks.conv_attention import ConvAttention, ConvProjection, ConvTransformerStage, VideoToTokens
 from merkit.models.madv_net import AUEncoder, MADVNet, VideoEncoder
-from merkit.models.pretrained import load_pretrained
+from merkit.models.pretrained import class_indexed_keys, load_pretrained
 from merkit.train.trainer import fit
 
 T, SIZE, A, K, B = 4, 16, 6, 3, 4
@@ -345,6 +345,46 @@ def test_fine_tune_with_the_same_classes_loads_everything_from_a_plain_state_dic
     first.eval(), second.eval()
     data = views()
     assert torch.allclose(first(data)["logits"], second(data)["logits"])
+
+
+def test_class_indexed_keys_are_the_heads_output_layers():
+    keys = class_indexed_keys(lambda k: tiny(num_classes=k), K)
+    state = tiny().state_dict()
+    assert keys and all(k.startswith(HEADS) and state[k].shape[0] == K for k in keys)
+    assert {k.rsplit(".", 1)[0] for k in keys} == {"level_heads.low", "level_heads.mid", "level_heads.high",
+                                                   "au_encoder.classifier", "classifier"}
+
+
+def test_fine_tune_matches_heads_of_the_same_size_by_class_name(tmp_path):
+    torch.manual_seed(0)
+    first = tiny(num_classes=3)
+    _train_steps(first)
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": first.state_dict(), "classes": ["neg", "pos", "sur"]}, path)
+    heads = class_indexed_keys(lambda k: tiny(num_classes=k), 3)
+    first.eval()
+    data = views()
+
+    # the same classes in another order: the rows follow their class
+    reordered = tiny(num_classes=3)
+    loaded = load_pretrained(reordered, path, classes=["sur", "neg", "pos"], head_keys=heads)
+    assert loaded == list(reordered.state_dict())
+    reordered.eval()
+    logits = reordered(data)["logits"]
+    assert torch.allclose(logits, first(data)["logits"][:, [2, 0, 1]], atol=1e-5)
+
+    # other names, same count: the heads keep their fresh initialisation, the rest loads
+    other = tiny(num_classes=3)
+    fresh = {k: v.clone() for k, v in other.state_dict().items()}
+    loaded = load_pretrained(other, path, classes=["anger", "joy", "fear"], head_keys=heads)
+    assert set(loaded) == set(fresh) - set(heads)
+    assert all(torch.equal(other.state_dict()[k], fresh[k]) for k in heads)
+    with pytest.raises(ConfigError, match="skip_head"):
+        load_pretrained(tiny(num_classes=3), path, classes=["anger", "joy", "fear"], head_keys=heads, skip_head=False)
+    with pytest.raises(ConfigError, match="head_keys"):
+        load_pretrained(tiny(num_classes=3), path, classes=["anger", "joy", "fear"])
+    # the same classes: everything loads, no head keys needed
+    assert load_pretrained(tiny(num_classes=3), path, classes=["neg", "pos", "sur"]) == list(first.state_dict())
 
 
 def test_pretrained_rejects_other_architectures_and_missing_files(tmp_path):

@@ -4,14 +4,17 @@ MADV-Net (paper 002) pre-trains on SMIC and fine-tunes on CASME II, CAS(ME)^2 an
 merkit model can do the same. The first stage's checkpoint is a LOSO fold's ``model.pt``
 (``{"state_dict": ..., "model": <model config>, "classes": [...]}``, written by
 :mod:`merkit.train.loso`) or a plain ``state_dict``. Classifier heads sized for the first
-stage's classes cannot be reused when the class count changes; they are skipped and keep their
-fresh initialisation.
+stage's classes cannot be reused when the classes change: with another count they are skipped
+by shape; with the same count, the checkpoint's ``classes`` decide: the same names in another
+order are re-ordered, other names keep the heads' fresh initialisation. The class-indexed
+entries are found by :func:`class_indexed_keys` (a model built for one class more).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -21,8 +24,9 @@ from merkit.errors import ConfigError, WeightsNotFoundError
 log = logging.getLogger(__name__)
 
 
-def read_state_dict(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint file (LOSO ``model.pt`` format or a plain ``state_dict``).
+def read_checkpoint(checkpoint_path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
+    """The tensors of a checkpoint file (LOSO ``model.pt`` format or a plain ``state_dict``) and
+    the class names it records (None for a plain ``state_dict``).
 
     Raises:
         WeightsNotFoundError: the file does not exist.
@@ -39,10 +43,30 @@ def read_state_dict(checkpoint_path: str | Path) -> dict[str, torch.Tensor]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: expected a state_dict or a dict with a 'state_dict' of tensors")
-    return state
+    classes = checkpoint.get("classes") if state is not checkpoint else None
+    return state, (list(classes) if classes is not None else None)
 
 
-def load_pretrained(model: nn.Module, checkpoint_path: str | Path, *, skip_head: bool = True) -> list[str]:
+def class_indexed_keys(build: Callable[[int], nn.Module], num_classes: int) -> list[str]:
+    """State-dict keys whose size depends on the number of classes (the classifier heads).
+
+    Found without knowing the architecture: ``build(num_classes)`` and ``build(num_classes + 1)``
+    are compared and the entries whose shape differs are the class-indexed ones (their first
+    dimension is the class).
+    """
+    with torch.random.fork_rng():  # building models draws weights; leave the caller's RNG alone
+        state, wider = build(num_classes).state_dict(), build(num_classes + 1).state_dict()
+    return [k for k in state if k in wider and wider[k].shape != state[k].shape]
+
+
+def load_pretrained(
+    model: nn.Module,
+    checkpoint_path: str | Path,
+    *,
+    skip_head: bool = True,
+    classes: Sequence[str] | None = None,
+    head_keys: Sequence[str] | None = None,
+) -> list[str]:
     """Copy a first-stage checkpoint's weights into ``model`` (in place).
 
     Every entry of the model's ``state_dict`` must be in the checkpoint with the same shape,
@@ -52,20 +76,29 @@ def load_pretrained(model: nn.Module, checkpoint_path: str | Path, *, skip_head:
     of another width) and checkpoint entries the model does not have are errors, so weights of
     another architecture never load partially by accident.
 
+    When the checkpoint records its classes and ``classes`` (the fine-tuning run's) are given,
+    heads of the same size are matched by name: the same classes in another order have the rows
+    of the ``head_keys`` entries re-ordered; different class names keep the heads fresh (as for
+    another count). A plain ``state_dict`` records no classes and loads by shape alone.
+
     Args:
         model: the freshly built model to fine-tune.
         checkpoint_path: ``model.pt`` of a LOSO fold or a file holding a plain ``state_dict``.
-        skip_head: skip entries whose shape differs instead of raising.
+        skip_head: skip heads that do not fit the new classes instead of raising.
+        classes: the class names ``model`` is trained on, in its output order.
+        head_keys: the class-indexed entries of ``model`` (:func:`class_indexed_keys`); needed
+            when ``classes`` differ from the checkpoint's but have the same count.
 
     Returns:
-        The state-dict keys that were loaded, in the model's order.
+        The state-dict keys that were loaded (re-ordered heads included), in the model's order.
 
     Raises:
         WeightsNotFoundError: the checkpoint file does not exist.
         ConfigError: unreadable file, keys missing on either side, a shape mismatch that is not
-            a head's, or any shape mismatch with ``skip_head=False`` (the message names the keys).
+            a head's, or any head that cannot be reused with ``skip_head=False`` (the message
+            names the keys or classes).
     """
-    source = read_state_dict(checkpoint_path)
+    source, source_classes = read_checkpoint(checkpoint_path)
     target = model.state_dict()
     missing = [k for k in target if k not in source]
     unexpected = [k for k in source if k not in target]
@@ -79,10 +112,25 @@ def load_pretrained(model: nn.Module, checkpoint_path: str | Path, *, skip_head:
         hint = "the model was built with other sizes" if not_heads else "pass skip_head=True to keep fresh heads"
         raise ConfigError(f"{checkpoint_path}: shapes differ for {_few(bad)} (e.g. {bad[0]}: checkpoint "
                           f"{tuple(source[bad[0]].shape)}, model {tuple(target[bad[0]].shape)}); {hint}")
+    source = dict(source)
+    if not mismatched and classes is not None and source_classes is not None and list(classes) != source_classes:
+        if head_keys is None:
+            raise ConfigError(f"{checkpoint_path} was trained on classes {source_classes}, this run has {list(classes)}: "
+                              "pass head_keys (class_indexed_keys) to match the heads by class")
+        if sorted(classes) == sorted(source_classes):
+            order = torch.tensor([source_classes.index(name) for name in classes])
+            for key in head_keys:
+                source[key] = source[key].index_select(0, order)
+            log.info("pre-trained %s: heads re-ordered from classes %s to %s", checkpoint_path, source_classes, list(classes))
+        elif skip_head:
+            mismatched = list(head_keys)
+        else:
+            raise ConfigError(f"{checkpoint_path} was trained on classes {source_classes}, this run has {list(classes)}; "
+                              "pass skip_head=True to keep fresh heads")
     loaded = [k for k in target if k not in mismatched]
     model.load_state_dict({k: source[k] for k in loaded}, strict=False)
     if mismatched:
-        log.info("pre-trained %s: kept fresh weights for %d entries whose shape differs: %s",
+        log.info("pre-trained %s: kept fresh weights for %d class-indexed entries: %s",
                  checkpoint_path, len(mismatched), ", ".join(mismatched))
     return loaded
 

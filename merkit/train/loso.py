@@ -191,14 +191,16 @@ def check_views_config(specs, config: RunConfig) -> None:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
 
 
-def new_model(config: RunConfig, num_classes: int, *, seed: int) -> torch.nn.Module:
-    """A freshly initialised model from ``seed``, started from ``config.pretrained`` if set."""
+def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.nn.Module:
+    """A freshly initialised model from ``seed``, started from ``config.pretrained`` if set (its
+    heads matched to ``classes`` by name when the checkpoint records its classes)."""
     torch.manual_seed(seed)
-    model = create(config.model_name, num_classes=num_classes, **config.model_kwargs)
+    model = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
     if config.pretrained is not None:
-        from merkit.models.pretrained import load_pretrained
+        from merkit.models.pretrained import class_indexed_keys, load_pretrained
 
-        load_pretrained(model, config.pretrained)
+        heads = class_indexed_keys(lambda k: create(config.model_name, num_classes=k, **config.model_kwargs), len(classes))
+        load_pretrained(model, config.pretrained, classes=classes, head_keys=heads)
     return model
 
 
@@ -216,7 +218,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = list(protocol.classes)
-    model = new_model(config, len(classes), seed=config.seed)
+    model = new_model(config, classes, seed=config.seed)
     check_views_config(model.input_spec, config)
     kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
@@ -258,7 +260,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
         return pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
     assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
     seed = config.seed * 1000 + number
-    model = new_model(config, len(classes), seed=seed)
+    model = new_model(config, classes, seed=seed)
     train_index = fold.train_index
     train_labels = labels[train_index]
     if config.shuffle_labels:
