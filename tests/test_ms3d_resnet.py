@@ -294,6 +294,37 @@ def test_paper_input_size_maps() -> None:
     assert out["all_logits"].shape == (4, 1, 3)
 
 
+def test_head_grid_keeps_where_the_motion_is() -> None:
+    """head_grid=1 is global average pooling: a motion patch moved to another place of the map
+    gives the same logits; head_grid=2 tells the places apart."""
+    torch.manual_seed(0)
+    logits = {}
+    for grid in (1, 2):
+        model = build_ms3d_resnet(3, head_grid=grid, **SMALL).eval()
+        heads = model.heads
+        assert heads[0].layers[1].in_features == model.backbone.stage_channels[3] * grid * grid
+        assert heads[3].layers[1].in_features == model.backbone.stage_channels[0] * grid * grid
+        top, bottom = torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 4, 4, 4)  # (B, C, T, H, W) of O4's width
+        top[..., 0, 0], bottom[..., 3, 0] = 1.0, 1.0
+        with torch.no_grad():
+            logits[grid] = [heads[3](x) for x in (top, bottom)]
+    assert torch.allclose(*logits[1])
+    assert not torch.allclose(*logits[2])
+
+
+def test_stem_pool_option_doubles_the_maps() -> None:
+    torch.manual_seed(0)
+    sizes = {}
+    for pool in (True, False):
+        model = build_ms3d_resnet(3, stem_pool=pool, **SMALL).eval()
+        captured = []
+        model.multiscale[0].register_forward_hook(lambda m, a, out: captured.append(tuple(out.shape[2:])))
+        with torch.no_grad():
+            model(_views(model))
+        sizes[pool] = captured[0]
+    assert sizes == {True: (4, 4, 4), False: (4, 8, 8)}
+
+
 def test_no_flow_variant_reads_grey_frames_and_bad_input_is_named() -> None:
     torch.manual_seed(0)
     model = build_ms3d_resnet(3, variant="no_flow", frame_channels=1, **SMALL)
@@ -312,6 +343,8 @@ def test_bad_options_raise_config_error() -> None:
         build_ms3d_resnet(3, variant="no_temporal_ms", selection="fixed", fixed_output=2)
     with pytest.raises(ConfigError, match="selection"):
         build_ms3d_resnet(3, selection="best")
+    with pytest.raises(ConfigError, match="head_grid"):
+        build_ms3d_resnet(3, head_grid=0)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))

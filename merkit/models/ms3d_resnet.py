@@ -43,9 +43,12 @@ Network (Sec. 3.3, Fig. 3) and how we read what the text leaves open:
   ``fusion_iterations=2`` is the paper's "two fusion operations" per AFFA.
 * **Discriminative network** (Sec. 3.4): each output passes "two fully connected layers". A
   5-D map cannot be flattened into a fully connected layer at this size (X2 alone has ~1.2 M
-  values per clip), so each output is globally average-pooled to ``(B, C_k)`` first, then
-  ``Linear(C_k, head_hidden) -> ReLU -> Dropout(head_dropout) -> Linear(head_hidden, K)``. The
-  paper gives no widths; ``head_hidden`` defaults to 128.
+  values per clip), so each output is average-pooled first: over time and to a ``g x g`` grid
+  (``head_grid``, default 1 = global average pooling), then
+  ``Linear(C_k g^2, head_hidden) -> ReLU -> Dropout(head_dropout) -> Linear(head_hidden, K)``.
+  Global pooling forgets where on the face the motion was (brow or mouth corner), which on
+  aligned faces is much of a micro-expression's meaning; a 2 x 2 grid keeps a coarse layout
+  at 4x the first layer's inputs. The paper gives no widths; ``head_hidden`` defaults to 128.
 * **Loss**: the sum of the cross-entropy losses of the outputs (:meth:`loss`). CAM's
   BatchNorm layers see one pooled value per sample, so training batches need two or more clips
   (as for every BatchNorm; the trainer folds a one-clip last batch away).
@@ -167,19 +170,22 @@ class UpsampleFuse(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Global average pooling and two fully connected layers: ``(B, C, T, H, W) -> (B, K)``."""
+    """Average pooling to a ``1 x grid x grid`` map and two fully connected layers:
+    ``(B, C, T, H, W) -> (B, K)``; ``grid=1`` is global average pooling."""
 
-    def __init__(self, channels: int, num_classes: int, hidden: int, dropout: float):
+    def __init__(self, channels: int, num_classes: int, hidden: int, dropout: float, grid: int = 1):
         super().__init__()
+        self.pool = nn.AdaptiveAvgPool3d((1, grid, grid))
         self.layers = nn.Sequential(
-            nn.Linear(channels, hidden),
+            nn.Flatten(),
+            nn.Linear(channels * grid * grid, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x.mean(dim=(2, 3, 4)))
+        return self.layers(self.pool(x))
 
 
 def select_output(all_logits: torch.Tensor, rule: Selection = "max_confidence", fixed_output: int = 0) -> torch.Tensor:
@@ -238,6 +244,10 @@ class MultiScale3dResNet(nn.Module):
         head_dropout: dropout between the two fully connected layers.
         zero_init_residual: start every residual block's last BatchNorm at zero (not in the paper;
             eases training from scratch on small data).
+        stem_pool: the max pool that opens block 2 (ResNet's; the paper names no pooling). Off,
+            every map is twice as large per side: for inputs much smaller than 134 x 134.
+        head_grid: each head average-pools its map to ``1 x head_grid x head_grid`` before the
+            fully connected layers (1: global average pooling; see the module docstring).
 
     Attributes:
         input_spec: the one view this model reads.
@@ -265,6 +275,8 @@ class MultiScale3dResNet(nn.Module):
         head_hidden: int = 128,
         head_dropout: float = 0.0,
         zero_init_residual: bool = False,
+        stem_pool: bool = True,
+        head_grid: int = 1,
     ):
         super().__init__()
         if variant not in VARIANTS:
@@ -275,6 +287,8 @@ class MultiScale3dResNet(nn.Module):
             raise ConfigError(f"ms3d-resnet: fusion_chain must be 'pairwise' or 'cascade', got {fusion_chain!r}")
         if num_classes < 2:
             raise ConfigError(f"ms3d-resnet: num_classes must be >= 2, got {num_classes}")
+        if head_grid < 1:
+            raise ConfigError(f"ms3d-resnet: head_grid must be >= 1, got {head_grid}")
         self.variant = VARIANTS[variant]
         self.num_outputs = 4 if self.variant.temporal_multiscale else 1
         if selection == "fixed" and not 0 <= fixed_output < self.num_outputs:
@@ -287,7 +301,8 @@ class MultiScale3dResNet(nn.Module):
         self.input_spec: tuple[ViewSpec, ...] = (
             ViewSpec(self.variant.view, size=tuple(input_size), channels=in_channels, length=num_frames),
         )
-        self.backbone = resnet3d(layout, in_channels=in_channels, base_width=base_width, zero_init_residual=zero_init_residual)
+        self.backbone = resnet3d(layout, in_channels=in_channels, base_width=base_width,
+                                 zero_init_residual=zero_init_residual, stem_pool=stem_pool)
         channels = self.backbone.stage_channels
         self.attention = (
             SpatioTemporalAttention(base_width, attention_reduction) if self.variant.attention else nn.Identity()
@@ -311,7 +326,7 @@ class MultiScale3dResNet(nn.Module):
         else:
             self.fusions = nn.ModuleList()
             head_channels = [channels[3]]
-        self.heads = nn.ModuleList(ClassifierHead(c, num_classes, head_hidden, head_dropout) for c in head_channels)
+        self.heads = nn.ModuleList(ClassifierHead(c, num_classes, head_hidden, head_dropout, head_grid) for c in head_channels)
 
     def _input(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
         spec = self.input_spec[0]
