@@ -67,7 +67,7 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
 def train(
     dataset: str = typer.Option(..., help="dataset name (see `merkit datasets list`)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    model: Optional[str] = typer.Option(None, help="model name; uses configs/<model>-cpu.yaml unless --config"),
+    model: Optional[str] = typer.Option(None, help="model name; config: configs/<model>-<dataset>.yaml if it exists, else <model>-cpu.yaml (or --config)"),
     config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>)"),
@@ -114,7 +114,7 @@ def train(
 def pretrain(
     dataset: str = typer.Option(..., help="dataset to pre-train on (every subject; nothing is evaluated)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    model: Optional[str] = typer.Option(None, help="model name; uses configs/<model>-cpu.yaml unless --config"),
+    model: Optional[str] = typer.Option(None, help="model name; config: configs/<model>-<dataset>.yaml if it exists, else <model>-cpu.yaml (or --config)"),
     config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Path = typer.Option(..., help="folder for model.pt, config.yaml, history.json"),
