@@ -119,3 +119,41 @@ def test_single_map_views_read_only_onset_and_apex(synth_samples):
     np.testing.assert_array_equal(light.frames[light.apex], full.frames[full.apex])
     middle = load_course(sample, ViewsConfig(apex_policy="middle"), full=False)
     assert middle.numbers[middle.apex] == full.numbers[(len(full.frames) - 1) // 2]
+
+
+def test_depth_follows_the_face_alignment(tmp_path):
+    """Depth recorded at half the colour resolution, whose values are the colour frames'
+    brightness: after the face step (similarity crop of a moved head) the depth_seq view must
+    line up with the aligned frames view pixel for pixel, as the texture does."""
+    import cv2
+
+    from faces import animated_astronaut
+    from merkit.data.sample import FrameSource, Sample
+
+    face = animated_astronaut({"12": 1.0}, [(6.0, -4.0, 8.0)] * 5, n_frames=5)  # head turned and moved
+    color, depth_dir = tmp_path / "color", tmp_path / "depth"
+    color.mkdir(), depth_dir.mkdir()
+    for number, frame in enumerate(face.frames, start=1):
+        cv2.imwrite(str(color / f"{number}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        half = cv2.resize(grey, (96, 96), interpolation=cv2.INTER_AREA)
+        cv2.imwrite(str(depth_dir / f"{number}.png"), (1000 + 10 * half).astype(np.uint16))  # far = bright
+    sample = Sample(dataset="casme3", subject="spNO.1", clip_id="a", frames=FrameSource.from_dir(color, "*.png"),
+                    onset_frame=1, apex_frame=3, offset_frame=5, emotion="happy",
+                    depth=FrameSource.from_dir(depth_dir, "*.png"))
+    specs = [ViewSpec("frames", (48, 48), channels=1, length=5), ViewSpec("depth_seq", (48, 48), channels=1, length=5)]
+
+    def correlation(config):
+        views = build_views(sample, specs, config)
+        texture, depth = views["frames"][:, 0], views["depth_seq"][:, 0]
+        inner = (slice(None), slice(4, -4), slice(4, -4))
+        return np.corrcoef(texture[inner].ravel(), depth[inner].ravel())[0, 1]
+
+    aligned = correlation(ViewsConfig(face="dlib", depth="dataset"))
+    assert aligned < -0.95  # near = small distance = dark here: registered, inverted
+    # the same depth only resized, as before the face step passed its transforms on
+    course = load_course(sample, ViewsConfig(face="dlib"))
+    assert course.transforms.shape == (5, 2, 3) and course.source_size == (192, 192)
+    unaligned = np.corrcoef(cv2.resize(cv2.cvtColor(course.frames[0], cv2.COLOR_RGB2GRAY), (48, 48)).ravel(),
+                            cv2.resize(cv2.cvtColor(face.frames[0], cv2.COLOR_RGB2GRAY), (48, 48)).ravel())[0, 1]
+    assert abs(unaligned) < 0.8  # the crop really moved the face: registration is not trivial

@@ -258,6 +258,7 @@ def depth_sequence(
     source: str = "dataset",
     frames: np.ndarray | None = None,
     transforms: np.ndarray | None = None,
+    frame_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """The ``depth_seq`` view: depth of the frames ``numbers`` of ``sample``.
 
@@ -274,6 +275,9 @@ def depth_sequence(
             with the scaling from its size to ``size``), applied to recorded or synthetic depth
             so it stays registered with aligned frames; None: depth is only resized. Ignored
             for Depth Anything, which runs on ``frames`` as given.
+        frame_size: (H, W) of the frames ``transforms`` start from; recorded depth of another
+            size (a depth camera's own resolution) is first scaled onto that grid. None: the
+            depth frames have the frames' size.
 
     Returns:
         (T, 1, h, w) float32 in [0, 1], 1 = nearest.
@@ -304,8 +308,11 @@ def depth_sequence(
             f"unknown depth source {source!r}; expected 'dataset', 'synthme' or '{DEPTH_ANYTHING_PREFIX}<weights dir>'"
         )
     if transforms is not None:
-        from merkit.preprocess.face import warp_clip
+        from merkit.preprocess.face import compose, resize_transform, warp_clip
 
+        if frame_size is not None and tuple(depth.shape[1:3]) != tuple(frame_size):
+            to_frame = resize_transform(depth.shape[1:3], frame_size)
+            transforms = np.stack([compose(m, to_frame) for m in np.broadcast_to(transforms, (len(depth), 2, 3))])
         resized = warp_clip(depth, transforms, size)
     else:
         interpolation = cv2.INTER_AREA if depth.shape[1] >= h else cv2.INTER_LINEAR

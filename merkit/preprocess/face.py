@@ -407,6 +407,13 @@ def invert(transform: np.ndarray) -> np.ndarray:
     return cv2.invertAffineTransform(np.asarray(transform, dtype=np.float64))
 
 
+def resize_transform(source_size: tuple[int, int], target_size: tuple[int, int]) -> np.ndarray:
+    """(2, 3) map from pixel coordinates of a ``source_size`` = (H, W) grid to those of the same
+    image resized to ``target_size`` = (h, w) (cv2.resize's convention: x -> k (x + 0.5) - 0.5)."""
+    ky, kx = target_size[0] / source_size[0], target_size[1] / source_size[1]
+    return np.array([[kx, 0.0, 0.5 * kx - 0.5], [0.0, ky, 0.5 * ky - 0.5]])
+
+
 def apply_transform(transform: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Map (..., 2) points through a (2, 3) affine transform."""
     points = np.asarray(points, dtype=np.float64)
@@ -430,9 +437,8 @@ def warp_image(image: np.ndarray, transform: np.ndarray, size: tuple[int, int]) 
     if scale >= 0.8:
         return cv2.warpAffine(image, transform, (w, h), flags=flags, borderMode=border)
     native_w, native_h = max(w, int(round(w / scale))), max(h, int(round(h / scale)))
-    kx, ky = w / native_w, h / native_h
-    # cv2.resize maps x -> kx (x + 0.5) - 0.5; undo it so the composition equals ``transform``.
-    resize_inverse = np.array([[1 / kx, 0, 0.5 / kx - 0.5], [0, 1 / ky, 0.5 / ky - 0.5]])
+    # undo the final cv2.resize so that the composition equals ``transform``
+    resize_inverse = resize_transform((h, w), (native_h, native_w))
     native = cv2.warpAffine(image, compose(resize_inverse, transform), (native_w, native_h), flags=flags, borderMode=border)
     return cv2.resize(native, (w, h), interpolation=cv2.INTER_AREA)
 

@@ -46,12 +46,18 @@ class Course:
         numbers: (T,) dataset frame numbers of ``frames``.
         apex: position of the apex in ``frames``.
         apex_source: how the apex was obtained (``annotated``, ``middle``, ``spotted:<method>``).
+        source_size: (H, W) of the dataset's frames.
+        transforms: (T, 2, 3) maps from dataset-frame pixels to ``frames``' pixels when the face
+            step cropped or aligned them (None without a face step); other per-frame data of
+            the clip (depth) is warped with them so that it stays registered with ``frames``.
     """
 
     frames: np.ndarray
     numbers: np.ndarray
     apex: int
     apex_source: str
+    source_size: tuple[int, int]
+    transforms: np.ndarray | None = None
 
 
 def _course_numbers(sample: Sample) -> list[int]:
@@ -81,11 +87,14 @@ def load_course(sample: Sample, config: ViewsConfig, *, full: bool = True) -> Co
         keep = sorted({0, apex})
         frames = frames[keep] if frames is not None else np.stack([sample.frames.read(numbers[i]) for i in keep])
         numbers, apex = [numbers[i] for i in keep], keep.index(apex)
+    source_size, transforms = (int(frames.shape[1]), int(frames.shape[2])), None
     if config.face != "none":
         from merkit.preprocess.face import align_clip
 
-        frames = align_clip(frames, detector=config.face, sample_id=sample.sample_id).frames
-    return Course(frames=frames, numbers=np.asarray(numbers), apex=apex, apex_source=source)
+        aligned = align_clip(frames, detector=config.face, sample_id=sample.sample_id)
+        frames, transforms = aligned.frames, aligned.transforms
+    return Course(frames=frames, numbers=np.asarray(numbers), apex=apex, apex_source=source, source_size=source_size,
+                  transforms=transforms)
 
 
 def _resolve_apex(sample: Sample, numbers: list[int], frames: np.ndarray, config: ViewsConfig) -> tuple[int, str]:
@@ -224,13 +233,14 @@ def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: 
         return flow_sequence(grey, onset_index=0, method=config.flow, size=spec.size).astype(np.float32)
     if spec.name == "depth_seq":
         from merkit.preprocess.depth import depth_sequence
+        from merkit.preprocess.face import compose, resize_transform
 
-        if config.face != "none":
-            raise PreprocessError(
-                f"{sample.sample_id}: depth_seq with the face step {config.face!r} is not supported yet: the depth "
-                "frames would not be warped like the aligned texture frames; use face: none (cropped frames)"
-            )
-        return depth_sequence(sample, course.numbers[positions], size=spec.size, source=config.depth).astype(np.float32)
+        transforms = None
+        if course.transforms is not None:  # dataset frame -> aligned course -> view grid
+            to_view = resize_transform(course.frames.shape[1:3], spec.size)
+            transforms = np.stack([compose(to_view, course.transforms[p]) for p in positions])
+        return depth_sequence(sample, course.numbers[positions], size=spec.size, source=config.depth, frames=frames,
+                              transforms=transforms, frame_size=course.source_size).astype(np.float32)
     if spec.name == "au":
         from merkit.preprocess.au import au_view
 
