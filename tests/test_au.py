@@ -78,6 +78,30 @@ def test_unknown_codes_can_be_skipped_and_recorded():
     assert skipped == ["XYZ", "99", "61"]
 
 
+@pytest.mark.parametrize(
+    ("cell", "drop", "keep_all", "terms"),
+    [
+        ("R12+L14A", ("R12", "L14A"), ("R12", "L14A"), ()),
+        ("AU 4, AU 7", ("4", "7"), ("4", "7"), ()),
+        ("r 12 + 15", ("R12", "15"), ("R12", "15"), ()),
+        ("A1+2", ("A1", "2"), ("A1", "2"), ()),  # not FACS: kept as annotated (parse_au_string raises)
+        ("AU61+4", ("61", "4"), ("61", "4"), ()),
+        ("R12 or R15+R20", ("R20",), ("R12", "R15", "R20"), ("R12 or R15",)),
+        ("4/7", (), ("4", "7"), ("4 or 7",)),
+        (4.0, ("4",), ("4",), ()),
+        ("-", (), (), ()),
+    ],
+)
+def test_loaders_split_au_cells_like_the_parser(cell, drop, keep_all, terms):
+    """Loaders record AU codes as annotated through the same tokenizer the parser validates."""
+    from merkit.data.annotations import au_term_groups, parse_aus
+
+    assert parse_aus(cell, "drop") == (drop, terms)
+    assert parse_aus(cell, "all") == (keep_all, terms)
+    if isinstance(cell, str):
+        assert len(au_term_groups(cell)) == len(drop) + len(terms)
+
+
 def test_au_multi_hot():
     vector = au.au_multi_hot(au.parse_au_string("R12A+L12+4 or 7") + au.parse_au_string("AU1"))
     assert vector.shape == (len(au.AU_VOCAB),) and vector.dtype == np.float32

@@ -189,36 +189,83 @@ def parse_frame(value: Any, column: str, *, file: Path, row: int) -> int:
     raise AnnotationError(f"{column}: expected a frame number, got {text or 'an empty cell'!r}", file=str(file), row=row)
 
 
+_AU_INTENSITIES = "ABCDE"
+_AU_SEPARATOR = re.compile(r"\s*(\+|,|;|&|/|\bAND\b|\bOR\b)\s*")
+_AU_EMPTY = {"", "-", "--", "/", "NONE", "N/A", "NA", "NAN", "NULL", "?"}
+
+
+def au_term_groups(text: str) -> list[list[str]]:
+    """Split the text of an AU cell into its terms, each a group of the alternatives written
+    with ``or`` or ``/`` (one code for a plain term): ``"4 or 7+R12A"`` -> ``[["4", "7"], ["R12A"]]``.
+
+    Codes are upper-cased, a leading ``AU`` and brackets are removed, stray side, intensity and
+    ``?`` pieces are re-attached (``R 12`` -> ``R12``); separators are ``+ , ; & and``, and
+    whitespace between codes. Nothing is validated (see
+    :func:`merkit.preprocess.au.parse_au_string`). Empty-cell
+    spellings (``-``, ``none``, ``n/a``, a lone ``?``) give no group.
+    """
+    cleaned = re.sub(r"AU\s*", "", text.upper().replace("(", " ").replace(")", " ")).strip()
+    if cleaned in _AU_EMPTY:
+        return []
+    # groups of alternatives: ['4', 'OR', '7', '+', '9'] -> [['4', '7'], ['9']]
+    pieces = _AU_SEPARATOR.split(cleaned)
+    groups: list[list[str]] = [[]]
+    for index, piece in enumerate(pieces):
+        if index % 2 == 1:
+            if piece not in ("OR", "/"):
+                groups.append([])
+            continue
+        tokens = _au_tokens(piece)
+        if not tokens:
+            continue
+        # whitespace-separated codes ('4 7') are separate AUs, like '+'
+        groups[-1].append(tokens[0])
+        for token in tokens[1:]:
+            groups.append([token])
+    return [group for group in groups if group]
+
+
+def _au_tokens(part: str) -> list[str]:
+    """Split one ``+``-free part on whitespace, re-attaching stray side/intensity/``?`` pieces
+    (``R 12``, ``12 A``, ``12 ?``)."""
+    merged: list[str] = []
+    pending_side = ""
+    for piece in part.split():
+        if piece in ("L", "R"):
+            pending_side = piece
+        elif merged and (piece == "?" or (len(piece) == 1 and piece in _AU_INTENSITIES)):
+            merged[-1] += piece
+        else:
+            merged.append(pending_side + piece)
+            pending_side = ""
+    if pending_side:
+        merged.append(pending_side)
+    return merged
+
+
 def parse_aus(value: Any, or_policy: AUPolicy = "drop") -> tuple[tuple[str, ...], tuple[str, ...]]:
     """AU codes of an annotation cell, and the alternatives written with ``or``.
 
-    Codes are separated by ``+`` or ``,`` (CAS(ME)^3); each is kept as written (``R12``,
-    ``4``, ``L14A``), with a leading ``AU`` removed. A term such as ``R12 or R15`` means the coder
-    was unsure which AU it was: with ``or_policy="drop"`` neither is kept (loaders never invent
-    an annotation); with ``"all"`` both are kept.
+    The cell is split by :func:`au_term_groups` (``+``, ``,`` as in CAS(ME)^3, ``or``, ``/``
+    ...); each code is kept as annotated (``R12``, ``4``, ``L14A``, also codes outside the FACS
+    vocabulary such as ``A1``), upper-cased and without a leading ``AU``. A term such as ``R12 or R15`` means the coder was unsure which AU it was: with
+    ``or_policy="drop"`` neither is kept (loaders never invent an annotation); with ``"all"``
+    both are kept.
 
     Returns:
-        (AU codes, the alternative terms as written, e.g. ``("R12 or R15",)``).
+        (AU codes, the alternative terms, e.g. ``("R12 or R15",)``).
     """
-    text = cell_text(value)
     codes: list[str] = []
     alternatives: list[str] = []
-    for term in re.split(r"[+,]", text):
-        term = " ".join(term.split())
-        if not term:
-            continue
-        options = [o.strip() for o in re.split(r"\bor\b", term, flags=re.IGNORECASE) if o.strip()]
-        if len(options) > 1:
-            alternatives.append(term)
+    for group in au_term_groups(cell_text(value)):
+        group = [code for code in group if code != "?"]
+        if len(group) > 1:
+            alternatives.append(" or ".join(group))
             if or_policy == "all":
-                codes += [_au_code(o) for o in options]
+                codes += group
         else:
-            codes.append(_au_code(term))
-    return tuple(c for c in codes if c), tuple(alternatives)
-
-
-def _au_code(term: str) -> str:
-    return re.sub(r"^AU\s*", "", term.strip(), flags=re.IGNORECASE)
+            codes += group
+    return tuple(codes), tuple(alternatives)
 
 
 def canonical_emotion(raw: Any, aliases: Mapping[str, str]) -> tuple[str, str | None]:

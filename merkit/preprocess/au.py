@@ -24,6 +24,7 @@ from typing import Iterable, Literal
 
 import numpy as np
 
+from merkit.data.annotations import au_term_groups
 from merkit.errors import AnnotationError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,7 @@ FACS_CODES: frozenset[int] = frozenset(
     | set(range(70, 76)) | set(range(80, 99))
 )
 
-_INTENSITIES = "ABCDE"
 _TOKEN = re.compile(r"^(?P<side>[LR])?(?P<number>\d+)(?:\.0+)?(?P<intensity>[A-E])?(?P<uncertain>\?)?$")
-_SEPARATOR = re.compile(r"\s*(\+|,|;|&|/|\bAND\b|\bOR\b)\s*")
-_EMPTY = {"", "-", "--", "/", "NONE", "N/A", "NA", "NAN", "NULL", "?"}
 
 
 @dataclass(frozen=True)
@@ -104,24 +102,6 @@ def _as_text(value: object, file: str | None, row: int | None) -> str:
     )
 
 
-def _tokens(part: str) -> list[str]:
-    """Split one ``+``-free part on whitespace, re-attaching stray side/intensity/``?`` pieces
-    (``R 12``, ``12 A``, ``12 ?``)."""
-    merged: list[str] = []
-    pending_side = ""
-    for piece in part.split():
-        if piece in ("L", "R"):
-            pending_side = piece
-        elif merged and (piece == "?" or (len(piece) == 1 and piece in _INTENSITIES)):
-            merged[-1] += piece
-        else:
-            merged.append(pending_side + piece)
-            pending_side = ""
-    if pending_side:
-        merged.append(pending_side)
-    return merged
-
-
 def parse_au_string(
     text: object,
     *,
@@ -163,30 +143,8 @@ def parse_au_string(
     if _is_missing(text):
         return []
     raw = _as_text(text, file, row)
-    cleaned = re.sub(r"AU\s*", "", raw.upper().replace("(", " ").replace(")", " ")).strip()
-    if cleaned in _EMPTY:
-        return []
-
-    # groups of alternatives: ['4', 'OR', '7', '+', '9'] -> [['4', '7'], ['9']]
-    pieces = _SEPARATOR.split(cleaned)
-    groups: list[list[str]] = [[]]
-    for index, piece in enumerate(pieces):
-        if index % 2 == 1:
-            if piece not in ("OR", "/"):
-                groups.append([])
-            continue
-        tokens = _tokens(piece)
-        if not tokens:
-            continue
-        # whitespace-separated codes ('4 7') are separate AUs, like '+'
-        groups[-1].append(tokens[0])
-        for token in tokens[1:]:
-            groups.append([token])
-
     codes: list[AUCode] = []
-    for group in groups:
-        if not group:
-            continue
+    for group in au_term_groups(raw):
         is_alternative = len(group) > 1
         for token in group[:1] if (is_alternative and alternatives == "first") else group:
             if token == "?":
