@@ -7,7 +7,7 @@ import pytest
 
 from merkit.config import config_from_dict
 from merkit.data.protocols import get_protocol
-from merkit.errors import LeakageError
+from merkit.errors import ConfigError, LeakageError
 from merkit.train.loso import _validation_split, assert_disjoint, loso_folds, run_loso
 
 LOGREG = {"model": {"name": "logreg", "image_size": 16}, "train": {"epochs": 3, "batch_size": 8, "lr": 0.01}}
@@ -74,6 +74,14 @@ def test_run_directory_contract_and_resume(synth_samples, tmp_path):
     assert (merged[merged.fold == "sub01"].y_pred == merged[merged.fold == "sub01"].y_true).all()
     assert (run / "folds" / "sub02" / "predictions.csv").is_file()
     assert again["n_samples"] == metrics["n_samples"]
+    # a finished fold of another config (or an older run that records none) is never reused
+    other = config_from_dict({**LOGREG, "train": {**LOGREG["train"], "epochs": LOGREG["train"]["epochs"] + 1}})
+    with pytest.raises(ConfigError, match="folds/sub01 holds a finished fold of another run"):
+        run_loso(synth_samples, protocol, other, run)
+    assert "epochs: 3" in (run / "config.yaml").read_text()  # refused before anything was rewritten
+    (run / "folds" / "sub01" / "fold.json").unlink()
+    with pytest.raises(ConfigError, match="records none"):
+        run_loso(synth_samples, protocol, config, run)
 
 
 def test_same_seed_same_metrics(synth_samples, tmp_path):

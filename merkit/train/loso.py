@@ -19,6 +19,7 @@ Run directory (the contract with metrics and reports)::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -146,6 +147,8 @@ def run_loso(
     torch.manual_seed(config.seed)
     probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
     check_views_config(probe.input_spec, config)
+    for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
+        _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == _config_sha1(config))
     dump_config(config, run_dir / "config.yaml", extra={
         "protocol": {"name": protocol.name, "classes": classes},
         "input_spec": [s.__dict__ | {"size": list(s.size)} for s in probe.input_spec],
@@ -252,10 +255,35 @@ def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int,
     return [results[number] for number in sorted(results)]
 
 
+def _config_sha1(config: RunConfig) -> str:
+    return hashlib.sha1(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
+def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tensor, classes: list[str],
+                      config: RunConfig) -> dict:
+    """What a finished fold's predictions depend on; a resumed run reuses a fold only if it matches."""
+    return {
+        "config_sha1": _config_sha1(config),
+        "classes": list(classes),
+        "test": [[samples[i].sample_id, int(labels[i])] for i in fold.test_index],
+    }
+
+
+def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> None:
+    """Raise unless the finished fold in ``fold_dir`` records a fingerprint that ``matches``."""
+    recorded = fold_dir / "fold.json"
+    if not recorded.is_file() or not matches(json.loads(recorded.read_text())):
+        raise ConfigError(
+            f"{fold_dir} holds a finished fold of another run (its config, classes or test clips differ, or it "
+            "records none): resuming would mix results; write this run to a new run directory or delete that one")
+
+
 def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels: torch.Tensor, classes: list[str],
               config: RunConfig, fold_dir: Path) -> pd.DataFrame:
     done = fold_dir / "predictions.csv"
+    fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)
     if done.is_file():
+        _check_reusable(fold_dir, lambda recorded: recorded == fingerprint)
         log.info("fold %s: reusing %s", fold.name, done)
         return pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
     assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
@@ -294,6 +322,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     })
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]
+    (fold_dir / "fold.json").write_text(json.dumps(fingerprint))
     tmp = fold_dir / "predictions.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(done)
