@@ -152,11 +152,12 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run directory holding p
 @app.command()
 def demo(
     data: Path = typer.Option(Path("data/synthme-demo"), help="where the SynthME demo set is generated (reused)"),
-    out: Path = typer.Option(Path("runs/demo"), help="folder of the demo's run directories"),
+    out: Path = typer.Option(Path("runs/demo"), help="folder of the demo's run directories (rewritten on every demo)"),
     models: Optional[str] = typer.Option(None, help="comma-separated subset of the demo models"),
     workers: int = typer.Option(2, min=1, help="preprocessing processes, and LOSO folds trained at once"),
 ) -> None:
     """SynthME -> every model's CPU config under LOSO -> a results table (what `make demo` runs)."""
+    import shutil
     import time
 
     from merkit.api import DEMO_MODELS, demo_samples
@@ -174,6 +175,7 @@ def demo(
 
             cfg = load_config(config_name)
             t0 = time.perf_counter()
+            shutil.rmtree(out / name, ignore_errors=True)  # the demo retrains; the view cache is kept
             results[name] = _run_with_progress(samples, proto, cfg, out / name, out / "cache", workers, workers)
             console.print(f"  {name}: {time.perf_counter() - t0:.0f} s, run directory {out / name}")
     except MerkitError as err:
