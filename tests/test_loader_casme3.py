@@ -89,6 +89,14 @@ def test_depth_required_unless_disabled(tmp_path):
     assert len(result.samples) == 4 and result.samples[0].depth is None
 
 
+def test_one_folder_is_one_subject_however_the_sheet_spells_it(tmp_path):
+    rows = casme3_rows()[:4]
+    rows[2] = {**rows[2], "subject": rows[2]["subject"].lower()}  # 'spno.1' for the folder of 'spNO.1'
+    result = load_dataset("casme3", build_casme3(tmp_path, rows, depth=False), depth=False)
+    assert {s.subject for s in result.samples} == {rows[0]["subject"]}
+    assert any("subject spno.1 read as spNO.1" in f for f in result.fixes)
+
+
 def test_registered_and_sheet_required(tmp_path):
     assert get_dataset("casme3").protocols == ("casme3-7", "casme3-4", "casme3-3")
     import openpyxl

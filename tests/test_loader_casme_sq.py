@@ -74,3 +74,22 @@ def test_bad_rows(tmp_path, column, value, message):
     assert info.value.row == 2 and "CAS(ME)^2code_final.xlsx" in info.value.file
     result = load_dataset("casme_sq", root, on_error="skip")
     assert len(result.samples) == 4 and "row 2" in result.skipped[0]
+
+
+def test_title_row_is_skipped_but_a_bad_first_row_is_an_error(tmp_path):
+    root = build_casme_sq(tmp_path, casme_sq_rows()[:3])
+    book_path = root / "CAS(ME)^2code_final.xlsx"
+    book = openpyxl.load_workbook(book_path)
+    sheet = book["CASFEcode_final"]
+    sheet.cell(row=1, column=3).value = None  # the first clip's onset is missing
+    book.save(book_path)
+    with pytest.raises(AnnotationError) as info:
+        load_dataset("casme_sq", root)
+    assert info.value.row == 1
+    sheet.insert_rows(1)  # a later edition's title row
+    for column, title in enumerate(["participant", "video", "onset", "apex", "offset", "AU", "emotion", "type"], 1):
+        sheet.cell(row=1, column=column, value=title)
+    sheet.cell(row=2, column=3, value=casme_sq_rows()[0]["onset"])
+    book.save(book_path)
+    result = load_dataset("casme_sq", root)
+    assert len(result.samples) == 3 and result.samples[0].meta["row"] == 2

@@ -154,6 +154,7 @@ class _RowReader:
         self.sheet_path, self.frames_root, self.columns = sheet_path, frames_root, columns
         self.clip_ids, self.depth, self.au_or = clip_ids, depth, au_or
         self.subject_dirs: dict[str, Path | None] = {}
+        self.subject_names: dict[Path, str] = {}
         self.frame_cache: dict[tuple[Path, str], FrameSource] = {}
 
     def read(self, row: int, values: tuple) -> tuple[Sample, list[str]]:
@@ -182,8 +183,13 @@ class _RowReader:
             fixes.append(f"subject folder {subject_dir.name} taken for {subject} (case differs)")
         meta = {"material": material,
                 "objective_class": cell_text(cell(values, self.columns.get("objective_class")))}
+        # one folder is one person and one LOSO fold, however the sheet spells it ('spNO.1', 'spno.1'):
+        # the subject is the first spelling seen for that folder
+        canonical = self.subject_names.setdefault(subject_dir, subject)
+        if canonical != subject:
+            fixes.append(f"subject {subject} read as {canonical} (same folder {subject_dir.name})")
         sample, more = annotated_clip(values, self.columns, COLUMNS, row=row, file=self.sheet_path, dataset="casme3",
-                                      subject=subject, clip_id=clip_id, folder=color_dir, fps=CASME3_FPS,
+                                      subject=canonical, clip_id=clip_id, folder=color_dir, fps=CASME3_FPS,
                                       aliases=EMOTION_ALIASES, au_or=self.au_or, known_fixes=KNOWN_ROW_FIXES.get(row, ()),
                                       depth_folder=depth_dir, meta=meta, frame_cache=self.frame_cache)
         return sample, fixes + more

@@ -91,7 +91,7 @@ def load_casme_sq(root: str | Path, on_error: OnError = "raise", *, frames_dir: 
     subjects = _subject_folders(read_sheet(book, _sheet(names, "naming rule1", 1, book)), frames_root)
     codes = _video_codes(read_sheet(book, _sheet(names, "naming rule2", 2, book)))
     rows = read_sheet(book, 0)
-    if rows and not re.fullmatch(r"\d+", cell_text(cell(rows[0][1], POSITIONS["onset"]))):
+    if rows and _is_header(rows[0][1]):
         rows = rows[1:]  # a later edition added a header row
     log = LoadLog(on_error)
     wanted = set(TYPES.values()) if expression_type == "all" else {TYPES[expression_type]}
@@ -101,6 +101,14 @@ def load_casme_sq(root: str | Path, on_error: OnError = "raise", *, frames_dir: 
     samples = collect_rows(kept_rows, lambda row, values: _read_row(values, row, book, frames_root, subjects, codes, au_or),
                            log, book)
     return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
+
+
+def _is_header(values: tuple) -> bool:
+    """A title row: no frame number in the onset column and a column title such as "onset" in
+    its cells (a data row with a bad onset is read, so that its error names the row)."""
+    if re.fullmatch(r"\d+", cell_text(cell(values, POSITIONS["onset"]))):
+        return False
+    return any(word in cell_text(value).lower() for value in values for word in ("onset", "apex", "offset"))
 
 
 def _sheet(names: list[str], wanted: str, position: int, book: Path) -> str:
