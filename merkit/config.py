@@ -69,8 +69,9 @@ class ViewsConfig(_Strict):
 
     Attributes:
         fps: resample the onset..offset course to this frame rate before sampling (None: keep).
-        sampling: ``uniform`` positions, ``interpolate`` (linear temporal interpolation to
-            num_frames) or ``keyframes`` (spatio-temporal-slice key frames, paper 004).
+        sampling: ``uniform`` positions, ``interpolate`` (linear temporal interpolation of the
+            whole course to num_frames; for the ``frames`` and ``flow_seq`` views) or
+            ``keyframes`` (spatio-temporal-slice key frames, paper 004).
         apex_policy: ``annotated`` (error if missing), ``annotated-or-middle``, ``middle``, ``spotted``.
         flow: optical-flow method for flow views.
         magnify: Eulerian magnification factor alpha for sequence views (None: off).

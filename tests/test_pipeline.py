@@ -190,3 +190,19 @@ def test_paper_004_view_chain_runs_end_to_end(tmp_path):
     moving = plain_speed > 0.1  # the smiling mouth
     assert moving[:18].sum() == 0 and moving.sum() > 10
     assert speed[moving].mean() > 2 * plain_speed[moving].mean()  # magnification amplifies it
+
+
+def test_interpolate_sampling_resamples_the_whole_course(synth_samples):
+    from merkit.preprocess.pipeline import to_image_view
+    from merkit.preprocess.sampling import interpolate_frames
+
+    sample = synth_samples[3]
+    course = load_course(sample, ViewsConfig())
+    views = build_views(sample, [ViewSpec("frames", (24, 24), length=5)], ViewsConfig(sampling="interpolate"))
+    every_frame = np.stack([to_image_view(f, (24, 24), 1) for f in course.frames])
+    np.testing.assert_allclose(views["frames"], interpolate_frames(every_frame, 5), atol=1.5 / 255)
+    uniform = build_views(sample, [ViewSpec("frames", (24, 24), length=5)], ViewsConfig())
+    assert np.abs(views["frames"] - uniform["frames"]).max() > 0.01  # not the uniform picks
+    assert int(views["apex_index"]) == round(course.apex * 4 / (len(course.frames) - 1))
+    with pytest.raises(PreprocessError, match="interpolate"):
+        build_views(sample, [ViewSpec("au", (0, 0), length=5)], ViewsConfig(sampling="interpolate", au="synthme"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from merkit.errors import ConfigError
+from merkit.errors import ConfigError, ModelInputError
 from merkit.models.registry import register
 from merkit.views import ViewSpec
 
@@ -29,7 +29,19 @@ class LogisticRegression(nn.Module):
         self.linear = nn.Linear(channels * image_size * image_size, num_classes)
 
     def forward(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.linear(views[self.view].flatten(1))
+        """``views[view]: (B, C, H, W)`` -> ``(B, K)`` logits.
+
+        Raises:
+            ModelInputError: the view is missing or not ``(B, C, H, W)`` of the input spec.
+        """
+        spec = self.input_spec[0]
+        if self.view not in views:
+            raise ModelInputError(f"logreg needs the {self.view!r} view, got {sorted(views)}")
+        x = views[self.view]
+        if tuple(x.shape[1:]) != spec.shape():
+            raise ModelInputError(f"logreg: view {self.view!r} must be (B, {', '.join(map(str, spec.shape()))}), "
+                                  f"got {tuple(x.shape)}")
+        return self.linear(x.flatten(1))
 
 
 @register("logreg", "multinomial logistic regression on the apex - onset difference or flow (trivial peer)")

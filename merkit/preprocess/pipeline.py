@@ -181,7 +181,11 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
             views["flow"] = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
         else:
             positions = sample_positions(course, spec.length, config, sample.fps)
-            views["apex_index"] = np.asarray(int(np.flatnonzero(positions == course.apex)[0]), dtype=np.int64)
+            if config.sampling == "interpolate":  # the interpolated frame nearest the apex in time
+                apex_index = int(round(course.apex * (spec.length - 1) / max(1, len(course.frames) - 1)))
+            else:
+                apex_index = int(np.flatnonzero(positions == course.apex)[0])
+            views["apex_index"] = np.asarray(apex_index, dtype=np.int64)
             views[spec.name] = _sequence_view(sample, course, positions, spec, config)
     return views
 
@@ -219,6 +223,16 @@ def _grey(image: np.ndarray) -> np.ndarray:
 
 def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: ViewSpec, config: ViewsConfig) -> np.ndarray:
     frames = course.frames[positions]
+    # frame rate of the sequence the view is built from (magnification needs it)
+    sequence_fps = sample.fps * (len(positions) - 1) / max(1, positions[-1] - positions[0])
+    if config.sampling == "interpolate":
+        from merkit.preprocess.sampling import interpolate_frames
+
+        if spec.name not in ("frames", "flow_seq"):
+            raise PreprocessError(f"{sample.sample_id}: sampling 'interpolate' builds the frames and flow_seq views, not "
+                                  f"{spec.name!r} (its data exists only at recorded frames); use 'uniform' or 'keyframes'")
+        frames = np.clip(np.rint(interpolate_frames(course.frames, spec.length)), 0, 255).astype(np.uint8)
+        sequence_fps = sample.fps * (spec.length - 1) / max(1, len(course.frames) - 1)
     if spec.name == "frames":
         return np.stack([to_image_view(f, spec.size, spec.channels) for f in frames])
     if spec.name == "flow_seq":
@@ -228,8 +242,7 @@ def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: 
         if config.magnify is not None:
             from merkit.preprocess.magnify import magnify
 
-            effective_fps = sample.fps * (len(positions) - 1) / max(1, positions[-1] - positions[0])
-            grey = magnify(grey, fps=effective_fps, alpha=config.magnify)
+            grey = magnify(grey, fps=sequence_fps, alpha=config.magnify)
         return flow_sequence(grey, onset_index=0, method=config.flow, size=spec.size).astype(np.float32)
     if spec.name == "depth_seq":
         from merkit.preprocess.depth import depth_sequence

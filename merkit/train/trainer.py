@@ -113,7 +113,7 @@ def fit(
         total, seen = 0.0, 0
         for start in range(0, n, config.batch_size):
             index = order[start : start + config.batch_size]
-            if len(index) < 2 and n >= 2:  # BatchNorm needs two samples; fold into the previous batch
+            if len(index) < 2 and n >= 2:  # BatchNorm needs two samples: a lone last sample sits this epoch out
                 continue
             batch = augment_batch(subset(views, index), config.augment, generator)
             with _autocast(config):
@@ -133,6 +133,7 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch + 1, epoch_loss)
         if validate is not None:
+            model.eval()  # the next epoch starts with model.train()
             score = float(validate(model))
             history.val_uf1.append(score)
             if score > best_score:
