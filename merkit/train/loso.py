@@ -147,8 +147,9 @@ def run_loso(
     torch.manual_seed(config.seed)
     probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
     check_views_config(probe.input_spec, config)
+    settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
-        _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == _config_sha1(config))
+        _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
     dump_config(config, run_dir / "config.yaml", extra={
         "protocol": {"name": protocol.name, "classes": classes},
         "input_spec": [s.__dict__ | {"size": list(s.size)} for s in probe.input_spec],
