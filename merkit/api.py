@@ -158,17 +158,20 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
     """The view specs and views config ``merkit preprocess`` builds.
 
     ``model`` (or ``config``) gives exactly that model's input spec; ``views`` names views
-    built at ``size`` x ``size`` with ``channels`` and ``num_frames``.
+    built at ``size`` x ``size`` with ``channels`` and ``num_frames``, with the views settings
+    (flow method, face step ...) of ``config`` when it is given.
 
     Raises:
-        ConfigError: neither or both of ``views`` and ``model``/``config``.
+        ConfigError: neither ``views`` nor ``model``/``config``, or both ``views`` and ``model``.
     """
     from merkit.config import ViewsConfig
     from merkit.models.registry import input_spec
     from merkit.views import ViewSpec
 
-    if (views is None) == (model is None and config is None):
-        raise ConfigError("give either --views NAMES or --model/--config")
+    if views is None and model is None and config is None:
+        raise ConfigError("give --views NAMES (optionally with --config for how to build them), or --model/--config")
+    if views is not None and model is not None:
+        raise ConfigError("give either --views NAMES or --model, not both")
     if views is None:
         cfg = load_config(config if config is not None else default_config_name(model, dataset))
         return input_spec(cfg.model_name, **cfg.model_kwargs), cfg.views

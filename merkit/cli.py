@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from merkit.errors import MerkitError
+from merkit.errors import ConfigError, MerkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset loaders: list them, inspect a copy on disk.")
@@ -35,7 +35,7 @@ def synth(
     subjects: int = typer.Option(10, min=1),
     clips_per_subject: int = typer.Option(10, min=1),
     preset: str = typer.Option("default", help="default | hard"),
-    seed: int = typer.Option(0),
+    seed: int = typer.Option(0, min=0),
 ) -> None:
     """Generate a SynthME dataset with exact ground truth, in the CASME II on-disk layout."""
     from merkit.data.synthetic import write_synthme
@@ -72,7 +72,7 @@ def train(
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>)"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
-    seed: Optional[int] = typer.Option(None, help="override the run seed"),
+    seed: Optional[int] = typer.Option(None, min=0, help="override the run seed"),
     selection: Optional[str] = typer.Option(None, help="last | val-split"),
     apex_policy: Optional[str] = typer.Option(None, help="annotated | annotated-or-middle | middle | spotted"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
@@ -163,9 +163,9 @@ def demo(
     from merkit.api import DEMO_MODELS, demo_samples
     from merkit.eval.reports import format_results
 
-    chosen = DEMO_MODELS if models is None else {m: DEMO_MODELS[m] for m in models.split(",")}
     start = time.perf_counter()
     try:
+        chosen = DEMO_MODELS if models is None else _demo_models(models)
         samples, proto = demo_samples(data)
         console.print(f"SynthME demo set: {len(samples)} clips, {len({s.subject for s in samples})} subjects, "
                       f"protocol {proto.name} ({', '.join(proto.classes)}) at {data}")
@@ -184,6 +184,17 @@ def demo(
     console.print(f"total {time.perf_counter() - start:.0f} s; LOSO over subjects, selection: last epoch of a fixed budget")
 
 
+def _demo_models(names: str) -> dict[str, str]:
+    from merkit.api import DEMO_MODELS
+
+    chosen = {}
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        if name not in DEMO_MODELS:
+            raise ConfigError(f"unknown demo model {name!r}; choose from {', '.join(DEMO_MODELS)}")
+        chosen[name] = DEMO_MODELS[name]
+    return chosen
+
+
 @app.command()
 def preprocess(
     dataset: str = typer.Option(..., help="dataset name"),
@@ -191,7 +202,7 @@ def preprocess(
     views: Optional[str] = typer.Option(None, help="comma-separated views (onset,apex,diff,flow,frames,flow_seq,depth_seq,au)"),
     model: Optional[str] = typer.Option(None, help="build the views this model's config needs instead of --views"),
     config: Optional[str] = typer.Option(None, help="config file/name: its views section sets how views are built"),
-    size: int = typer.Option(112, help="view size in pixels (with --views)"),
+    size: int = typer.Option(112, min=1, help="view size in pixels (with --views)"),
     channels: int = typer.Option(1, help="1 grey or 3 RGB (with --views)"),
     num_frames: int = typer.Option(8, help="length of sequence views (with --views)"),
     workers: int = typer.Option(1, min=1),

@@ -120,7 +120,7 @@ class RunConfig(_Strict):
     views: ViewsConfig = ViewsConfig()
     selection: SelectionConfig = SelectionConfig()
     dataset: DatasetConfig = DatasetConfig()
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     shuffle_labels: bool = Field(False, description="leak check: permute training labels")
     pretrained: str | None = Field(None, description="checkpoint every fold starts from (pre-train -> fine-tune)")
 
@@ -170,6 +170,8 @@ def _read_raw(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[di
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, views: ...), got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is not None:
         parent, _ = _read_raw(base, seen + (path.resolve(),))

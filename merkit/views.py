@@ -55,6 +55,8 @@ class ViewSpec:
             raise ConfigError(f"view {self.name!r} is a single map and takes no length")
         if self.channels not in (1, 3):
             raise ConfigError(f"view {self.name!r}: channels must be 1 or 3, got {self.channels}")
+        if self.name != "au" and (len(self.size) != 2 or min(self.size) < 1):
+            raise ConfigError(f"view {self.name!r}: size must be (height, width) of at least 1 pixel, got {self.size}")
 
     def shape(self, num_aus: int | None = None) -> tuple[int, ...]:
         """The per-sample array shape this spec asks for."""

@@ -100,3 +100,18 @@ def test_pretrain_then_fine_tune_starts_every_fold_from_the_first_stage(synth_ro
     with pytest.raises(Exception):
         invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
                "--pretrained", tmp_path / "missing.pt", "--out", tmp_path / "run2")
+
+
+def test_user_mistakes_get_a_message_not_a_traceback(synth_root, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for args, message in [
+        (["demo", "--models", "logreg, nosuch", "--data", tmp_path / "d", "--out", tmp_path / "o"], "unknown demo model 'nosuch'"),
+        (["synth", "--out", afile, "--subjects", 1, "--clips-per-subject", 1], "is a file"),
+        (["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--out", afile], "is a file"),
+        (["synth", "--out", tmp_path / "s", "--seed", -1], "greater than or equal to 0"),
+    ]:
+        result = runner.invoke(app, [str(a) for a in args])
+        output = " ".join(result.output.split())  # rich wraps long lines
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.output)
+        assert message in output, (args, output)

@@ -42,3 +42,20 @@ def test_base_cycle_is_an_error(tmp_path):
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n")
     with pytest.raises(ConfigError, match="cycle"):
         load_config(tmp_path / "a.yaml")
+
+
+def test_a_config_that_is_not_a_mapping_or_has_a_negative_seed_is_refused(tmp_path):
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- model\n- train\n")
+    with pytest.raises(ConfigError, match="expected a mapping of sections"):
+        load_config(listed)
+    with pytest.raises(ConfigError, match="seed"):
+        config_from_dict({"model": {"name": "logreg"}, "seed": -1})
+
+
+def test_view_sizes_below_one_pixel_are_refused():
+    from merkit.views import ViewSpec
+
+    with pytest.raises(ConfigError, match="at least 1 pixel"):
+        ViewSpec("onset", size=(0, 16))
+    assert ViewSpec("au", size=(0, 0), length=4).length == 4  # the au view has no image size

@@ -657,6 +657,8 @@ def _deterministic_xlsx(rows: list[list[Any]]) -> bytes:
 
 def _prepare_out_dir(out: Path) -> None:
     """Make ``out`` ready: remove a previous SynthME output there, refuse to overwrite anything else."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: is a file; SynthME writes a folder")
     if (out / GROUND_TRUTH_FILE).is_file():
         shutil.rmtree(out / "Cropped", ignore_errors=True)
         (out / CODING_FILE).unlink(missing_ok=True)

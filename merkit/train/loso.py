@@ -139,6 +139,8 @@ def run_loso(
         The metrics dict written to ``metrics.json``.
     """
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: is a file; a run directory must be a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     _attach_log(run_dir)
     classes = list(protocol.classes)
@@ -220,6 +222,8 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
         the checkpoint path.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: is a file; pre-training writes a folder")
     out.mkdir(parents=True, exist_ok=True)
     classes = list(protocol.classes)
     model = new_model(config, classes, seed=config.seed)
