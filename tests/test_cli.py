@@ -115,3 +115,15 @@ def test_user_mistakes_get_a_message_not_a_traceback(synth_root, tmp_path):
         output = " ".join(result.output.split())  # rich wraps long lines
         assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.output)
         assert message in output, (args, output)
+
+
+def test_preprocess_views_take_the_settings_of_a_config():
+    from merkit.api import preprocess_specs
+
+    specs, views_config = preprocess_specs(views="flow", model=None, config="tsfmicro-cpu", dataset="synthme", size=24)
+    assert [(s.name, s.size) for s in specs] == [("flow", (24, 24))]
+    assert views_config.flow == load_config("tsfmicro-cpu").views.flow == "dis"
+    with pytest.raises(ConfigError, match="not both"):
+        preprocess_specs(views="flow", model="logreg", config=None, dataset="synthme")
+    with pytest.raises(ConfigError, match="give --views"):
+        preprocess_specs(views=None, model=None, config=None, dataset="synthme")
