@@ -122,6 +122,18 @@ def test_ideal_filter_removes_dc_and_keeps_band_exactly():
     assert np.abs((kept - kept[0]) - ramp[:, 0]).max() < 0.05
 
 
+def test_a_band_no_frequency_of_the_clip_falls_in_is_reported(caplog):
+    # 6 frames at 200 fps: the mirrored series resolves 200 / 12 = 16.7 Hz steps, all above 15 Hz
+    signal = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
+    with caplog.at_level("WARNING", logger="merkit.preprocess.magnify"):
+        assert not temporal_filter(signal, 200.0, 0.4, 15.0, "ideal").any()
+    assert "left unmagnified" in caplog.text and "6-frame clip at 200.0 fps" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="merkit.preprocess.magnify"):
+        temporal_filter(signal, 30.0, 0.4, 15.0, "ideal")
+    assert caplog.text == ""
+
+
 def test_lambda_c_attenuates_fine_texture():
     # a fine texture (wavelengths 5-40 px) with lambda_c = 64 gets far less than alpha
     clip = translated_clip(64, 64, [(0.0, 0.0), (0.1, 0.0)], shortest=5.0)

@@ -167,6 +167,10 @@ def temporal_filter(
         spectrum = np.fft.rfft(mirrored, axis=0)
         frequencies = np.fft.rfftfreq(2 * length, d=1.0 / fps)
         keep = (frequencies > 0) & (frequencies >= low_hz) & (frequencies <= high_hz)
+        if not keep.any():
+            log.warning("magnification: no frequency of a %d-frame clip at %.1f fps (resolution %.1f Hz) lies in "
+                        "the %.1f-%.1f Hz band; the clip is left unmagnified (a longer clip or a wider band helps)",
+                        length, fps, fps / (2 * length), low_hz, high_hz)
         spectrum[~keep] = 0
         return np.fft.irfft(spectrum, n=2 * length, axis=0)[:length].astype(np.float32)
     if filter == "iir":
