@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from merkit.errors import ConfigError
 
@@ -92,6 +92,12 @@ class ViewsConfig(_Strict):
     face: Literal["none", "mtcnn", "dlib"] = "none"
     depth: str = "dataset"
     au: Literal["dlib", "synthme"] = "dlib"
+
+    @model_validator(mode="after")
+    def _interpolation_sets_its_own_rate(self) -> "ViewsConfig":
+        if self.sampling == "interpolate" and self.fps is not None:
+            raise ValueError("sampling 'interpolate' resamples the whole course to num_frames; fps must be null with it")
+        return self
 
 
 class SelectionConfig(_Strict):

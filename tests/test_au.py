@@ -88,6 +88,7 @@ def test_unknown_codes_can_be_skipped_and_recorded():
         ("AU61+4", ("61", "4"), ("61", "4"), ()),
         ("R12 or R15+R20", ("R20",), ("R12", "R15", "R20"), ("R12 or R15",)),
         ("4/7", (), ("4", "7"), ("4 or 7",)),
+        ("4 or ?", (), ("4",), ("4 or ?",)),  # unsure whether it was AU 4: not a sure AU 4
         (4.0, ("4",), ("4",), ()),
         ("-", (), (), ()),
     ],

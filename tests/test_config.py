@@ -51,6 +51,8 @@ def test_a_config_that_is_not_a_mapping_or_has_a_negative_seed_is_refused(tmp_pa
         load_config(listed)
     with pytest.raises(ConfigError, match="seed"):
         config_from_dict({"model": {"name": "logreg"}, "seed": -1})
+    with pytest.raises(ConfigError, match="fps must be null"):
+        config_from_dict({"model": {"name": "logreg"}, "views": {"sampling": "interpolate", "fps": 30}})
 
 
 def test_view_sizes_below_one_pixel_are_refused():

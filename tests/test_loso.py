@@ -79,6 +79,8 @@ def test_run_directory_contract_and_resume(synth_samples, tmp_path):
     with pytest.raises(ConfigError, match="folds/sub01 holds a finished fold of another run"):
         run_loso(synth_samples, protocol, other, run)
     assert "epochs: 3" in (run / "config.yaml").read_text()  # refused before anything was rewritten
+    with pytest.raises(ConfigError, match="folds/sub01 holds a finished fold"):  # sub01's training set changed
+        run_loso([s for s in synth_samples if s.sample_id != synth_samples[-1].sample_id], protocol, config, run)
     (run / "folds" / "sub01" / "fold.json").unlink()
     with pytest.raises(ConfigError, match="records none"):
         run_loso(synth_samples, protocol, config, run)

@@ -302,8 +302,8 @@ def test_head_grid_keeps_where_the_motion_is() -> None:
     for grid in (1, 2):
         model = build_ms3d_resnet(3, head_grid=grid, **SMALL).eval()
         heads = model.heads
-        assert heads[0].layers[1].in_features == model.backbone.stage_channels[3] * grid * grid
-        assert heads[3].layers[1].in_features == model.backbone.stage_channels[0] * grid * grid
+        assert heads[0].layers[0].in_features == model.backbone.stage_channels[3] * grid * grid
+        assert heads[3].layers[0].in_features == model.backbone.stage_channels[0] * grid * grid
         top, bottom = torch.zeros(1, 4, 4, 4, 4), torch.zeros(1, 4, 4, 4, 4)  # (B, C, T, H, W) of O4's width
         top[..., 0, 0], bottom[..., 3, 0] = 1.0, 1.0
         with torch.no_grad():

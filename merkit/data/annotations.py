@@ -258,13 +258,13 @@ def parse_aus(value: Any, or_policy: AUPolicy = "drop") -> tuple[tuple[str, ...]
     codes: list[str] = []
     alternatives: list[str] = []
     for group in au_term_groups(cell_text(value)):
-        group = [code for code in group if code != "?"]
+        known = [code for code in group if code != "?"]  # '4 or ?': unsure whether it was AU 4
         if len(group) > 1:
             alternatives.append(" or ".join(group))
             if or_policy == "all":
-                codes += group
+                codes += known
         else:
-            codes += group
+            codes += known
     return tuple(codes), tuple(alternatives)
 
 

@@ -177,7 +177,6 @@ class ClassifierHead(nn.Module):
         super().__init__()
         self.pool = nn.AdaptiveAvgPool3d((1, grid, grid))
         self.layers = nn.Sequential(
-            nn.Flatten(),
             nn.Linear(channels * grid * grid, hidden),
             nn.ReLU(inplace=True),
             nn.Dropout(dropout),
@@ -185,7 +184,7 @@ class ClassifierHead(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(self.pool(x))
+        return self.layers(self.pool(x).flatten(1))
 
 
 def select_output(all_logits: torch.Tensor, rule: Selection = "max_confidence", fixed_output: int = 0) -> torch.Tensor:

@@ -65,7 +65,7 @@ def load_pretrained(
     *,
     skip_head: bool = True,
     classes: Sequence[str] | None = None,
-    head_keys: Sequence[str] | None = None,
+    head_keys: Sequence[str] | Callable[[], Sequence[str]] | None = None,
 ) -> list[str]:
     """Copy a first-stage checkpoint's weights into ``model`` (in place).
 
@@ -86,8 +86,9 @@ def load_pretrained(
         checkpoint_path: ``model.pt`` of a LOSO fold or a file holding a plain ``state_dict``.
         skip_head: skip heads that do not fit the new classes instead of raising.
         classes: the class names ``model`` is trained on, in its output order.
-        head_keys: the class-indexed entries of ``model`` (:func:`class_indexed_keys`); needed
-            when ``classes`` differ from the checkpoint's but have the same count.
+        head_keys: the class-indexed entries of ``model`` (:func:`class_indexed_keys`), or a
+            function returning them (called only when needed); needed when ``classes`` differ
+            from the checkpoint's but have the same count.
 
     Returns:
         The state-dict keys that were loaded (re-ordered heads included), in the model's order.
@@ -117,6 +118,8 @@ def load_pretrained(
         if head_keys is None:
             raise ConfigError(f"{checkpoint_path} was trained on classes {source_classes}, this run has {list(classes)}: "
                               "pass head_keys (class_indexed_keys) to match the heads by class")
+        if callable(head_keys):
+            head_keys = head_keys()
         if sorted(classes) == sorted(source_classes):
             order = torch.tensor([source_classes.index(name) for name in classes])
             for key in head_keys:

@@ -32,7 +32,7 @@ from merkit.views import ViewSpec
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # 2: sampling "interpolate" interpolates the course (was uniform picks)
 SEQUENCE_VIEWS = ("frames", "flow_seq", "depth_seq", "au")
 
 

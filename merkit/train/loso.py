@@ -205,7 +205,9 @@ def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.
     if config.pretrained is not None:
         from merkit.models.pretrained import class_indexed_keys, load_pretrained
 
-        heads = class_indexed_keys(lambda k: create(config.model_name, num_classes=k, **config.model_kwargs), len(classes))
+        def heads() -> list[str]:  # only needed (and built) when the checkpoint's classes differ
+            return class_indexed_keys(lambda k: create(config.model_name, num_classes=k, **config.model_kwargs), len(classes))
+
         load_pretrained(model, config.pretrained, classes=classes, head_keys=heads)
     return model
 
@@ -266,10 +268,13 @@ def _config_sha1(config: RunConfig) -> str:
 
 def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tensor, classes: list[str],
                       config: RunConfig) -> dict:
-    """What a finished fold's predictions depend on; a resumed run reuses a fold only if it matches."""
+    """What a finished fold's predictions depend on (settings, classes, training and test clips
+    with their labels); a resumed run reuses a fold only if it matches."""
+    training = json.dumps([[samples[i].sample_id, int(labels[i])] for i in fold.train_index])
     return {
         "config_sha1": _config_sha1(config),
         "classes": list(classes),
+        "train_sha1": hashlib.sha1(training.encode()).hexdigest(),
         "test": [[samples[i].sample_id, int(labels[i])] for i in fold.test_index],
     }
 
