@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+# every test runs torch on one thread: the models under test are tiny, and on a shared 2-core
+# machine thread start-up and contention cost more than the maths (pytest -n 2 uses both cores)
 torch.set_num_threads(1)
 
 

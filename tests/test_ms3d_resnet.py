@@ -26,15 +26,6 @@ from merkit.models.ms3d_resnet import (
 SMALL = {"base_width": 4, "head_hidden": 8, "num_frames": 4, "input_size": (16, 16)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Many tiny convolutions: on a shared 2-core machine extra threads only add overhead."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _views(model: nn.Module, batch: int = 2, frames: int = 4, size: int = 16) -> dict[str, torch.Tensor]:
     spec = model.input_spec[0]
     return {spec.name: torch.randn(batch, frames, spec.channels, size, size)}

@@ -7,15 +7,6 @@ from merkit.errors import ConfigError, ModelInputError
 from merkit.models.ststnet import STSTNet, build_ststnet
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The model is tiny: thread start-up and contention on a shared machine cost more than the maths."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_shapes_and_spec():
     torch.manual_seed(0)
     model = build_ststnet(num_classes=3)
