@@ -5,16 +5,19 @@ import math
 import pytest
 import torch
 
-from merkit.errors import ConfigError
+from merkit.errors import ConfigError, ModelInputError
 from merkit.models.blocks.retention import (
+    ManhattanSelfAttention,
     MultiScaleRetention,
     RetNetBlock,
+    RMTBlock,
     causal_decay_mask,
     decay_rates,
     manhattan_decay_mask,
     retention_chunkwise,
     retention_parallel,
     retention_recurrent,
+    rmt_decay_rates,
     rotary_sin_cos,
     rotate_pairs,
 )
@@ -130,3 +133,109 @@ def test_bad_widths_raise_config_error():
         MultiScaleRetention(dim=12, num_heads=4)  # key width 3 is odd
     with pytest.raises(ConfigError):
         MultiScaleRetention(dim=8, num_heads=2, mode="3d")
+
+
+# --------------------------------------------------------------------------- RMT (the released TSFmicro retention)
+
+
+def test_rmt_decay_rates():
+    torch.testing.assert_close(rmt_decay_rates(2, 2.0, 6.0), torch.tensor([0.75, 1 - 2**-5]))
+    torch.testing.assert_close(decay_rates(4, "rmt"), rmt_decay_rates(4, 2.0, 4.0))
+
+
+def _transparent_masa(decomposed: bool, dim: int = 2) -> ManhattanSelfAttention:
+    """One head, decay 1/2, Q = K = 0 (uniform scores), V and the output the identity, no LePE."""
+    layer = ManhattanSelfAttention(dim, 1, decomposed=decomposed, initial_value=1.0, heads_range=0.0)
+    with torch.no_grad():
+        for projection in (layer.q_proj, layer.k_proj):
+            projection.weight.zero_()
+            projection.bias.zero_()
+        for projection in (layer.v_proj, layer.out_proj):
+            projection.weight.copy_(torch.eye(dim))
+            projection.bias.zero_()
+        layer.lepe.conv.weight.zero_()
+        layer.lepe.conv.bias.zero_()
+    return layer
+
+
+@pytest.mark.parametrize("decomposed", [False, True])
+def test_manhattan_softmax_weights_by_hand_on_a_two_by_two_grid(decomposed):
+    # equal scores: token n's output is sum_m 0.5^(|dx|+|dy|) x_m / sum_m 0.5^(|dx|+|dy|); the decay is
+    # separable, so the row-then-column form gives the same weights here
+    layer = _transparent_masa(decomposed)
+    x = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 4.0]]])
+    out = layer(x, (2, 2))
+    # token (0,0): weights 1, 1/2, 1/2, 1/4 over tokens 0..3, sum 2.25
+    expected_first = (x[0, 0] + 0.5 * x[0, 1] + 0.5 * x[0, 2] + 0.25 * x[0, 3]) / 2.25
+    torch.testing.assert_close(out[0, 0], expected_first)
+    # token (1,1): weights 1/4, 1/2, 1/2, 1
+    expected_last = (0.25 * x[0, 0] + 0.5 * x[0, 1] + 0.5 * x[0, 2] + x[0, 3]) / 2.25
+    torch.testing.assert_close(out[0, 3], expected_last)
+
+
+def test_lepe_adds_a_depthwise_convolution_of_the_values():
+    layer = _transparent_masa(False)
+    x = torch.randn(1, 6, 2)
+    plain = layer(x, (2, 3))
+    with torch.no_grad():
+        layer.lepe.conv.weight[:, :, 2, 2] = 3.0  # the 5 x 5 kernel's centre: LePE(V) = 3 V
+    torch.testing.assert_close(layer(x, (2, 3)), plain + 3.0 * x)
+
+
+def test_whole_manhattan_attention_against_a_direct_computation():
+    torch.manual_seed(0)
+    layer = ManhattanSelfAttention(8, 2, initial_value=1.0, heads_range=2.0)
+    grid, x = (2, 3), torch.randn(2, 6, 8)
+    q = layer.q_proj(x).view(2, 6, 2, 4).transpose(1, 2)
+    k = layer.k_proj(x).view(2, 6, 2, 4).transpose(1, 2) / 2.0
+    v = layer.v_proj(x).view(2, 6, 2, 4).transpose(1, 2)
+    sin, cos = rotary_sin_cos(6, 4)
+    scores = rotate_pairs(q, sin, cos) @ rotate_pairs(k, sin, cos).transpose(-1, -2)
+    position = [(r, c) for r in range(2) for c in range(3)]
+    distance = torch.tensor([[abs(a[0] - b[0]) + abs(a[1] - b[1]) for b in position] for a in position], dtype=torch.float32)
+    gammas = torch.tensor([0.5, 0.75])  # 1 - 2^-1, 1 - 2^-(1 + 2/2)
+    weights = scores.exp() * gammas[:, None, None] ** distance
+    attended = (weights / weights.sum(-1, keepdim=True)) @ v
+    lepe = layer.lepe.conv(layer.v_proj(x).transpose(1, 2).reshape(2, 8, 2, 3)).flatten(2).transpose(1, 2)
+    expected = layer.out_proj(attended.transpose(1, 2).reshape(2, 6, 8) + lepe)
+    torch.testing.assert_close(layer(x, grid), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_decomposed_attention_is_rows_then_columns():
+    torch.manual_seed(0)
+    layer = ManhattanSelfAttention(4, 1, decomposed=True, initial_value=1.0, heads_range=0.0)
+    with torch.no_grad():
+        layer.lepe.conv.weight.zero_()
+        layer.lepe.conv.bias.zero_()
+    height, width = 2, 3
+    x = torch.randn(1, height * width, 4)
+    sin, cos = rotary_sin_cos(height * width, 4)
+    q = rotate_pairs(layer.q_proj(x), sin, cos).view(height, width, 4)
+    k = rotate_pairs(layer.k_proj(x) / 2.0, sin, cos).view(height, width, 4)
+    v = layer.v_proj(x).view(height, width, 4)
+
+    def attend(queries, keys, values):  # one row or column: softmax(q k^T) weighted by 0.5^|i - j|
+        index = torch.arange(len(queries))
+        weights = (queries @ keys.T).exp() * 0.5 ** (index[:, None] - index[None, :]).abs().float()
+        return (weights / weights.sum(-1, keepdim=True)) @ values
+
+    rows = torch.stack([attend(q[r], k[r], v[r]) for r in range(height)])
+    cols = torch.stack([attend(q[:, c], k[:, c], rows[:, c]) for c in range(width)], dim=1)
+    expected = layer.out_proj(cols.reshape(1, height * width, 4))
+    torch.testing.assert_close(layer(x, (height, width)), expected, atol=1e-5, rtol=1e-5)
+    whole = ManhattanSelfAttention(4, 1, decomposed=False, initial_value=1.0, heads_range=0.0)
+    whole.load_state_dict(layer.state_dict())
+    assert not torch.allclose(whole(x, (height, width)), layer(x, (height, width)), atol=1e-4)
+
+
+def test_rmt_block_is_non_causal_and_needs_its_grid():
+    torch.manual_seed(0)
+    block = RMTBlock(8, 2).eval()
+    x = torch.randn(1, 9, 8)
+    changed = x.clone()
+    changed[:, -1] += 3.0
+    assert (block(changed, (3, 3))[:, 0] - block(x, (3, 3))[:, 0]).abs().max() > 1e-3
+    with pytest.raises(ModelInputError):
+        block(x, (2, 4))
+    with pytest.raises(ConfigError, match="only for causal-1d"):
+        block(x, (3, 3), form="recurrent")

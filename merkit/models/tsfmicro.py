@@ -6,21 +6,46 @@ Dynamic Micro Expression Recognition", 2025 (``/work/shared/papers/003-tsfmicro.
 Architecture (paper sizes; ``D = embed_dim = 512``, input ``224 x 224``, token grid ``14 x 14``)::
 
     motion (diff = apex - onset, Eq. 1, or flow u/v/strain)
-      -> conv stem: log2(16) x [3x3 conv stride 2, BN, GELU] (Eq. 3-5)   -> (B, 196, D)
-      -> 5 RetNet blocks (multi-scale retention, Eq. 2, + FFN)            -> F_t (B, 196, D)
+      -> temporal branch (conv stem, Eq. 3-5, + 5 retention blocks, Eq. 2)  -> F_t (B, 196, D)
     onset frame
-      -> 16x16 patch embedding (Eq. 6-7) + learnable position (Eq. 8)    -> (B, 196, D)
-      -> 2 ViT blocks -> LayerNorm                                        -> F_s (B, 196, D)
+      -> patch embedding (Eq. 6-7) + learnable position (Eq. 8)            -> (B, 196, D)
+      -> 2 ViT blocks -> LayerNorm                                          -> F_s (B, 196, D)
     F = F_t + F_s (Eq. 9, "T-S (late)" fusion)
       -> FC D->1024 per token -> norm (Eq. 10) -> swish (Eq. 11) -> mean over tokens (Eq. 12)
       -> linear classifier -> logits (B, K); trained with cross-entropy (Eq. 13).
+
+Temporal branch, two layouts (option ``temporal_layout``) and three retentions (``retention``):
+
+* ``"flat"`` (the text read literally): a stride-``stem_stride`` conv stem, ``log2(stem_stride)``
+  x [3x3 conv stride 2, BN, GELU] with widths doubling up to ``D`` (64-128-256-512 at paper
+  size; the paper gives one such layer but a 14 x 14 output at 224 input), then
+  ``temporal_depth`` isotropic blocks on the ``14 x 14`` grid. 23.3 M parameters at paper size
+  (5 classes, causal-1d; 22.2 M with ``"rmt"`` blocks).
+* ``"hierarchical"`` (the authors' released code, RMT-T3): a stride-2 stem of four 3x3 convs
+  (widths ``D/16, D/16, D/8, D/8``; BN after each, GELU after the first three), then
+  ``log2(stem_stride)`` stages of widths ``D/8, D/4, D/2, D`` with ``stage_depths`` blocks
+  (1-1-2-1: the paper's "five-layer RetNet"), each but the last ended by a 3x3 stride-2 conv + BN
+  merge. The first half of the stages use the decomposed retention (decay rates ``a = 2``,
+  ``r = 4``), the others the whole 2-D one (``a = 2``, ``r = 6``), as released. Needs
+  ``retention="rmt"`` (a full ``112 x 112`` grid has no affordable RetNet-kernel form) and
+  ``fusion`` ``"late"`` or ``"t_to_s"`` (the other two fuse at the stem's grid, where the spatial
+  branch has no tokens). 12.79 M parameters at paper size (5 classes) with
+  ``spatial_embedding="resize"``, as the released model (which holds 3.6 k more that it never
+  uses: a class token, a mask layer, a spare head); 13.18 M with 16 x 16 patches.
+* ``retention="causal-1d"`` (default): what Eq. 2 writes, RetNet's causal 1-D retention over the
+  tokens in raster order (each token sees only those before it). ``"manhattan-2d"``: the RetNet
+  kernel with RMT's non-causal 2-D decay ``gamma^(|dx| + |dy|)``. ``"rmt"``: RMT's Manhattan
+  self-attention as the authors' code runs it (softmax over ``Q K^T + log D``, LePE and
+  depth-wise-conv position terms; :class:`~merkit.models.blocks.retention.RMTBlock`). The paper
+  cites RMT [53] for its retention; ``configs/tsfmicro-paper.yaml`` uses ``"rmt"`` with the
+  hierarchical layout. See :mod:`merkit.models.blocks.retention`.
 
 Fusion strategies of the fusion study (Sec. 4.4, Table 7), option ``fusion``:
 
 * ``"late"`` (default): the two branches run independently and their outputs are summed (Eq. 9).
 * ``"early"``: "fuses temporal and spatial information prior to the recognition backbone following
   a simple convolutional extraction": conv-stem tokens of the motion + patch/position tokens of
-  the face are summed and fed to the RetNet blocks (the recognition backbone); no ViT blocks.
+  the face are summed and fed to the retention blocks (the recognition backbone); no ViT blocks.
   (The authors' released code extracts the face with a second conv stem instead of the patch
   embedding.)
 * ``"t_to_s"``: "first extracts temporal features, then fuses them with spatial information and
@@ -29,34 +54,25 @@ Fusion strategies of the fusion study (Sec. 4.4, Table 7), option ``fusion``:
   the ViT blocks, before the LayerNorm; merkit follows the paper's text.)
 * ``"s_to_t"``: "extracts spatial features first, then fuses them with temporal information and
   inputs temporal sub-branches": ``F_s`` is added to the motion's conv-stem tokens, which then go
-  through the RetNet blocks (as in the released code).
+  through the retention blocks (as in the released code).
 
 Ablation variants (Table 6), option ``branches``: ``"both"`` (default), ``"temporal"`` (W/O S: stem
-+ RetNet blocks + head; declares only the motion view) and ``"spatial"`` (W/O T: patch embedding +
-ViT + LayerNorm + head; declares only the face view).
++ retention blocks + head; declares only the motion view) and ``"spatial"`` (W/O T: patch
+embedding + ViT + LayerNorm + head; declares only the face view).
 
 Paper ambiguities and the choices made here (each alternative is an option where plausible):
 
-* Retention geometry: the text (Eq. 2) describes RetNet's causal 1-D retention over the token
-  sequence; the authors' code uses RMT's non-causal Manhattan decay on the token grid. Option
-  ``retention="causal-1d"`` (default) or ``"manhattan-2d"``; see
-  :mod:`merkit.models.blocks.retention`. Decay rates: ``decay_schedule="retnet"``
-  (``1 - 2^(-5-h)``) or ``"rmt"``.
-* Temporal backbone layout: the text gives a conv stem, "RetNet blocks", a five-layer RetNet and a
-  ``14 x 14 x 512`` output, i.e. an isotropic stack after a stride-16 stem (implemented). The
-  authors' code is RMT-T3-like instead (stride-2 stem, four stages of widths 64-128-256-512 with
-  1-1-2-1 blocks and strided-conv merging); not offered.
-* Stem: the paper gives one 3x3 conv + BN + GELU but a 14x14 output at 224 input, so the stem
-  stacks ``log2(stem_stride)`` stride-2 such layers with widths doubling up to ``D``
-  (64-128-256-512 at paper size).
-* Spatial patch size equals the stem stride so both branches share one token grid (16 at paper
-  size, as the paper says). The released code instead resizes the onset frame to 14x14 and uses
-  1x1 patches.
+* Spatial embedding (``spatial_embedding``): ``"patch"`` (default) cuts the face into
+  ``stem_stride x stem_stride`` patches so both branches share one token grid (the text's Eq. 6
+  with P = 16); ``"resize"`` (the released code) resizes the face to the token grid (bilinear,
+  antialiased: 14 x 14) and embeds every pixel (P = 1).
 * Head normalisation (Eq. 10) is unnamed: ``head_norm="batch"`` (default; BatchNorm over the
   1024 channels, as in the released code and RMT) or ``"layer"``.
 * Widths not given by the paper follow the released code: 2 retention heads (key width 256, as
   RetNet recommends), FFN ratio 3, 4 ViT heads with MLP ratio 4, stochastic depth 0.1 over the
-  RetNet blocks, value factor 1.
+  retention blocks, value factor 1. Decay rates of the RetNet-kernel modes: ``decay_schedule``
+  ``"retnet"`` (``1 - 2^(-5-h)``) or ``"rmt"``; the ``"rmt"`` retention uses the released
+  per-stage rates (flat layout: those of the last stage).
 * Retention form: training uses the parallel form; ``retention_form="recurrent"`` or
   ``"chunkwise"`` (causal-1d only) computes the same output token by token / chunk by chunk.
 """
@@ -71,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from merkit.errors import ConfigError, ModelInputError
-from merkit.models.blocks.retention import RetNetBlock, check_retention_form
+from merkit.models.blocks.retention import TEMPORAL_RETENTIONS, RetNetBlock, RMTBlock, check_retention_form
 from merkit.models.blocks.transformer import LearnedPositionEmbedding, PatchEmbedding, TransformerBlock
 from merkit.models.registry import register
 from merkit.views import ViewSpec
@@ -81,6 +97,8 @@ BRANCHES = ("both", "temporal", "spatial")
 MOTION_VIEWS = ("diff", "flow")
 SPATIAL_VIEWS = ("onset", "apex")
 HEAD_NORMS = ("batch", "layer")
+TEMPORAL_LAYOUTS = ("flat", "hierarchical")
+SPATIAL_EMBEDDINGS = ("patch", "resize")
 
 
 class ConvStem(nn.Module):
@@ -104,6 +122,54 @@ class ConvStem(nn.Module):
         return self.layers(x).flatten(2).transpose(1, 2)
 
 
+class ReleasedStem(nn.Module):
+    """The released code's stem: ``(B, C, H, W) -> (B, (H/2) * (W/2), D0)`` tokens in raster order.
+
+    3x3 conv stride 2 (``D0/2``) BN GELU, 3x3 conv (``D0/2``) BN GELU, 3x3 conv (``D0``) BN GELU,
+    3x3 conv (``D0``) BN.
+    """
+
+    def __init__(self, in_channels: int, width: int):
+        super().__init__()
+        half = max(1, width // 2)
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, half, 3, stride=2, padding=1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(half, half, 3, padding=1), nn.BatchNorm2d(half), nn.GELU(),
+            nn.Conv2d(half, width, 3, padding=1), nn.BatchNorm2d(width), nn.GELU(),
+            nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).flatten(2).transpose(1, 2)
+
+
+class RetentionStage(nn.Module):
+    """One stage of the hierarchical temporal branch: RMT blocks on a grid, then an optional merge.
+
+    The merge (3x3 conv stride 2 + BN) halves the grid and changes the width to ``out_dim``.
+    ``forward(tokens (B, h*w, D), grid (h, w)) -> (tokens (B, h'*w', D'), grid (h', w'))``.
+    """
+
+    def __init__(self, dim: int, out_dim: int | None, depth: int, num_heads: int, mlp_ratio: float,
+                 decomposed: bool, heads_range: float, drop_paths: Sequence[float]):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            RMTBlock(dim, num_heads, mlp_ratio, decomposed=decomposed, initial_value=2.0, heads_range=heads_range,
+                     drop_path=p)
+            for p in drop_paths[:depth])
+        self.merge = None
+        if out_dim is not None:
+            self.merge = nn.Sequential(nn.Conv2d(dim, out_dim, 3, stride=2, padding=1), nn.BatchNorm2d(out_dim))
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        for block in self.blocks:
+            tokens = block(tokens, grid)
+        if self.merge is None:
+            return tokens, grid
+        image = self.merge(tokens.transpose(1, 2).reshape(tokens.shape[0], -1, *grid))
+        return image.flatten(2).transpose(1, 2), (image.shape[2], image.shape[3])
+
+
 class ClassifierHead(nn.Module):
     """``(B, N, D) -> (B, K)``: per-token FC ``D -> P`` -> norm -> swish -> mean over tokens -> linear.
 
@@ -125,30 +191,34 @@ class ClassifierHead(nn.Module):
 
 
 class TSFmicro(nn.Module):
-    """TSFmicro: RetNet temporal branch on motion + ViT spatial branch on a face frame, fused.
+    """TSFmicro: retention temporal branch on motion + ViT spatial branch on a face frame, fused.
 
     Args:
         num_classes: ``K``.
         image_size: ``H`` (square) or ``(H, W)``; both divisible by ``stem_stride``.
         in_channels: 1 (grey) or 3 (RGB) for the ``diff`` and face views (``flow`` is always 3).
-        embed_dim: token width ``D`` of both branches.
-        temporal_depth: RetNet blocks (paper: 5).
+        embed_dim: token width ``D`` of both branches (the last stage's width, hierarchical).
+        temporal_depth: retention blocks (paper: 5).
         spatial_depth: ViT blocks (paper: 2).
         retention_heads, spatial_heads: heads of the retention and attention layers.
-        retention_mlp_ratio, spatial_mlp_ratio: FFN widths as multiples of ``D``.
-        stem_stride: total stride of the conv stem = spatial patch size (power of 2; paper 16).
-        retention: ``"causal-1d"`` or ``"manhattan-2d"``.
-        decay_schedule: ``"retnet"`` or ``"rmt"`` per-head decay rates.
-        value_factor: retention value width multiplier.
+        retention_mlp_ratio, spatial_mlp_ratio: FFN widths as multiples of the token width.
+        stem_stride: total stride of the temporal branch = token grid step (power of 2; paper 16).
+        temporal_layout: ``"flat"`` or ``"hierarchical"`` (see the module docstring).
+        stage_depths: blocks per stage of the hierarchical layout, ``log2(stem_stride)`` of them
+            summing to ``temporal_depth`` (released: 1, 1, 2, 1).
+        retention: ``"causal-1d"``, ``"manhattan-2d"`` or ``"rmt"``.
+        decay_schedule: ``"retnet"`` or ``"rmt"`` per-head decay rates (RetNet-kernel modes).
+        value_factor: retention value width multiplier (RetNet-kernel modes).
         retention_form: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"`` (same output).
         chunk_size: tokens per chunk of the chunkwise form.
         fusion: ``"late"``, ``"early"``, ``"t_to_s"`` or ``"s_to_t"`` (two branches only).
         branches: ``"both"``, ``"temporal"`` or ``"spatial"``.
         motion: temporal input view, ``"diff"`` (apex - onset) or ``"flow"`` (u, v, strain).
         spatial_view: spatial input view, ``"onset"`` (paper) or ``"apex"``.
+        spatial_embedding: ``"patch"`` (stem_stride x stem_stride patches) or ``"resize"``.
         projection_dim: width of the head's FC layer (paper: 1024).
         head_norm: ``"batch"`` or ``"layer"``.
-        drop_path_rate: stochastic depth, rising linearly to this value over the RetNet blocks.
+        drop_path_rate: stochastic depth, rising linearly to this value over the retention blocks.
 
     Attributes:
         input_spec: the views consumed, e.g. ``(ViewSpec("diff", (224, 224), 3),
@@ -172,6 +242,8 @@ class TSFmicro(nn.Module):
         retention_mlp_ratio: float = 3.0,
         spatial_mlp_ratio: float = 4.0,
         stem_stride: int = 16,
+        temporal_layout: str = "flat",
+        stage_depths: Sequence[int] = (1, 1, 2, 1),
         retention: str = "causal-1d",
         decay_schedule: str = "retnet",
         value_factor: int = 1,
@@ -181,6 +253,7 @@ class TSFmicro(nn.Module):
         branches: str = "both",
         motion: str = "diff",
         spatial_view: str = "onset",
+        spatial_embedding: str = "patch",
         projection_dim: int = 1024,
         head_norm: str = "batch",
         drop_path_rate: float = 0.1,
@@ -191,6 +264,9 @@ class TSFmicro(nn.Module):
         _check_choice("motion", motion, MOTION_VIEWS)
         _check_choice("spatial_view", spatial_view, SPATIAL_VIEWS)
         _check_choice("head_norm", head_norm, HEAD_NORMS)
+        _check_choice("temporal_layout", temporal_layout, TEMPORAL_LAYOUTS)
+        _check_choice("retention", retention, TEMPORAL_RETENTIONS)
+        _check_choice("spatial_embedding", spatial_embedding, SPATIAL_EMBEDDINGS)
         if branches != "both" and fusion != "late":
             raise ConfigError(f"fusion {fusion!r} needs both branches, but branches={branches!r}")
         if in_channels not in (1, 3):
@@ -203,11 +279,28 @@ class TSFmicro(nn.Module):
         if size[0] % stem_stride or size[1] % stem_stride:
             raise ConfigError(f"image_size {size} is not divisible by stem_stride {stem_stride}")
         check_retention_form(retention, retention_form)
+        num_stages = int(math.log2(stem_stride))
+        stage_depths = tuple(int(d) for d in stage_depths)
+        if temporal_layout == "hierarchical":
+            if retention != "rmt":
+                raise ConfigError(f"temporal_layout 'hierarchical' runs RMT blocks on grids up to half the input size; "
+                                  f"it needs retention 'rmt', got {retention!r}")
+            if fusion in ("early", "s_to_t"):
+                raise ConfigError(f"fusion {fusion!r} fuses at the conv stem's token grid, which the hierarchical "
+                                  "layout does not share with the spatial branch; use temporal_layout 'flat'")
+            if len(stage_depths) != num_stages or sum(stage_depths) != temporal_depth or min(stage_depths) < 1:
+                raise ConfigError(f"stage_depths {list(stage_depths)} must hold log2(stem_stride) = {num_stages} "
+                                  f"positive depths summing to temporal_depth = {temporal_depth}")
+            if embed_dim % 2 ** (num_stages - 1) or (embed_dim // 2 ** (num_stages - 1)) % (2 * retention_heads):
+                raise ConfigError(f"embed_dim {embed_dim} must halve {num_stages - 1} times into stage widths that "
+                                  f"split into {retention_heads} retention heads of even width")
 
         self.fusion = fusion
         self.branches = branches
         self.motion = motion
         self.spatial_view = spatial_view
+        self.temporal_layout = temporal_layout
+        self.spatial_embedding = spatial_embedding
         self.retention_form = retention_form
         self.chunk_size = chunk_size
         self.grid = (size[0] // stem_stride, size[1] // stem_stride)
@@ -218,15 +311,29 @@ class TSFmicro(nn.Module):
         if self.uses_temporal:
             motion_channels = 3 if motion == "flow" else in_channels
             specs.append(ViewSpec(motion, size=size, channels=motion_channels))
-            self.stem = ConvStem(motion_channels, embed_dim, stem_stride)
             drop_paths = torch.linspace(0.0, drop_path_rate, temporal_depth).tolist()
-            self.temporal_blocks = nn.ModuleList(
-                RetNetBlock(embed_dim, retention_heads, retention_mlp_ratio, retention, decay_schedule,
-                            value_factor, drop_path=p)
-                for p in drop_paths)
+            if temporal_layout == "flat":
+                self.stem = ConvStem(motion_channels, embed_dim, stem_stride)
+                self.temporal_blocks = nn.ModuleList(
+                    _retention_block(retention, embed_dim, retention_heads, retention_mlp_ratio, decay_schedule,
+                                     value_factor, p)
+                    for p in drop_paths)
+            else:
+                widths = [embed_dim // 2 ** (num_stages - 1 - i) for i in range(num_stages)]
+                self.stem = ReleasedStem(motion_channels, widths[0])
+                self.temporal_stages = nn.ModuleList()
+                for i, (width, depth) in enumerate(zip(widths, stage_depths)):
+                    first = sum(stage_depths[:i])
+                    self.temporal_stages.append(RetentionStage(
+                        width, widths[i + 1] if i + 1 < num_stages else None, depth, retention_heads,
+                        retention_mlp_ratio, decomposed=i < num_stages // 2, heads_range=4.0 if i < num_stages // 2 else 6.0,
+                        drop_paths=drop_paths[first:first + depth]))
         if self.uses_spatial:
             specs.append(ViewSpec(spatial_view, size=size, channels=in_channels))
-            self.patch_embedding = PatchEmbedding(in_channels, embed_dim, stem_stride, size)
+            if spatial_embedding == "patch":
+                self.patch_embedding = PatchEmbedding(in_channels, embed_dim, stem_stride, size)
+            else:
+                self.patch_embedding = PatchEmbedding(in_channels, embed_dim, 1, self.grid)
             self.position_embedding = LearnedPositionEmbedding(self.patch_embedding.num_tokens, embed_dim)
             if fusion != "early":
                 self.spatial_blocks = nn.ModuleList(
@@ -247,26 +354,38 @@ class TSFmicro(nn.Module):
         """Fused token features before the head, ``(B, N, D)`` with ``N = grid[0] * grid[1]``."""
         self._check_views(views)
         if self.branches == "temporal":
-            return self._retain(self.stem(views[self.motion]))
+            return self._temporal(views[self.motion])
         if self.branches == "spatial":
             return self._attend(self._embed(views[self.spatial_view]))
         motion, face = views[self.motion], views[self.spatial_view]
         if self.fusion == "late":
-            return self._retain(self.stem(motion)) + self._attend(self._embed(face))
+            return self._temporal(motion) + self._attend(self._embed(face))
         if self.fusion == "early":
             return self._retain(self.stem(motion) + self._embed(face))
         if self.fusion == "t_to_s":
-            return self._attend(self._embed(face) + self._retain(self.stem(motion)))
+            return self._attend(self._embed(face) + self._temporal(motion))
         return self._retain(self.stem(motion) + self._attend(self._embed(face)))  # s_to_t
 
+    def _temporal(self, motion: torch.Tensor) -> torch.Tensor:
+        """The temporal branch: ``(B, C, H, W) -> F_t (B, N, D)``."""
+        if self.temporal_layout == "flat":
+            return self._retain(self.stem(motion))
+        tokens = self.stem(motion)
+        grid = (motion.shape[2] // 2, motion.shape[3] // 2)
+        for stage in self.temporal_stages:
+            tokens, grid = stage(tokens, grid)
+        return tokens
+
     def _retain(self, tokens: torch.Tensor) -> torch.Tensor:
-        """RetNet blocks: ``(B, N, D) -> (B, N, D)``."""
+        """The flat layout's retention blocks: ``(B, N, D) -> (B, N, D)``."""
         for block in self.temporal_blocks:
             tokens = block(tokens, self.grid, self.retention_form, self.chunk_size)
         return tokens
 
     def _embed(self, face: torch.Tensor) -> torch.Tensor:
         """Patch + position embedding: ``(B, C, H, W) -> (B, N, D)``."""
+        if self.spatial_embedding == "resize":
+            face = F.interpolate(face, size=self.grid, mode="bilinear", align_corners=False, antialias=True)
         return self.position_embedding(self.patch_embedding(face))
 
     def _attend(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -290,6 +409,14 @@ class TSFmicro(nn.Module):
             raise ModelInputError(f"TSFmicro views have different batch sizes: {sorted(batch_sizes)}")
 
 
+def _retention_block(retention: str, dim: int, heads: int, mlp_ratio: float, decay_schedule: str, value_factor: int,
+                     drop_path: float) -> nn.Module:
+    """One block of the flat layout: a RetNet block (``causal-1d``, ``manhattan-2d``) or an RMT block."""
+    if retention == "rmt":
+        return RMTBlock(dim, heads, mlp_ratio, decomposed=False, initial_value=2.0, heads_range=6.0, drop_path=drop_path)
+    return RetNetBlock(dim, heads, mlp_ratio, retention, decay_schedule, value_factor, drop_path=drop_path)
+
+
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"TSFmicro option {option}={value!r}; expected one of {choices}")
@@ -304,7 +431,11 @@ def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     return size
 
 
-@register("tsfmicro", "TSFmicro (Liu et al. 2025): RetNet motion branch + ViT face branch, fused")
+@register("tsfmicro", "TSFmicro (Liu et al. 2025): retention motion branch + ViT face branch, fused")
 def build_tsfmicro(num_classes: int, **config) -> TSFmicro:
-    """Build :class:`TSFmicro` from config options (see its docstring); defaults are the paper's."""
+    """Build :class:`TSFmicro` from config options (see its docstring).
+
+    Defaults read the paper's text literally (flat layout, causal 1-D retention, 16 x 16 patches);
+    ``configs/tsfmicro-paper.yaml`` selects the authors' released network.
+    """
     return TSFmicro(num_classes=num_classes, **config)

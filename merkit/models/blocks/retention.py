@@ -14,14 +14,23 @@ torchscale choice), so ``Q_n . K_m`` depends on ``n - m`` only. Two decay masks 
   This mode has three equivalent computation forms: *parallel* ``(Q K^T * D) V`` (training),
   *recurrent* ``S_n = gamma S_{n-1} + K_n^T V_n, o_n = Q_n S_n`` (inference, O(1) memory per
   step) and *chunkwise* (parallel inside chunks, recurrent across them).
-* ``"manhattan-2d"`` (what the authors' public code does, following RMT, Fan et al. CVPR 2024):
-  non-causal, ``D_nm = gamma^(|x_n - x_m| + |y_n - y_m|)`` on the token grid. It has no
-  recurrent form; asking for one raises :class:`~merkit.errors.ConfigError`. (RMT additionally
-  puts a softmax over ``Q K^T + log D`` and a depth-wise-conv position term; merkit keeps the
-  RetNet kernel, group norm and gate in both modes so that only the decay geometry differs.)
+* ``"manhattan-2d"``: non-causal, ``D_nm = gamma^(|x_n - x_m| + |y_n - y_m|)`` on the token
+  grid, with the RetNet kernel, group norm and gate of ``"causal-1d"`` (so that only the decay
+  geometry differs from it). It has no recurrent form; asking for one raises
+  :class:`~merkit.errors.ConfigError`.
+
+:class:`ManhattanSelfAttention` and :class:`RMTBlock` are the retention of the TSFmicro authors'
+released code, RMT's Manhattan self-attention (Fan et al., CVPR 2024): the same 2-D decay, but as
+a softmax, ``softmax(Q K^T + log D) V``, plus a locally-enhanced position term (LePE: a 5 x 5
+depth-wise convolution of ``V``) and, per block, a 3 x 3 depth-wise convolution position term
+before the retention and one inside the FFN. No gate, no group norm. Its *decomposed* form
+(RMT's cheaper variant for large grids) attends along each row with ``gamma^|x_n - x_m|``, then
+along each column with ``gamma^|y_n - y_m|``; it is a different operator, not a rewriting.
 
 Per-head decay rates (``decay_schedule``): ``"retnet"`` ``gamma_h = 1 - 2^(-5-h)`` (RetNet) or
-``"rmt"`` ``gamma_h = 1 - 2^(-2 - 4h/H)`` (RMT's stronger, more local decay).
+``"rmt"`` ``gamma_h = 1 - 2^(-2 - 4h/H)`` (RMT's stronger, more local decay); in general RMT's
+``1 - 2^(-a - r h / H)`` with an initial value ``a`` and a heads range ``r`` per stage
+(:func:`rmt_decay_rates`).
 
 The multi-scale retention layer follows RetNet: ``Y = GroupNorm_heads(Retention(X))``,
 ``MSR(X) = W_O (swish(X W_G) * Y)``; keys are scaled by ``d_k^-1/2``. RetNet's extra per-row
@@ -39,6 +48,8 @@ from merkit.errors import ConfigError, ModelInputError
 from merkit.models.blocks.transformer import DropPath, FeedForward
 
 RETENTION_MODES = ("causal-1d", "manhattan-2d")
+#: modes of the TSFmicro temporal branch: the two RetNet-kernel modes and RMT's softmax retention
+TEMPORAL_RETENTIONS = RETENTION_MODES + ("rmt",)
 RETENTION_FORMS = ("parallel", "recurrent", "chunkwise")
 DECAY_SCHEDULES = ("retnet", "rmt")
 
@@ -53,14 +64,18 @@ def decay_rates(num_heads: int, schedule: str = "retnet") -> torch.Tensor:
     Raises:
         ConfigError: unknown schedule.
     """
-    heads = torch.arange(num_heads, dtype=torch.float64)
-    if schedule == "retnet":
-        exponent = -5.0 - heads
-    elif schedule == "rmt":
-        exponent = -2.0 - 4.0 * heads / num_heads
-    else:
+    if schedule == "rmt":
+        return rmt_decay_rates(num_heads, 2.0, 4.0)
+    if schedule != "retnet":
         raise ConfigError(f"unknown decay schedule {schedule!r}; expected one of {DECAY_SCHEDULES}")
-    return (1.0 - 2.0**exponent).float()
+    heads = torch.arange(num_heads, dtype=torch.float64)
+    return (1.0 - 2.0 ** (-5.0 - heads)).float()
+
+
+def rmt_decay_rates(num_heads: int, initial_value: float, heads_range: float) -> torch.Tensor:
+    """RMT's per-head decay rates ``gamma_h = 1 - 2^(-initial_value - heads_range * h / H)``, ``(H,)``."""
+    heads = torch.arange(num_heads, dtype=torch.float64)
+    return (1.0 - 2.0 ** (-initial_value - heads_range * heads / num_heads)).float()
 
 
 def causal_decay_mask(gammas: torch.Tensor, length: int) -> torch.Tensor:
@@ -251,12 +266,12 @@ class MultiScaleRetention(nn.Module):
 
 
 def check_retention_form(mode: str, form: str) -> None:
-    """Raise :class:`ConfigError` unless ``form`` exists for retention ``mode``."""
+    """Raise :class:`ConfigError` unless ``form`` exists for retention ``mode`` (one of :data:`TEMPORAL_RETENTIONS`)."""
     if form not in RETENTION_FORMS:
         raise ConfigError(f"unknown retention form {form!r}; expected one of {RETENTION_FORMS}")
-    if mode == "manhattan-2d" and form != "parallel":
+    if mode != "causal-1d" and form != "parallel":
         raise ConfigError(
-            f"retention form {form!r} exists only for causal-1d retention; manhattan-2d decay is "
+            f"retention form {form!r} exists only for causal-1d retention; {mode} decay is "
             "non-causal and has only the parallel form")
 
 
@@ -282,3 +297,154 @@ class RetNetBlock(nn.Module):
                 chunk_size: int = 64) -> torch.Tensor:
         x = x + self.drop_path(self.retention(self.norm1(x), grid, form, chunk_size))
         return x + self.drop_path(self.ffn(self.norm2(x)))
+
+
+# --------------------------------------------------------------------------- RMT (the released TSFmicro code)
+
+
+class DepthwiseConv2d(nn.Module):
+    """Depth-wise ``k x k`` convolution of tokens on their grid: ``(B, L, D)`` + ``grid (h, w)`` -> ``(B, L, D)``."""
+
+    def __init__(self, dim: int, kernel_size: int):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        batch, length, dim = x.shape
+        image = x.transpose(1, 2).reshape(batch, dim, *grid)
+        return self.conv(image).flatten(2).transpose(1, 2)
+
+
+def _decay_logits(gammas: torch.Tensor, distance: torch.Tensor) -> torch.Tensor:
+    """``log D = distance * log gamma_h``, ``(H, L, L)`` from ``distance (L, L)``."""
+    return gammas.log()[:, None, None] * distance.to(gammas.dtype)
+
+
+class ManhattanSelfAttention(nn.Module):
+    """RMT's Manhattan self-attention (see the module docstring): ``(B, L, D)`` tokens of a grid -> ``(B, L, D)``.
+
+    For head ``h`` (decay ``gamma_h``, :func:`rmt_decay_rates`) and rotated ``Q``, scaled ``K``::
+
+        whole:      O = softmax(Q K^T + log D) V,  D_nm = gamma_h^(|x_n - x_m| + |y_n - y_m|)
+        decomposed: softmax along each row with gamma_h^|x_n - x_m|, then along each column
+                    with gamma_h^|y_n - y_m|
+
+    then ``out_proj(O + LePE(V))`` with LePE a 5 x 5 depth-wise convolution of ``V`` on the grid.
+    The rotary code is the RetNet one of :func:`rotary_sin_cos`, over the raster index.
+
+    Args:
+        dim: token width ``D``; ``num_heads`` heads of even width.
+        num_heads: ``H``.
+        decomposed: the row-then-column form (for large grids).
+        initial_value, heads_range: the decay rates' ``a`` and ``r``.
+        lepe_kernel: kernel of the LePE convolution.
+
+    Raises:
+        ConfigError: ``dim`` does not split into heads of even width.
+    """
+
+    def __init__(self, dim: int, num_heads: int, decomposed: bool = False, initial_value: float = 2.0,
+                 heads_range: float = 4.0, lepe_kernel: int = 5):
+        super().__init__()
+        if dim % num_heads or (dim // num_heads) % 2:
+            raise ConfigError(f"retention: dim {dim} must split into {num_heads} heads of even width")
+        self.num_heads = num_heads
+        self.key_dim = dim // num_heads
+        self.decomposed = decomposed
+        self.q_proj = nn.Linear(dim, dim)
+        self.k_proj = nn.Linear(dim, dim)
+        self.v_proj = nn.Linear(dim, dim)
+        self.lepe = DepthwiseConv2d(dim, lepe_kernel)
+        self.out_proj = nn.Linear(dim, dim)
+        self.register_buffer("gammas", rmt_decay_rates(num_heads, initial_value, heads_range), persistent=False)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        batch, length, dim = x.shape
+        if grid is None or grid[0] * grid[1] != length:
+            raise ModelInputError(f"Manhattan self-attention needs the token grid of its {length} tokens, got {grid}")
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.key_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.num_heads, self.key_dim).transpose(1, 2) * self.key_dim**-0.5
+        v = self.v_proj(x)
+        lepe = self.lepe(v, grid)
+        v = v.view(batch, length, self.num_heads, self.key_dim).transpose(1, 2)
+        sin, cos = rotary_sin_cos(length, self.key_dim, device=x.device, dtype=x.dtype)
+        q, k = rotate_pairs(q, sin, cos), rotate_pairs(k, sin, cos)
+        gammas = self.gammas.to(x.dtype)
+        if self.decomposed:
+            out = self._decomposed(q, k, v, gammas, grid)
+        else:
+            rows, cols = torch.meshgrid(torch.arange(grid[0], device=x.device), torch.arange(grid[1], device=x.device),
+                                        indexing="ij")
+            rows, cols = rows.flatten(), cols.flatten()
+            distance = (rows[:, None] - rows[None, :]).abs() + (cols[:, None] - cols[None, :]).abs()
+            scores = q @ k.transpose(-1, -2) + _decay_logits(gammas, distance)
+            out = torch.softmax(scores, dim=-1) @ v
+        out = out.transpose(1, 2).reshape(batch, length, dim)
+        return self.out_proj(out + lepe)
+
+    @staticmethod
+    def _decomposed(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gammas: torch.Tensor,
+                    grid: tuple[int, int]) -> torch.Tensor:
+        """Row-then-column softmax retention; ``q, k, v (B, H, L, d)`` -> ``(B, H, L, d)``."""
+        batch, heads, _, key_dim = q.shape
+        height, width = grid
+
+        def axis_decay(size: int) -> torch.Tensor:
+            index = torch.arange(size, device=q.device)
+            return _decay_logits(gammas, (index[:, None] - index[None, :]).abs())  # (H, n, n)
+
+        q2, k2, v2 = (t.reshape(batch, heads, height, width, -1) for t in (q, k, v))
+        along_rows = torch.softmax(q2 @ k2.transpose(-1, -2) + axis_decay(width)[:, None], dim=-1) @ v2
+        q_cols, k_cols, v_cols = (t.transpose(2, 3) for t in (q2, k2, along_rows))  # (B, H, w, h, d)
+        along_cols = torch.softmax(q_cols @ k_cols.transpose(-1, -2) + axis_decay(height)[:, None], dim=-1) @ v_cols
+        return along_cols.transpose(2, 3).reshape(batch, heads, height * width, -1)
+
+
+class ConvFeedForward(nn.Module):
+    """RMT's FFN: ``fc2(h + DWConv3x3(h))`` with ``h = GELU(fc1(x))``; ``(B, L, D)`` + grid -> ``(B, L, D)``."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.dwconv = DepthwiseConv2d(hidden_dim, 3)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        hidden = F.gelu(self.fc1(x))
+        return self.fc2(hidden + self.dwconv(hidden, grid))
+
+
+class RMTBlock(nn.Module):
+    """RMT block: ``x = x + DWConv3x3(x); x = x + MaSA(LN(x)); x = x + ConvFFN(LN(x))``, ``(B, L, D) -> (B, L, D)``.
+
+    Same call signature as :class:`RetNetBlock` (``form`` must be ``"parallel"``). Linear layers
+    start from a truncated normal (std 0.02), as the released code's final initialisation.
+
+    Args:
+        dim, num_heads, decomposed, initial_value, heads_range: see :class:`ManhattanSelfAttention`.
+        mlp_ratio: FFN hidden width is ``mlp_ratio * D``.
+        drop_path: stochastic-depth probability of both residual branches.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 3.0, decomposed: bool = False,
+                 initial_value: float = 2.0, heads_range: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.position = DepthwiseConv2d(dim, 3)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.retention = ManhattanSelfAttention(dim, num_heads, decomposed, initial_value, heads_range)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = ConvFeedForward(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, grid: tuple[int, int] | None = None, form: str = "parallel",
+                chunk_size: int = 64) -> torch.Tensor:
+        check_retention_form("rmt", form)
+        if grid is None or grid[0] * grid[1] != x.shape[1]:
+            raise ModelInputError(f"an RMT block needs the token grid of its {x.shape[1]} tokens, got {grid}")
+        x = x + self.position(x, grid)
+        x = x + self.drop_path(self.retention(self.norm1(x), grid))
+        return x + self.drop_path(self.ffn(self.norm2(x), grid))
