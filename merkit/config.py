@@ -70,8 +70,12 @@ class ViewsConfig(_Strict):
     Attributes:
         fps: resample the onset..offset course to this frame rate before sampling (None: keep).
         sampling: ``uniform`` positions, ``interpolate`` (linear temporal interpolation of the
-            whole course to num_frames; for the ``frames`` and ``flow_seq`` views) or
-            ``keyframes`` (spatio-temporal-slice key frames, paper 004).
+            whole course to num_frames; for the ``frames`` and ``flow_seq`` views),
+            ``keyframes`` (spatio-temporal-slice key frames, paper 004) or ``all`` (every frame of
+            the course, after ``fps``; the view's length is a capacity: shorter clips are
+            zero-padded, with ``<view>_mask`` marking real frames, longer ones keep that many
+            evenly spaced frames; only for models that read the mask, e.g. ATM-GCN). Sequence
+            views carry each frame's distance from the onset in ``<view>_position``.
         apex_policy: ``annotated`` (error if missing), ``annotated-or-middle``, ``middle``, ``spotted``.
         flow: optical-flow method for flow views.
         magnify: Eulerian magnification factor alpha for sequence views (None: off).
@@ -84,7 +88,7 @@ class ViewsConfig(_Strict):
     channels: Literal[1, 3] | None = None
     num_frames: int | None = Field(None, ge=2)
     fps: float | None = None
-    sampling: Literal["uniform", "interpolate", "keyframes"] = "uniform"
+    sampling: Literal["uniform", "interpolate", "keyframes", "all"] = "uniform"
     apex_policy: Literal["annotated", "annotated-or-middle", "middle", "spotted"] = "annotated-or-middle"
     spotting: Literal["diff", "flow", "frequency"] = "diff"
     flow: Literal["tvl1", "dis", "farneback"] = "tvl1"

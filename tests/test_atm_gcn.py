@@ -7,7 +7,14 @@ import torch.nn.functional as F
 from merkit.config import load_config
 from merkit.errors import ConfigError, ModelInputError
 from merkit.models import create
-from merkit.models.atm_gcn import VARIANTS, AdaptiveTemporalMotion, build_adjacency
+from merkit.models.atm_gcn import (
+    VARIANTS,
+    AdaptiveTemporalMotion,
+    AttentionPoolingClassifier,
+    TemporalMotionGCNLayer,
+    build_adjacency,
+    sinusoidal_encoding,
+)
 from merkit.models.blocks.attention import ContinuousAttentionStack
 from merkit.train.losses import FocalLoss
 
@@ -154,7 +161,7 @@ def test_masked_padding_frames_change_nothing(mode, with_apex):
     garbage = torch.rand(2, 3, 1, 16, 16) * 5
     padded = torch.cat([clips, garbage], dim=1)
     mask = torch.tensor([[True] * 6 + [False] * 3] * 2)
-    plain_views, padded_views = {"frames": clips}, {"frames": padded, "frame_mask": mask}
+    plain_views, padded_views = {"frames": clips}, {"frames": padded, "frames_mask": mask}
     if with_apex:
         plain_views["apex_index"] = padded_views["apex_index"] = torch.tensor([3, 2])
     plain, masked = model(plain_views), model(padded_views)
@@ -174,9 +181,9 @@ def test_global_node_from_apex_index_and_rules():
     assert model({"frames": frames, "apex_index": torch.tensor([5, 0])})["global_node"].tolist() == [4, 0]
     mask = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
     middle = small_model(apex_rule="middle").eval()
-    assert middle({"frames": frames, "frame_mask": mask})["global_node"].tolist() == [2, 1]
+    assert middle({"frames": frames, "frames_mask": mask})["global_node"].tolist() == [2, 1]
     with pytest.raises(ModelInputError, match="padding"):
-        model({"frames": frames, "frame_mask": mask, "apex_index": torch.tensor([1, 5])})
+        model({"frames": frames, "frames_mask": mask, "apex_index": torch.tensor([1, 5])})
     with pytest.raises(ModelInputError):
         model({"frames": frames, "apex_index": torch.tensor([1, 6])})
 
@@ -204,7 +211,7 @@ def test_wrong_input_shapes_are_rejected():
     with pytest.raises(ModelInputError):
         model({"frames": torch.rand(2, 6, 3, 16, 16)})
     with pytest.raises(ModelInputError):
-        model({"frames": torch.rand(2, 6, 1, 16, 16), "frame_mask": torch.zeros(2, 6, dtype=torch.bool)})
+        model({"frames": torch.rand(2, 6, 1, 16, 16), "frames_mask": torch.zeros(2, 6, dtype=torch.bool)})
 
 
 # --------------------------------------------------------------------------- training
@@ -270,7 +277,7 @@ def test_model_returns_first_block_attention_maps_in_unit_interval():
     torch.manual_seed(0)
     model = small_model(stem_stride=2)
     mask = torch.tensor([[True] * 6, [True] * 3 + [False] * 3])
-    output = model({"frames": torch.rand(2, 6, 1, 16, 16), "frame_mask": mask})
+    output = model({"frames": torch.rand(2, 6, 1, 16, 16), "frames_mask": mask})
     maps = output["attention_maps"]
     assert maps.shape == (2, 5, 8, 8)
     assert ((maps >= 0) & (maps <= 1)).all() and (maps[1, 2:] == 0).all() and (maps[1, :2] > 0).all()
@@ -299,3 +306,203 @@ def test_configs_build_a_model_matching_their_views(name):
     assert tuple(config.views.size) == spec.size and config.views.num_frames == spec.length
     if spec.name == "frames":
         assert config.views.channels == spec.channels
+
+
+# --------------------------------------------------------------------------- distances in frames (Eqs. 3, 7)
+
+
+def test_window_and_decay_are_measured_in_frames():
+    # four nodes at frames 1, 2, 4, 8 after the onset; w = 2: edges where |t_i - t_j| <= 2
+    features = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]])  # similarity 1 everywhere
+    node_mask = torch.ones(1, 4, dtype=torch.bool)
+    times = torch.tensor([[1.0, 2.0, 4.0, 8.0]])
+    adjacency, edges = build_adjacency(features, node_mask, torch.tensor([0]), 2, tau=10.0, lambda_local=1.0,
+                                       lambda_global=2.0, node_times=times)
+    expected_edges = torch.tensor([
+        [1, 1, 1, 1],  # node 0 is the global node: edges to all (Eq. 5)
+        [1, 1, 1, 0],  # 2 -> 1 (d 1), 2 -> 4 (d 2), 2 -> 8 (d 6) none
+        [1, 1, 1, 0],  # 4 -> 1 (d 3) only as local -> global (Eq. 4)
+        [1, 0, 0, 1],  # 8 -> global, itself
+    ], dtype=torch.bool)
+    assert torch.equal(edges[0], expected_edges)
+    assert adjacency[0, 1, 2].item() == pytest.approx(math.exp(-2 / 10))
+    assert adjacency[0, 0, 3].item() == pytest.approx(2.0 * math.exp(-7 / 10))
+    assert adjacency[0, 3, 0].item() == pytest.approx(math.exp(-7 / 10))
+    in_slots, _ = build_adjacency(features, node_mask, torch.tensor([0]), 2)
+    assert in_slots[0, 0, 3].item() == pytest.approx(2.0 * math.exp(-3 / 10))  # slots: 0 and 3
+
+
+def test_model_reads_frame_positions_unless_told_to_count_slots():
+    torch.manual_seed(0)
+    frames = torch.rand(1, 4, 1, 16, 16)
+    spaced = {"frames": frames, "frames_position": torch.tensor([[0.0, 5.0, 10.0, 15.0]])}
+    in_frames = small_model(window=2, num_frames=16).eval()
+    torch.nn.init.normal_(in_frames.encoder.position_embedding.weight)
+    in_slots = small_model(window=2, num_frames=16, temporal_distance="slots").eval()
+    in_slots.load_state_dict(in_frames.state_dict())
+    # slot positions 0..3 are what the model assumes without a position entry
+    assert torch.allclose(in_frames({"frames": frames})["logits"], in_slots(spaced)["logits"], atol=1e-6)
+    assert not torch.allclose(in_frames(spaced)["logits"], in_slots(spaced)["logits"], atol=1e-3)
+    # the graph alone (no T(i)) also sees the spacing: the window and the decay are in frames
+    plain = small_model(window=2, temporal_encoding="none").eval()
+    plain_slots = small_model(window=2, temporal_encoding="none", temporal_distance="slots").eval()
+    plain_slots.load_state_dict(plain.state_dict())
+    assert not torch.allclose(plain(spaced)["logits"], plain_slots(spaced)["logits"], atol=1e-5)
+
+
+# --------------------------------------------------------------------------- T(i) (Eq. 2)
+
+
+def test_sinusoidal_temporal_code_by_hand():
+    code = sinusoidal_encoding(torch.tensor([0.0, 1.0, 2.5]), 4)
+    expected = torch.tensor([
+        [0.0, 1.0, 0.0, 1.0],
+        [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)],
+        [math.sin(2.5), math.cos(2.5), math.sin(0.025), math.cos(0.025)],
+    ])
+    assert torch.allclose(code, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("encoding", ["learned", "sinusoidal"])
+def test_temporal_code_is_added_to_the_stem_output(encoding):
+    torch.manual_seed(0)
+    model = small_model(temporal_encoding=encoding, num_frames=9).eval()
+    encoder = model.encoder
+    if encoding == "learned":
+        torch.nn.init.normal_(encoder.position_embedding.weight)
+    images, times = torch.rand(3, 1, 16, 16), torch.tensor([1.0, 4.0, 8.0])
+    features, maps = encoder(images, times)
+    code = encoder.position_embedding.weight[[1, 4, 8]] if encoding == "learned" else sinusoidal_encoding(times, 4)
+    x, expected_maps = encoder.blocks(encoder.stem(images) + code[:, :, None, None])
+    expected = encoder.head(F.adaptive_avg_pool2d(x, encoder.pool_grid).flatten(1))
+    assert torch.allclose(features, expected, atol=1e-5)
+    assert torch.allclose(maps[0], expected_maps[0], atol=1e-6)
+
+
+def test_temporal_code_tells_equal_motions_at_different_frames_apart():
+    """Every frame differs from the onset by the same image: only T(i) makes their nodes differ."""
+    torch.manual_seed(0)
+    onset = torch.rand(1, 1, 1, 16, 16)
+    frames = torch.cat([onset, (onset + 0.2).expand(1, 5, 1, 16, 16)], dim=1)
+    views = {"frames": frames, "frames_position": torch.tensor([[0.0, 1.0, 2.0, 3.0, 6.0, 9.0]])}
+    with_code = small_model(num_frames=10).eval()
+    torch.nn.init.normal_(with_code.encoder.position_embedding.weight)
+    maps = with_code(views)["attention_maps"][0]
+    assert all(not torch.allclose(maps[0], maps[k], atol=1e-4) for k in range(1, 5))
+    without = small_model(num_frames=10, temporal_encoding="none").eval()
+    maps = without(views)["attention_maps"][0]
+    assert all(torch.allclose(maps[0], maps[k], atol=1e-6) for k in range(1, 5))
+
+
+# --------------------------------------------------------------------------- the w/o motion ablation (Table IV)
+
+
+def test_full_model_sees_differences_and_no_motion_sees_frames():
+    torch.manual_seed(0)
+    frames = torch.rand(2, 6, 1, 16, 16) * 0.5
+    apex = torch.tensor([3, 4])
+    brighter = frames + 0.3  # the same motion on a brighter face
+    new_onset = frames.clone()
+    new_onset[:, 0] = torch.rand(2, 1, 16, 16)
+    full = small_model().eval()
+    no_motion = small_model(variant="no_motion").eval()
+    no_motion.load_state_dict(full.state_dict())
+
+    def logits(model, clip):
+        return model({"frames": clip, "apex_index": apex})["logits"]
+
+    assert torch.allclose(logits(full, brighter), logits(full, frames), atol=1e-5)  # f_i - f_onset unchanged
+    assert not torch.allclose(logits(no_motion, brighter), logits(no_motion, frames), atol=1e-4)
+    assert not torch.allclose(logits(full, new_onset), logits(full, frames), atol=1e-4)
+    assert torch.allclose(logits(no_motion, new_onset), logits(no_motion, frames), atol=1e-6)  # onset not a node
+
+
+# --------------------------------------------------------------------------- Eq. 9: direction and normalisation
+
+
+def _identity_layer(normalization: str, propagation: str) -> TemporalMotionGCNLayer:
+    layer = TemporalMotionGCNLayer(3, 3, normalization, propagation)
+    with torch.no_grad():
+        layer.linear.weight.copy_(torch.eye(3))
+    return layer
+
+
+def test_messages_flow_along_the_edges_from_source_to_target():
+    h = torch.eye(3)[None]  # node k carries the unit vector e_k
+    adjacency = torch.zeros(1, 3, 3)
+    adjacency[0, 0, 2] = 2.0  # edge v_0 -> v_2
+    adjacency[0, 1, 2] = 6.0  # edge v_1 -> v_2
+    adjacency[0, 2, 2] = 0.0
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    raw = _identity_layer("none", "source_to_target")(h, adjacency, mask)[0]
+    assert torch.allclose(raw, torch.tensor([[0.0, 0, 0], [0, 0, 0], [2.0, 6.0, 0]]))  # v_2 receives 2 e_0 + 6 e_1
+    normalised = _identity_layer("row", "source_to_target")(h, adjacency, mask)[0]
+    assert torch.allclose(normalised[2], torch.tensor([0.25, 0.75, 0.0]))  # divided by 2 + 6
+    reverse = _identity_layer("none", "target_to_source")(h, adjacency, mask)[0]
+    assert torch.allclose(reverse, torch.tensor([[0.0, 0, 2], [0, 0, 6], [0, 0, 0]]))  # v_0, v_1 read from v_2
+
+
+def test_row_normalisation_divides_by_the_absolute_incoming_sum_and_keeps_lambda_ratios():
+    h = torch.eye(3)[None]
+    adjacency = torch.tensor([[[1.0, 0.0, -1.0], [0.0, 0.0, 0.0], [3.0, 0.0, 1.0]]])  # into v_0: 1 (self), 3 (from v_2)
+    layer = _identity_layer("row", "source_to_target")
+    with torch.no_grad():
+        layer.bias.fill_(0.1)
+    out = layer(h, adjacency, torch.ones(1, 3, dtype=torch.bool))[0]
+    assert torch.allclose(out[0], torch.tensor([0.25 + 0.1, 0.1, 0.75 + 0.1]))
+    # into v_2: -1 from v_0 and 1 from itself, |-1| + |1| = 2: ReLU(-0.5 e_0 + 0.5 e_2 + 0.1)
+    assert torch.allclose(out[2], torch.tensor([0.0, 0.1, 0.6]))
+    assert torch.allclose(out[1], torch.full((3,), 0.1))  # no incoming edge: bias only
+
+
+# --------------------------------------------------------------------------- Eq. 11: attention -> pooling -> FC
+
+
+def test_classifier_is_self_attention_then_masked_mean_then_fc():
+    torch.manual_seed(0)
+    classifier = AttentionPoolingClassifier(dim=4, num_classes=2, heads=2, pooling="mean", dropout=0.0).eval()
+    h = torch.randn(1, 5, 4)
+    mask = torch.tensor([[True, True, True, False, False]])
+    attention = classifier.attention
+    normed = F.layer_norm(h, (4,), classifier.norm.weight, classifier.norm.bias)
+    q, k, v = (normed @ w.T + b for w, b in zip(attention.in_proj_weight.chunk(3), attention.in_proj_bias.chunk(3)))
+    heads = []
+    for head in range(2):
+        part = slice(2 * head, 2 * head + 2)
+        scores = q[0, :, part] @ k[0, :, part].T / math.sqrt(2)
+        scores[:, ~mask[0]] = float("-inf")  # padding nodes are never attended to
+        heads.append(torch.softmax(scores, dim=-1) @ v[0, :, part])
+    attended = torch.cat(heads, dim=-1) @ attention.out_proj.weight.T + attention.out_proj.bias
+    pooled = (h[0] + attended)[:3].mean(dim=0)
+    expected = pooled @ classifier.fc.weight.T + classifier.fc.bias
+    assert torch.allclose(classifier(h, mask)[0], expected, atol=1e-5)
+    without = AttentionPoolingClassifier(4, 2, 2, "mean", 0.0, use_attention=False).eval()
+    without.fc.load_state_dict(classifier.fc.state_dict())
+    assert not torch.allclose(without(h, mask), classifier(h, mask), atol=1e-3)
+
+
+# --------------------------------------------------------------------------- the paper configs
+
+
+def test_casme3_config_is_the_papers_main_setting():
+    config = load_config("atm-gcn-casme3")
+    model = create(config.model_name, num_classes=7, **config.model_kwargs)
+    assert len(model.encoder.blocks.blocks) == 4  # "4 CA blocks"
+    assert len(model.graph.layers) == 4 and len(model.graph.adaptive) == 4  # "4 ATM-GCN layers"
+    assert model.graph.window == 2 and model.graph.tau == 10.0  # "w = 2", "tau ... set to 10"
+    assert model.input_spec[0].size == (224, 224) and model.input_spec[0].channels == 3  # "224 x 224", RGB
+    train = config.train
+    assert (train.optimizer, train.lr, train.epochs, train.schedule.type) == ("adamw", 1e-4, 50, "exponential")
+    assert train.batch_size == 64  # "16 per GPU" on "4 x 40GB A100"
+    assert (config.views.sampling, config.views.fps) == ("all", 30)  # every frame of the clip is a node
+    assert model.takes_padded_sequences and model.temporal_distance == "frames"
+    assert isinstance(model.focal_loss, FocalLoss)
+
+
+def test_small_dataset_config_is_the_papers_small_setting():
+    config = load_config("atm-gcn-small")
+    model = create(config.model_name, num_classes=3, **config.model_kwargs)
+    assert len(model.encoder.blocks.blocks) == 2 and len(model.graph.layers) == 2 and model.graph.window == 1
+    assert (config.views.sampling, config.views.fps, config.views.size) == ("all", 30, (224, 224))
+    assert config.train.augment.random_crop > 0 and config.train.augment.color_jitter > 0
+    assert (config.train.optimizer, config.train.lr, config.train.batch_size) == ("adamw", 1e-4, 64)

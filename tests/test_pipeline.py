@@ -206,3 +206,67 @@ def test_interpolate_sampling_resamples_the_whole_course(synth_samples):
     assert int(views["apex_index"]) == round(course.apex * 4 / (len(course.frames) - 1))
     with pytest.raises(PreprocessError, match="interpolate"):
         build_views(sample, [ViewSpec("au", (0, 0), length=5)], ViewsConfig(sampling="interpolate", au="synthme"))
+
+
+def test_sampling_all_keeps_every_frame_at_the_view_rate_padded_and_masked(synth_samples):
+    from merkit.preprocess.pipeline import to_image_view
+    from merkit.preprocess.sampling import resample_rate
+
+    sample = synth_samples[3]  # 100 fps
+    course = load_course(sample, ViewsConfig())
+    kept = resample_rate(len(course.frames), 100, 30)  # every frame of the clip at 30 Hz
+    count = len(kept)
+    views = build_views(sample, [ViewSpec("frames", (24, 24), length=count + 3)], ViewsConfig(sampling="all", fps=30))
+    assert views["frames"].shape == (count + 3, 1, 24, 24)
+    np.testing.assert_array_equal(views["frames_mask"], np.arange(count + 3) < count)
+    assert (views["frames"][count:] == 0).all() and (views["frames_position"][count:] == 0).all()
+    apex = int(views["apex_index"])
+    np.testing.assert_allclose(views["frames"][apex], to_image_view(course.frames[course.apex], (24, 24), 1))
+    others = [k for k in range(count) if k != apex]
+    np.testing.assert_array_equal(views["frames_position"][others], np.array(others, dtype=np.float32))  # frames at 30 Hz
+    for k in others:
+        np.testing.assert_allclose(views["frames"][k], to_image_view(course.frames[kept[k]], (24, 24), 1))
+    assert views["frames_position"][apex] == pytest.approx(course.apex * 0.3, abs=1e-5)  # its own time
+
+
+def test_sampling_all_thins_a_clip_longer_than_the_view_at_true_frame_distances(synth_samples):
+    sample = synth_samples[3]
+    course = load_course(sample, ViewsConfig())
+    views = build_views(sample, [ViewSpec("frames", (16, 16), length=4)], ViewsConfig(sampling="all"))
+    assert views["frames_mask"].all()
+    positions = views["frames_position"]
+    assert positions[0] == 0 and positions[-1] == len(course.frames) - 1  # native frames, first and last kept
+    assert np.all(np.diff(positions) > 1)
+
+
+def test_fixed_slot_sampling_records_the_frames_it_picked(synth_samples):
+    from merkit.preprocess.sampling import uniform_indices
+
+    sample = synth_samples[0]
+    course = load_course(sample, ViewsConfig())
+    views = build_views(sample, [ViewSpec("frames", (16, 16), length=5)], ViewsConfig(apex_policy="middle"))
+    assert views["frames_mask"].all()
+    expected = uniform_indices(len(course.frames), 5).astype(np.float32)
+    if course.apex not in expected:  # the slot nearest the apex holds the apex
+        expected[np.argmin(np.abs(expected[1:] - course.apex)) + 1] = course.apex
+    np.testing.assert_array_equal(views["frames_position"], np.sort(expected))
+
+
+def test_sampling_all_needs_two_frames_and_a_model_that_reads_the_mask(synth_samples):
+    from dataclasses import replace
+
+    from merkit.config import load_config
+    from merkit.errors import ConfigError
+    from merkit.models import create
+    from merkit.train.loso import check_views_config
+
+    one_frame = replace(synth_samples[0], offset_frame=synth_samples[0].onset_frame, apex_frame=synth_samples[0].onset_frame)
+    with pytest.raises(PreprocessError, match="at least two frames"):
+        build_views(one_frame, [ViewSpec("frames", (16, 16), length=4)], ViewsConfig(sampling="all"))
+    config = load_config("madv-net-cpu", {"views": {"sampling": "all"}})
+    model = create(config.model_name, num_classes=5, **config.model_kwargs)
+    with pytest.raises(ConfigError, match="padding mask"):
+        check_views_config(model.input_spec, config, model)
+    atm = load_config("atm-gcn-cpu", {"views": {"sampling": "all"}})
+    atm_model = create(atm.model_name, num_classes=5, **atm.model_kwargs)
+    check_views_config(atm_model.input_spec, atm, atm_model)  # ATM-GCN reads the mask: accepted

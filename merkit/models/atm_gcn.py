@@ -3,7 +3,7 @@
 F. Zhang, X. Zhang, Z. Huang, Q. Jin, "Adaptive Temporal Motion Guided Graph Convolution Network
 for Micro-expression Recognition".
 
-Pipeline, for a clip of T sampled frames ``f_1 .. f_T`` (``f_1`` the onset; the paper's L = T):
+Pipeline, for a clip of frames ``f_1 .. f_L`` (``f_1`` the onset):
 
 1. **Temporal motion pairing** (Eq. 1): every frame i = 2..T is paired with the onset,
    ``delta_f_i = f_i - f_onset``.
@@ -31,11 +31,20 @@ subtraction; the graph over those T - 1 nodes is unchanged, the global node is t
 
 Paper ambiguities and the choices made here (an option where both readings are plausible):
 
+* The whole clip is the graph: with ``views.sampling: all`` every frame from onset to offset (at
+  ``views.fps``: the paper resamples the small datasets to 30 Hz) is a node; clips are
+  zero-padded to ``num_frames`` (a capacity) and ``<v>_mask`` marks the real frames. A clip
+  longer than the capacity keeps ``num_frames`` evenly spaced frames. ``i`` and ``j`` of Eqs. 2,
+  3 and 7 are frame indices: each frame's distance from the onset comes from the pipeline as
+  ``<v>_position`` (in frames at the view's rate), so the window w, the decay and T(i) are in
+  frames whatever the sampling. Fixed-slot sampling (``sampling: uniform``, ``num_frames``
+  slots squeezed or stretched over the clip) stays available; ``temporal_distance="slots"``
+  then also measures the three in slots (what merkit did before).
 * ``T(i)`` "added into the input": added channel-wise to the stem's output, i.e. the input of the
   first CA block (adding a per-channel constant to the raw difference image would be absorbed by
   the first conv's bias). ``temporal_encoding``: ``"learned"`` (default; an embedding per
-  distance, initialised near 0), ``"sinusoidal"`` (fixed Transformer code) or ``"none"``.
-  The distance is counted in sampled frames (1 .. T-1).
+  distance 0 .. num_frames - 1, initialised near 0; a longer distance takes the last row),
+  ``"sinusoidal"`` (fixed Transformer code of the distance) or ``"none"``.
 * CA strides: 1 for the first block, 2 for the others, as MMNet. The stem's stride
   (``stem_stride``) is not given; the paper configs use 2 so that 224 px ends at 14 x 14, the
   final map size of MMNet.
@@ -83,7 +92,7 @@ it, ``apex_rule="max_motion"`` (default) takes the pair whose motion (``f_i - f_
 flow) has the largest mean absolute value (parameter-free, so it does not drift with training),
 ``"middle"`` the middle real pair.
 
-Clips of different lengths: ``views["frame_mask"]`` (B, T) bool marks real frames (padding
+Clips of different lengths: ``views["<v>_mask"]`` (B, T) bool marks real frames (padding
 False; the onset must be real). Only real pairs are encoded (so BatchNorm statistics never see
 padding) and padding nodes have no edges, are ignored by attention and pooling: a padded clip
 gives the same logits as the unpadded one.
@@ -111,6 +120,7 @@ _PROPAGATIONS = ("source_to_target", "target_to_source")
 _POOLINGS = ("mean", "max")
 _APEX_RULES = ("max_motion", "middle")
 _MOTION_INPUTS = ("difference", "flow")
+_TEMPORAL_DISTANCES = ("frames", "slots")
 
 
 # --------------------------------------------------------------------------- graph construction
@@ -131,13 +141,30 @@ def angular_similarity(node_features: torch.Tensor) -> torch.Tensor:
     return 1.0 - 2.0 * torch.atan2(difference, total) / math.pi
 
 
-def temporal_motion_edges(node_mask: torch.Tensor, global_node: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+def node_distances(node_mask: torch.Tensor, node_times: torch.Tensor | None = None) -> torch.Tensor:
+    """``|i - j|`` of Eqs. 3 and 7 for every node pair, ``(B, N, N)`` float.
+
+    Args:
+        node_mask: ``(B, N)`` bool (gives the shape and device).
+        node_times: ``(B, N)`` each node's frame, in frames from the onset; None: the node
+            positions ``0 .. N-1`` (slots).
+    """
+    batch, num_nodes = node_mask.shape
+    if node_times is None:
+        node_times = torch.arange(num_nodes, device=node_mask.device, dtype=torch.float32).expand(batch, -1)
+    return (node_times[:, :, None] - node_times[:, None, :]).abs()
+
+
+def temporal_motion_edges(node_mask: torch.Tensor, global_node: torch.Tensor, window: int,
+                          node_times: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The directed edge set of Eqs. 3-5.
 
     Args:
         node_mask: ``(B, N)`` bool, True for real nodes.
         global_node: ``(B,)`` long, the global motion node's index.
-        window: w; node i reaches nodes j with ``|i - j| <= w`` (itself included).
+        window: w; node i reaches nodes j with ``|i - j| <= w`` (itself included), ``i`` and ``j``
+            being frame indices (``node_times``) or node positions when ``node_times`` is None.
+        node_times: ``(B, N)`` float, see :func:`node_distances`.
 
     Returns:
         ``(edge_mask, from_global)``, both ``(B, N, N)`` bool: ``edge_mask[b, i, j]`` is True when
@@ -146,12 +173,12 @@ def temporal_motion_edges(node_mask: torch.Tensor, global_node: torch.Tensor, wi
     """
     batch, num_nodes = node_mask.shape
     index = torch.arange(num_nodes, device=node_mask.device)
-    in_window = (index[:, None] - index[None, :]).abs() <= window
+    in_window = node_distances(node_mask, node_times) <= window + 1e-6
     is_global = index[None, :] == global_node[:, None]  # (B, N)
     source_global = is_global[:, :, None].expand(batch, num_nodes, num_nodes)
     target_global = is_global[:, None, :].expand(batch, num_nodes, num_nodes)
     both_real = node_mask[:, :, None] & node_mask[:, None, :]
-    edge_mask = (in_window[None] | source_global | target_global) & both_real
+    edge_mask = (in_window | source_global | target_global) & both_real
     return edge_mask, source_global & edge_mask
 
 
@@ -163,13 +190,15 @@ def build_adjacency(
     tau: float = 10.0,
     lambda_local: float = 1.0,
     lambda_global: float = 2.0,
+    node_times: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The reweighted adjacency ``A~`` of Eqs. 3-8.
 
     ``A~[b, i, j]`` is the weight of the edge ``v_i -> v_j`` (0 where there is none):
     ``angular_similarity(h_i, h_j) * exp(-|i - j| / tau) * lambda``, lambda being
     ``lambda_global`` when i is the global node and ``lambda_local`` otherwise. ``|i - j|`` is
-    the distance in node positions (the frame indices differ by the same amount).
+    the distance in frames between the nodes' frames (``node_times``), or in node positions
+    when ``node_times`` is None.
 
     Args:
         node_features: ``(B, N, D)`` node features h.
@@ -178,13 +207,13 @@ def build_adjacency(
         window: w of Eq. 3.
         tau: decay of Eq. 7.
         lambda_local, lambda_global: reweighting factors of Eq. 8.
+        node_times: ``(B, N)`` float frame of each node, in frames from the onset (None: positions).
 
     Returns:
         ``(adjacency (B, N, N) float, edge_mask (B, N, N) bool)``.
     """
-    edge_mask, from_global = temporal_motion_edges(node_mask, global_node, window)
-    index = torch.arange(node_features.shape[1], device=node_features.device, dtype=node_features.dtype)
-    decay = torch.exp(-(index[:, None] - index[None, :]).abs() / tau)
+    edge_mask, from_global = temporal_motion_edges(node_mask, global_node, window, node_times)
+    decay = torch.exp(-node_distances(node_mask, node_times).to(node_features.dtype) / tau)
     scale = torch.where(from_global, lambda_global, lambda_local).to(node_features.dtype)
     adjacency = angular_similarity(node_features) * decay * scale * edge_mask
     return adjacency, edge_mask
@@ -270,7 +299,8 @@ class TemporalMotionGraph(nn.Module):
 
     With ``adaptive=False`` (the ``no_atm`` ablation) every layer uses ``A~(0)``.
 
-    Shapes: ``forward(h0 (B, N, in_dim), node_mask (B, N) bool, global_node (B,)) -> (B, N, dim)``.
+    Shapes: ``forward(h0 (B, N, in_dim), node_mask (B, N) bool, global_node (B,), node_times (B, N) float or
+    None) -> (B, N, dim)``.
     """
 
     def __init__(
@@ -307,16 +337,20 @@ class TemporalMotionGraph(nn.Module):
             else None
         )
 
-    def adjacency(self, h: torch.Tensor, node_mask: torch.Tensor, global_node: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def adjacency(self, h: torch.Tensor, node_mask: torch.Tensor, global_node: torch.Tensor,
+                  node_times: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """:func:`build_adjacency` with this module's w, tau and lambdas."""
-        return build_adjacency(h, node_mask, global_node, self.window, self.tau, self.lambda_local, self.lambda_global)
+        return build_adjacency(h, node_mask, global_node, self.window, self.tau, self.lambda_local, self.lambda_global,
+                               node_times)
 
-    def forward(self, h0: torch.Tensor, node_mask: torch.Tensor, global_node: torch.Tensor) -> torch.Tensor:
-        initial, edge_mask = self.adjacency(h0, node_mask, global_node)
+    def forward(self, h0: torch.Tensor, node_mask: torch.Tensor, global_node: torch.Tensor,
+                node_times: torch.Tensor | None = None) -> torch.Tensor:
+        initial, edge_mask = self.adjacency(h0, node_mask, global_node, node_times)
         adjacency, h = initial, h0
         for k, layer in enumerate(self.layers):
             if self.adaptive is not None:
-                source = self.adjacency(h, node_mask, global_node)[0] if self.recompute_adjacency and k > 0 else adjacency
+                recompute = self.recompute_adjacency and k > 0
+                source = self.adjacency(h, node_mask, global_node, node_times)[0] if recompute else adjacency
                 adjacency = self.adaptive[k](source, initial, edge_mask, node_mask)
             h = layer(h, adjacency, node_mask)
         return h
@@ -325,14 +359,17 @@ class TemporalMotionGraph(nn.Module):
 # --------------------------------------------------------------------------- encoder and classifier
 
 
-def _sinusoidal_table(length: int, dim: int) -> torch.Tensor:
-    """``(length, dim)`` Transformer sinusoidal code of positions 0 .. length-1."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32) / dim)
-    table = torch.zeros(length, dim)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency[: dim // 2])
-    return table
+def sinusoidal_encoding(times: torch.Tensor, dim: int) -> torch.Tensor:
+    """Transformer sinusoidal code of ``times (M,)`` (any real values) -> ``(M, dim)``.
+
+    Channel ``2k`` is ``sin(t / 10000^(2k/dim))``, channel ``2k+1`` ``cos`` of the same angle.
+    """
+    frequency = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2, dtype=torch.float32, device=times.device) / dim)
+    angle = times.float()[:, None] * frequency
+    code = torch.zeros(len(times), dim, device=times.device)
+    code[:, 0::2] = torch.sin(angle)
+    code[:, 1::2] = torch.cos(angle[:, : dim // 2])
+    return code
 
 
 class WarmStartBatchNorm2d(nn.BatchNorm2d):
@@ -355,8 +392,10 @@ class WarmStartBatchNorm2d(nn.BatchNorm2d):
 class MotionEncoder(nn.Module):
     """Motion encoder M (Eq. 2): stem + T(i) -> CA stack -> grid pooling -> linear.
 
-    Shapes: ``forward(images (M, C, H, W), positions (M,) long in [1, num_frames))`` returns
-    ``(features (M, feature_dim), attention_maps)`` with one ``(M, 1, H_k, W_k)`` map per CA block.
+    Shapes: ``forward(images (M, C, H, W), times (M,) float)`` returns ``(features (M,
+    feature_dim), attention_maps)`` with one ``(M, 1, H_k, W_k)`` map per CA block. ``times`` is
+    each pair's distance i from the onset, in frames; the learned code has one row per distance
+    ``0 .. num_frames - 1`` (a distance is rounded, and one beyond the table takes its last row).
     """
 
     def __init__(
@@ -380,18 +419,17 @@ class MotionEncoder(nn.Module):
         if temporal_encoding == "learned":
             self.position_embedding = nn.Embedding(num_frames, stem_channels)
             nn.init.normal_(self.position_embedding.weight, std=0.02)
-        elif temporal_encoding == "sinusoidal":
-            self.register_buffer("position_table", _sinusoidal_table(num_frames, stem_channels), persistent=False)
         self.blocks = ContinuousAttentionStack(stem_channels, ca_channels)
         self.pool_grid = pool_grid
         self.head = nn.Linear(self.blocks.out_channels * pool_grid * pool_grid, feature_dim)
 
-    def forward(self, images: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, images: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.stem(images)
         if self.temporal_encoding == "learned":
-            x = x + self.position_embedding(positions)[:, :, None, None]
+            rows = torch.round(times).long().clamp(0, self.position_embedding.num_embeddings - 1)
+            x = x + self.position_embedding(rows)[:, :, None, None]
         elif self.temporal_encoding == "sinusoidal":
-            x = x + self.position_table[positions][:, :, None, None]
+            x = x + sinusoidal_encoding(times, x.shape[1]).to(x.dtype)[:, :, None, None]
         x, maps = self.blocks(x)
         pooled = F.adaptive_avg_pool2d(x, self.pool_grid).flatten(1)
         return self.head(pooled), maps
@@ -438,10 +476,15 @@ def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
 class ATMGCN(nn.Module):
     """ATM-GCN (see the module docstring for the method and every choice made).
 
+    Takes clips of different lengths zero-padded to ``num_frames`` (``views.sampling: all``): the
+    ``<v>_mask`` view says which frames are real (:attr:`takes_padded_sequences`).
+
     Input: ``views["frames"]`` ``(B, T, C, H, W)`` with ``2 <= T <= num_frames``, frame 0 the
     onset (with ``motion_input="flow"``: ``views["flow_seq"]`` ``(B, T, 3, H, W)``, entry t the
     onset -> frame t flow u, v, strain; the ``no_motion`` variant always reads ``frames``);
-    optional ``views["frame_mask"]`` ``(B, T)`` bool and ``views["apex_index"]`` ``(B,)`` long.
+    optional, for that view ``<v>``: ``views["<v>_mask"]`` ``(B, T)`` bool (real frames),
+    ``views["<v>_position"]`` ``(B, T)`` float (each frame's distance from the onset in frames),
+    and ``views["apex_index"]`` ``(B,)`` long.
 
     Output: a dict with ``logits (B, K)``, ``attention_maps (B, T-1, H_1, W_1)`` (the first CA
     block's map for every pair, 0 for padding), ``node_mask (B, T-1)`` and ``global_node (B,)``
@@ -461,6 +504,9 @@ class ATMGCN(nn.Module):
         pool_grid: the last CA map is average-pooled to ``pool_grid x pool_grid`` before the head.
         feature_dim: N_m, the motion feature size.
         temporal_encoding: ``"learned"``, ``"sinusoidal"`` or ``"none"``.
+        temporal_distance: what ``i`` and ``j`` count in Eqs. 2, 3 and 7: ``"frames"`` (the
+            frames' distances from the onset, ``<v>_position``; slots when it is absent) or
+            ``"slots"`` (positions in the sequence view, whatever frames they hold).
         window: w (Eq. 3). tau: temporal decay (Eq. 7).
         lambda_local, lambda_global: Eq. 8 reweighting, ``0 <= lambda_local < lambda_global``.
         gcn_layers: number of (Adaptive-TM +) TM-GCN layers. gcn_dim: their width.
@@ -491,6 +537,7 @@ class ATMGCN(nn.Module):
         pool_grid: int = 1,
         feature_dim: int = 512,
         temporal_encoding: str = "learned",
+        temporal_distance: str = "frames",
         window: int = 2,
         tau: float = 10.0,
         lambda_local: float = 1.0,
@@ -511,6 +558,7 @@ class ATMGCN(nn.Module):
         focal_gamma: float = 2.0,
     ):
         super().__init__()
+        self.takes_padded_sequences = True
         _check_choice("variant", variant, VARIANTS)
         _check_choice("temporal_encoding", temporal_encoding, _TEMPORAL_ENCODINGS)
         _check_choice("adjacency_normalization", adjacency_normalization, _NORMALIZATIONS)
@@ -518,6 +566,7 @@ class ATMGCN(nn.Module):
         _check_choice("pooling", pooling, _POOLINGS)
         _check_choice("apex_rule", apex_rule, _APEX_RULES)
         _check_choice("motion_input", motion_input, _MOTION_INPUTS)
+        _check_choice("temporal_distance", temporal_distance, _TEMPORAL_DISTANCES)
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if len(size) != 2:
             raise ConfigError(f"atm-gcn: image_size must be one int or (H, W), got {image_size!r}")
@@ -539,6 +588,7 @@ class ATMGCN(nn.Module):
         self.num_frames = num_frames
         self.image_size = size
         self.apex_rule = apex_rule
+        self.temporal_distance = temporal_distance
         self.uses_flow = motion_input == "flow" and variant != "no_motion"
         self.view_name = "flow_seq" if self.uses_flow else "frames"
         self.view_channels = 3 if self.uses_flow else in_channels
@@ -573,8 +623,8 @@ class ATMGCN(nn.Module):
 
     # ----------------------------------------------------------------------- inputs
 
-    def _sequence_and_mask(self, views: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The input view ``(B, T, C, H, W)`` and the frame mask ``(B, T)``, validated."""
+    def _sequence_and_mask(self, views: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The input view ``(B, T, C, H, W)``, its frame mask ``(B, T)`` and frame times ``(B, T)``, validated."""
         name = self.view_name
         if name not in views:
             raise ModelInputError(f"atm-gcn needs the {name!r} view, got views {sorted(views)}")
@@ -586,20 +636,26 @@ class ATMGCN(nn.Module):
                 f"{self.num_frames}, got {tuple(frames.shape)}"
             )
         batch, length = frames.shape[:2]
-        frame_mask = views.get("frame_mask")
+        mask_name, position_name = f"{name}_mask", f"{name}_position"
+        frame_mask = views.get(mask_name)
         if frame_mask is None:
             frame_mask = torch.ones(batch, length, dtype=torch.bool, device=frames.device)
         else:
             frame_mask = frame_mask.to(torch.bool)
             if tuple(frame_mask.shape) != (batch, length):
-                raise ModelInputError(f"atm-gcn: 'frame_mask' must be ({batch}, {length}), got {tuple(frame_mask.shape)}")
+                raise ModelInputError(f"atm-gcn: {mask_name!r} must be ({batch}, {length}), got {tuple(frame_mask.shape)}")
             bad = (~frame_mask[:, 0]) | (frame_mask[:, 1:].sum(dim=1) < 1)
             if bad.any():
                 raise ModelInputError(
                     f"atm-gcn: clips {bad.nonzero().flatten().tolist()} of the batch need a real onset frame "
-                    "(frame_mask[:, 0]) and at least one more real frame"
+                    f"({mask_name}[:, 0]) and at least one more real frame"
                 )
-        return frames, frame_mask
+        times = views.get(position_name) if self.temporal_distance == "frames" else None
+        if times is None:
+            times = torch.arange(length, device=frames.device, dtype=torch.float32).expand(batch, -1)
+        elif tuple(times.shape) != (batch, length):
+            raise ModelInputError(f"atm-gcn: {position_name!r} must be ({batch}, {length}), got {tuple(times.shape)}")
+        return frames, frame_mask, times.float()
 
     def _global_node(self, views: dict[str, torch.Tensor], motion: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
         """Index of the apex pair's node ``(B,)``; ``motion (B, N, C, H, W)`` serves the max_motion rule."""
@@ -628,20 +684,20 @@ class ATMGCN(nn.Module):
     # ----------------------------------------------------------------------- forward and loss
 
     def forward(self, views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        sequence, frame_mask = self._sequence_and_mask(views)
+        sequence, frame_mask, frame_times = self._sequence_and_mask(views)
         batch, length = sequence.shape[:2]
         node_mask = frame_mask[:, 1:]
+        node_times = (frame_times[:, 1:] - frame_times[:, :1]) * node_mask  # i - onset, 0 on padding
         motion = sequence[:, 1:] if self.uses_flow else sequence[:, 1:] - sequence[:, :1]
         node_inputs = sequence[:, 1:] if self.variant == "no_motion" else motion
-        positions = torch.arange(1, length, device=sequence.device).expand(batch, -1)
-        encoded, maps = self.encoder(node_inputs[node_mask], positions[node_mask])
+        encoded, maps = self.encoder(node_inputs[node_mask], node_times[node_mask])
         node_features = encoded.new_zeros(batch, length - 1, encoded.shape[1])
         node_features[node_mask] = encoded
         first_map = maps[0][:, 0]
         attention_maps = first_map.new_zeros(batch, length - 1, *first_map.shape[1:])
         attention_maps[node_mask] = first_map
         global_node = self._global_node(views, motion, node_mask)
-        h = node_features if self.graph is None else self.graph(node_features, node_mask, global_node)
+        h = node_features if self.graph is None else self.graph(node_features, node_mask, global_node, node_times)
         return {
             "logits": self.classifier(h, node_mask),
             "attention_maps": attention_maps,

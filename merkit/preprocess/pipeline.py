@@ -32,7 +32,7 @@ from merkit.views import ViewSpec
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 2  # 2: sampling "interpolate" interpolates the course (was uniform picks)
+PIPELINE_VERSION = 3  # 2: sampling "interpolate" interpolates the course; 3: <view>_mask and <view>_position
 SEQUENCE_VIEWS = ("frames", "flow_seq", "depth_seq", "au")
 
 
@@ -126,39 +126,54 @@ def to_image_view(image: np.ndarray, size: tuple[int, int], channels: int) -> np
     return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
 
 
-def sample_positions(course: Course, length: int, config: ViewsConfig, fps: float) -> np.ndarray:
-    """``length`` positions into the course (onset first, apex included), per ``config.sampling``.
+def sample_positions(course: Course, length: int, config: ViewsConfig, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """Positions into the course (onset first, apex included) per ``config.sampling``, and their times.
 
-    With ``config.fps`` the course is first resampled to that rate (e.g. 200 -> 30 Hz). The
-    sampled position nearest the apex is replaced by the apex so models that need the apex pair
-    (ATM-GCN's global node) always have it.
+    With ``config.fps`` below the clip's rate the course is first resampled to that rate (e.g.
+    200 -> 30 Hz). ``uniform`` and ``keyframes`` pick ``length`` positions; ``all`` keeps every
+    frame (of the resampled course) when there are at most ``length``, else ``length`` evenly
+    spaced ones. The sampled position nearest the apex is replaced by the apex so models that
+    need the apex pair (ATM-GCN's global node) always have it.
+
+    Returns:
+        ``(positions, times)``: int64 indices into ``course.frames`` (``length`` of them, fewer
+        under ``all``) and float32 distances from the onset in frames at the sequence's rate
+        (``config.fps`` when it resampled the course, else the clip's ``fps``).
     """
     from merkit.preprocess import sampling
 
     n = len(course.frames)
     base = np.arange(n)
+    ratio = 1.0
     if config.fps is not None and config.fps < fps:
         base = np.asarray(sampling.resample_rate(n, fps, config.fps))
+        ratio = config.fps / fps
     if config.sampling == "keyframes":
-        positions = np.asarray(sampling.keyframes_sts(course.frames[base], num=length))
-        positions = base[positions]
+        chosen = np.asarray(sampling.keyframes_sts(course.frames[base], num=length))
+    elif config.sampling == "all" and len(base) <= length:
+        chosen = np.arange(len(base))
     else:
-        positions = base[np.asarray(sampling.uniform_indices(len(base), length))]
-    positions = positions.copy()
-    positions[0] = 0
+        chosen = np.asarray(sampling.uniform_indices(len(base), length))
+    positions, times = base[chosen].copy(), chosen.astype(np.float64)
+    positions[0], times[0] = 0, 0.0
     if course.apex not in positions:
         nearest = int(np.argmin(np.abs(positions[1:] - course.apex))) + 1
-        positions[nearest] = course.apex
-        positions.sort()
-    return positions
+        positions[nearest], times[nearest] = course.apex, course.apex * ratio
+        order = np.argsort(positions, kind="stable")
+        positions, times = positions[order], times[order]
+    return positions, times.astype(np.float32)
 
 
 def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) -> dict[str, np.ndarray]:
     """Build the views ``specs`` names for ``sample``.
 
     Returns:
-        dict view name -> float32 array with the shape of :meth:`ViewSpec.shape`; sequence
-        views add ``apex_index`` (int64 scalar: the apex position among the sampled frames).
+        dict view name -> float32 array with the shape of :meth:`ViewSpec.shape`. Each sequence
+        view ``<name>`` adds ``<name>_mask`` ((T,) bool: real frames; under ``sampling: all`` a
+        shorter clip is zero-padded at the end) and ``<name>_position`` ((T,) float32: each
+        frame's distance from the onset in frames at the sequence's rate, see
+        :func:`sample_positions`; 0 for padding), plus ``apex_index`` (int64 scalar: the apex
+        position among the sampled frames).
 
     Raises:
         PreprocessError: a view cannot be built (message names the sample and the step).
@@ -180,13 +195,23 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
 
             views["flow"] = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
         else:
-            positions = sample_positions(course, spec.length, config, sample.fps)
+            positions, times = sample_positions(course, spec.length, config, sample.fps)
+            if config.sampling == "all" and len(positions) < 2:
+                raise PreprocessError(f"{sample.sample_id}: sampling 'all' needs at least two frames from onset to "
+                                      f"offset (frames {sample.onset_frame}..{sample.offset_frame} give one)")
             if config.sampling == "interpolate":  # the interpolated frame nearest the apex in time
-                apex_index = int(round(course.apex * (spec.length - 1) / max(1, len(course.frames) - 1)))
+                step = max(1, len(course.frames) - 1) / (spec.length - 1)
+                apex_index = int(round(course.apex / step))
+                times = (np.arange(spec.length) * step).astype(np.float32)
             else:
                 apex_index = int(np.flatnonzero(positions == course.apex)[0])
             views["apex_index"] = np.asarray(apex_index, dtype=np.int64)
-            views[spec.name] = _sequence_view(sample, course, positions, spec, config)
+            sequence = _sequence_view(sample, course, positions, spec, config)
+            real = len(sequence)
+            padding = [(0, spec.length - real)] + [(0, 0)] * (sequence.ndim - 1)
+            views[spec.name] = np.pad(sequence, padding)
+            views[f"{spec.name}_mask"] = np.arange(spec.length) < real
+            views[f"{spec.name}_position"] = np.pad(times[:real], (0, spec.length - real)).astype(np.float32)
     return views
 
 

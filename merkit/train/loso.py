@@ -148,7 +148,7 @@ def run_loso(
         raise ConfigError("every sample needs a label: apply the protocol first")
     torch.manual_seed(config.seed)
     probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
-    check_views_config(probe.input_spec, config)
+    check_views_config(probe.input_spec, config, probe)
     settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
@@ -185,9 +185,14 @@ def run_loso(
     return metrics
 
 
-def check_views_config(specs, config: RunConfig) -> None:
-    """The ``views`` section's optional size/channels/num_frames must agree with the input spec."""
+def check_views_config(specs, config: RunConfig, model: torch.nn.Module | None = None) -> None:
+    """The ``views`` section's optional size/channels/num_frames must agree with the input spec, and
+    ``sampling: all`` (padded sequences) needs a model that reads ``<view>_mask``
+    (``model.takes_padded_sequences``; checked when ``model`` is given)."""
     v = config.views
+    if model is not None and v.sampling == "all" and not getattr(model, "takes_padded_sequences", False):
+        raise ConfigError(f"views.sampling 'all' pads clips to the view length, but model {config.model_name!r} does "
+                          "not read the padding mask; use 'uniform', 'interpolate' or 'keyframes'")
     for spec in specs:
         if v.size is not None and spec.name != "au" and tuple(v.size) != tuple(spec.size):
             raise ConfigError(f"views.size {list(v.size)} disagrees with the model's {spec.name} view size {list(spec.size)}")
@@ -229,7 +234,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     out.mkdir(parents=True, exist_ok=True)
     classes = list(protocol.classes)
     model = new_model(config, classes, seed=config.seed)
-    check_views_config(model.input_spec, config)
+    check_views_config(model.input_spec, config, model)
     kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     history = fit(model, to_tensors(arrays), labels, config.train, seed=config.seed)
