@@ -1,6 +1,6 @@
 """Building blocks shared by the models (one place for retention, attention, fusion, ...)."""
 
-from merkit.models.blocks.retention import MultiScaleRetention, RetNetBlock
+from merkit.models.blocks.retention import ManhattanSelfAttention, MultiScaleRetention, RetNetBlock, RMTBlock
 from merkit.models.blocks.transformer import (
     DropPath,
     FeedForward,
@@ -11,6 +11,6 @@ from merkit.models.blocks.transformer import (
 )
 
 __all__ = [
-    "DropPath", "FeedForward", "LearnedPositionEmbedding", "MultiHeadSelfAttention", "MultiScaleRetention",
-    "PatchEmbedding", "RetNetBlock", "TransformerBlock",
+    "DropPath", "FeedForward", "LearnedPositionEmbedding", "ManhattanSelfAttention", "MultiHeadSelfAttention",
+    "MultiScaleRetention", "PatchEmbedding", "RetNetBlock", "RMTBlock", "TransformerBlock",
 ]
