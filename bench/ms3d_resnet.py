@@ -58,7 +58,7 @@ def run_case(case: dict) -> dict:
     """Time ``case["steps"]`` training steps of one model; runs inside the subprocess."""
     import torch
 
-    from merkit.models.ms3d_resnet import build_ms3d_resnet
+    from merkit.models.ms3d_resnet import MultiScale3dResNet
 
     torch.set_num_threads(case["threads"])
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def run_case(case: dict) -> dict:
         size = SIZES[case["size"]]
         kwargs = {k: size[k] for k in ("num_frames", "input_size", "base_width", "head_hidden")}
         kwargs.update(variant=case["variant"], layout=case["layout"])
-    model = build_ms3d_resnet(5, **kwargs)
+    model = MultiScale3dResNet(5, **kwargs)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     frames, (height, width) = kwargs["num_frames"], kwargs["input_size"]
     views = {"flow_seq": torch.randn(case["batch"], frames, 3, height, width)}
