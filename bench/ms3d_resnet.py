@@ -6,7 +6,7 @@ without attention, RC modules, temporal fusion and the extra heads) at two sizes
 * ``paper``: 16 x 134 x 134 flow maps, base width 64 (batch ``--paper-batch``, default 2);
 * ``reduced``: the CPU config's 8 x 32 x 32, base width 8, batch 16 (full and plain with the
   default options);
-* ``cpu-config``: ``configs/ms3d-resnet-cpu.yaml`` exactly (its options and batch size), with
+* ``cpu-config``: ``merkit/configs/ms3d-resnet-cpu.yaml`` exactly (its options and batch size), with
   the time of one epoch over 105 clips (a LOSO fold's training set in the demo: 7 subjects x 15
   clips) estimated from its step time.
 
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU_CONFIG = ROOT / "configs" / "ms3d-resnet-cpu.yaml"
+CPU_CONFIG = ROOT / "merkit" / "configs" / "ms3d-resnet-cpu.yaml"
 SIZES = {
     "paper": {"num_frames": 16, "input_size": [134, 134], "base_width": 64, "head_hidden": 128},
     "reduced": {"num_frames": 8, "input_size": [32, 32], "base_width": 8, "head_hidden": 32, "batch": 16},
