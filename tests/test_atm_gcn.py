@@ -16,7 +16,7 @@ from merkit.models.atm_gcn import (
     sinusoidal_encoding,
 )
 from merkit.models.blocks.attention import ContinuousAttentionStack
-from merkit.train.losses import FocalLoss
+from merkit.models.blocks.losses import FocalLoss
 
 SMALL = dict(
     num_frames=6,

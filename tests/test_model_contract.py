@@ -1,19 +1,20 @@
-"""The model contract, for every registered model under every config of it in ``configs/``.
+"""The model contract (merkit.models.base.MERModel) holds for every registered model.
 
-For each (model, config): on random views of the declared input spec (with the ``<view>_mask``,
-``<view>_position`` and ``apex_index`` entries the pipeline adds to sequence views) the forward
-gives ``(B, K)`` logits, the model's loss reaches every parameter, a checkpoint in the LOSO fold
-format (``model.pt``) read back with :func:`merkit.models.pretrained.read_checkpoint` into a model
-built from the recorded config gives the same logits, and the same seed builds the same weights
-and the same training-mode forward.
+Every registered model under every config of it shipped with merkit (``test_model_contract``):
+on random views of the declared input spec (with the ``<view>_mask``, ``<view>_position`` and
+``apex_index`` entries the pipeline adds to sequence views) the forward gives ``(B, K)``
+logits, the model's loss reaches every parameter, a checkpoint in the LOSO fold format
+(``model.pt``) read back with :func:`merkit.models.pretrained.read_checkpoint` into a model built
+from the recorded config gives the same logits, and the same seed builds the same weights and
+the same training-mode forward.
 
 Paper-size configs (16 x 134 x 134 flow for the 3D-ResNet, 70 M parameters) take minutes per
 forward on one core. Every config is built at its declared size and its parameter count and
 names are checked; the forward/backward contract then runs on the same architecture with the
-smallest input the model accepts (:data:`SMALL_INPUTS`: only sizes and frame counts change;
+smallest input the model accepts (:data:`SHRUNK_INPUTS`: only sizes and frame counts change;
 the check that no parameter name changes with them is part of the test). Models with configs
 of at most 64 x 64 inputs run at their declared size. Batch 2 everywhere (BatchNorm needs two
-samples in training mode).
+samples in training mode). About 20 s of one core for all configs.
 """
 
 from __future__ import annotations
@@ -23,14 +24,83 @@ import math
 import pytest
 import torch
 
-from merkit.config import CONFIG_DIR, load_config
-from merkit.models import available, create, logits_of
+from merkit.config import config_names, load_config
+from merkit.errors import ConfigError, check_choice
+from merkit.models import MERModel, available, create, input_spec, logits_of, model_class
 from merkit.models.pretrained import read_checkpoint
 from merkit.train.loso import check_views_config
-from merkit.train.trainer import compute_loss
+
+
+
+#: small options per model: the reduced configs the demo runs
+SMALL = {
+    "logreg": "logreg-cpu",
+    "tsfmicro": "tsfmicro-cpu",
+    "atm-gcn": "atm-gcn-cpu",
+    "madv-net": "madv-net-synthme",
+    "ms3d-resnet": "ms3d-resnet-cpu",
+    "ststnet": "ststnet-megc2019-flow",
+}
+
+
+def small_options(name: str) -> dict:
+    return load_config(SMALL[name]).model_kwargs
+
+
+def test_every_registered_model_has_small_options_here():
+    assert set(available()) == set(SMALL)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_input_spec_without_building_equals_the_built_models(name):
+    options = small_options(name)
+    torch.manual_seed(0)
+    state = torch.random.get_rng_state()
+    declared = input_spec(name, **options)
+    assert torch.equal(state, torch.random.get_rng_state())  # nothing was built
+    model = create(name, num_classes=3, **options)
+    assert isinstance(model, MERModel) and model.registry_name == name
+    assert declared == model.input_spec and declared
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_classifier_keys_are_exactly_the_entries_sized_by_the_class_count(name):
+    options = small_options(name)
+    torch.manual_seed(0)
+    three, four = create(name, num_classes=3, **options), create(name, num_classes=4, **options)
+    state, wider = three.state_dict(), four.state_dict()
+    by_shape = {key for key in state if wider[key].shape != state[key].shape}
+    assert by_shape and set(three.classifier_keys()) == by_shape
+    assert all(state[key].shape[0] == 3 for key in by_shape)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_a_misspelt_option_or_a_value_of_the_wrong_type_names_the_option(name):
+    with pytest.raises(ConfigError, match=f"model '{name}': no option 'no_such_option'"):
+        create(name, num_classes=3, no_such_option=1)
+    first_int = next(k for k, v in model_class(name).options({}).items() if type(v) is int)
+    with pytest.raises(ConfigError, match=f"option '{first_int}'.*got 'big'"):
+        input_spec(name, **{first_int: "big"})
+
+
+def test_unknown_model_lists_the_models():
+    with pytest.raises(ConfigError, match="unknown model 'nosuch'; available models: atm-gcn, logreg"):
+        create("nosuch", num_classes=3)
+
+
+def test_options_fill_defaults_and_convert_lax_types():
+    options = model_class("logreg").options({"image_size": "8"})
+    assert options == {"image_size": 8, "in_channels": 1, "view": "diff"}
+
+
+def test_check_choice_names_the_option_the_value_and_the_choices():
+    check_choice("flow", "dis", ("dis", "tvl1"))
+    with pytest.raises(ConfigError, match=r"flow must be one of 'dis', 'tvl1'; got 'di'"):
+        check_choice("flow", "di", ("dis", "tvl1"))
+
 
 #: model -> options that shrink its input, not its architecture, for configs with large inputs
-SMALL_INPUTS: dict[str, dict] = {
+SHRUNK_INPUTS: dict[str, dict] = {
     "atm-gcn": {"image_size": [32, 32], "num_frames": 4},
     "tsfmicro": {"image_size": [32, 32]},
     "ms3d-resnet": {"input_size": [32, 32], "num_frames": 8},
@@ -41,7 +111,7 @@ MAX_PARAMETERS = 75_000_000
 BATCH = 2
 NUM_CLASSES = 3
 
-CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.yaml"))
+CONFIGS = config_names()
 
 
 def _config_model(name: str) -> str:
@@ -93,8 +163,8 @@ def test_model_contract(config_name, tmp_path):
 
     model_config = dict(config.model)
     if _is_large(declared):
-        assert config.model_name in SMALL_INPUTS, f"{config_name}: large inputs and no SMALL_INPUTS entry"
-        model_config.update(SMALL_INPUTS[config.model_name])
+        assert config.model_name in SHRUNK_INPUTS, f"{config_name}: large inputs and no SHRUNK_INPUTS entry"
+        model_config.update(SHRUNK_INPUTS[config.model_name])
         model = _build(model_config, seed=0)
         assert [name for name, _ in model.named_parameters()] == names, "shrinking the input changed the blocks"
     else:
@@ -110,7 +180,7 @@ def test_model_contract(config_name, tmp_path):
     assert logits.shape == (BATCH, NUM_CLASSES) and torch.isfinite(logits).all()
 
     # backward: the model's loss reaches every trainable parameter
-    loss = compute_loss(model, output, torch.tensor([0, NUM_CLASSES - 1]))
+    loss = model.loss(output, torch.tensor([0, NUM_CLASSES - 1]))
     assert loss.dim() == 0 and math.isfinite(loss.item())
     loss.backward()
     unreached = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
