@@ -120,7 +120,7 @@ def _config_model(name: str) -> str:
 
 def test_every_registered_model_has_a_config():
     covered = {_config_model(name) for name in CONFIGS}
-    assert set(available()) <= covered, f"models without a config in configs/: {set(available()) - covered}"
+    assert set(available()) <= covered, f"models without a config in merkit/configs/: {set(available()) - covered}"
 
 
 def random_views(model: torch.nn.Module, batch: int = BATCH, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -37,7 +37,7 @@ Temporal branch, two layouts (option ``temporal_layout``) and three retentions (
   kernel with RMT's non-causal 2-D decay ``gamma^(|dx| + |dy|)``. ``"rmt"``: RMT's Manhattan
   self-attention as the authors' code runs it (softmax over ``Q K^T + log D``, LePE and
   depth-wise-conv position terms; :class:`~merkit.models.blocks.retention.RMTBlock`). The paper
-  cites RMT [53] for its retention; ``configs/tsfmicro-paper.yaml`` uses ``"rmt"`` with the
+  cites RMT [53] for its retention; ``merkit/configs/tsfmicro-paper.yaml`` uses ``"rmt"`` with the
   hierarchical layout. See :mod:`merkit.models.blocks.retention`.
 
 Fusion strategies of the fusion study (Sec. 4.4, Table 7), option ``fusion``:
@@ -197,7 +197,7 @@ class TSFmicro(MERModel):
     """TSFmicro: retention temporal branch on motion + ViT spatial branch on a face frame, fused.
 
     Defaults read the paper's text literally (flat layout, causal 1-D retention, 16 x 16 patches);
-    ``configs/tsfmicro-paper.yaml`` selects the authors' released network.
+    ``merkit/configs/tsfmicro-paper.yaml`` selects the authors' released network.
 
     Args:
         num_classes: ``K``.
