@@ -17,7 +17,9 @@ au         (T, A)            per-frame AU intensities minus the onset frame's (A
 ========== ================= ===============================================================
 
 ``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
-attribute; the pipeline builds exactly those. :data:`VIEWS` is the one table of view names and
+attribute; the pipeline builds exactly those. With each sequence view ``<v>`` the pipeline also
+writes ``<v>_mask`` ((T,) bool, real frames) and ``<v>_position`` ((T,) float, each frame's
+distance from the onset in frames), see :func:`merkit.preprocess.pipeline.build_views`. :data:`VIEWS` is the one table of view names and
 their kinds.
 """
 
