@@ -3,18 +3,21 @@
 A view is a named float32 array built from one :class:`~merkit.data.Sample`. Shapes, per sample
 (a batch puts ``B`` in front):
 
-========== ================= ===============================================================
-name       shape             content
-========== ================= ===============================================================
-onset      (C, H, W)         onset frame, values in [0, 1]
-apex       (C, H, W)         apex frame, values in [0, 1]
-diff       (C, H, W)         apex - onset, values in [-1, 1]
-flow       (3, H, W)         onset->apex optical flow u, v (pixels at H x W) and optical strain
-frames     (T, C, H, W)      T frames from onset to offset, values in [0, 1]
-flow_seq   (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
-depth_seq  (T, 1, H, W)      depth of T frames, values in [0, 1]
-au         (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
-========== ================= ===============================================================
+============ ================= ===============================================================
+name         shape             content
+============ ================= ===============================================================
+onset        (C, H, W)         onset frame, values in [0, 1]
+apex         (C, H, W)         apex frame, values in [0, 1]
+diff         (C, H, W)         apex - onset, values in [-1, 1]
+flow         (3, H, W)         onset->apex optical flow u, v (pixels at H x W) and optical strain
+flow_regions (3, H, W)         the ``flow`` view cut into four (H/2, W/2) facial regions around
+                               the eyes and mouth corners, arranged 2 x 2 (HTNet; see
+                               :mod:`merkit.preprocess.regions`); never spatially augmented
+frames       (T, C, H, W)      T frames from onset to offset, values in [0, 1]
+flow_seq     (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
+depth_seq    (T, 1, H, W)      depth of T frames, values in [0, 1]
+au           (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
+============ ================= ===============================================================
 
 ``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
 attribute; the pipeline builds exactly those.
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VIEW_NAMES = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq", "au")
+VIEW_NAMES = ("onset", "apex", "diff", "flow", "flow_regions", "frames", "flow_seq", "depth_seq", "au")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,7 @@ class ViewSpec:
     def shape(self, num_aus: int | None = None) -> tuple[int, ...]:
         """The per-sample array shape this spec asks for."""
         h, w = self.size
-        if self.name in ("flow",):
+        if self.name in ("flow", "flow_regions"):
             return (3, h, w)
         if self.name == "flow_seq":
             return (self.length, 3, h, w)

@@ -47,7 +47,7 @@ def _load_all() -> None:
     from merkit.models import baselines, tsfmicro  # noqa: F401
     import importlib
 
-    for optional in ("atm_gcn", "ms3d_resnet", "madv_net", "ststnet"):
+    for optional in ("atm_gcn", "ms3d_resnet", "madv_net", "ststnet", "htnet"):
         try:
             importlib.import_module(f"merkit.models.{optional}")
         except ModuleNotFoundError as err:  # a model file not written yet
