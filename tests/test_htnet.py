@@ -4,12 +4,12 @@ import torch
 
 from merkit.config import load_config
 from merkit.errors import ConfigError, ModelInputError
+from merkit.models import create
 from merkit.models.htnet import (
     HTNet,
     BlockAggregation,
     LocalTransformer,
     LocalTransformerBlock,
-    build_htnet,
     merge_blocks,
     split_blocks,
 )
@@ -19,7 +19,7 @@ SMALL = dict(dim=8, heads=2, block_repeats=(1, 1, 1))
 
 def test_shapes_and_spec():
     torch.manual_seed(0)
-    model = build_htnet(num_classes=3, **SMALL)
+    model = create("htnet", num_classes=3, **SMALL)
     assert model.input_spec[0].name == "flow_regions" and model.input_spec[0].shape() == (3, 28, 28)
     regions = torch.rand(4, 3, 28, 28)
     assert model({"flow_regions": regions}).shape == (4, 3)
@@ -176,8 +176,6 @@ def test_bad_input_and_options():
 
 @pytest.mark.parametrize("name", ["htnet-megc2019-flow", "htnet-cpu"])
 def test_registered_configs(name):
-    from merkit.models.registry import create
-
     config = load_config(name)
     model = create("htnet", num_classes=3, **config.model_kwargs) if name != "htnet-megc2019-flow" else None
     if name == "htnet-megc2019-flow":  # the paper's setting (about 140 M parameters: not built here)

@@ -127,3 +127,15 @@ def test_view_from_frames_cuts_the_flow_view(synth_samples):
     found = five_points(apex)
     centres = quadrant_centres((28, 28)) if found is None else region_centres(found[0], apex.shape[:2], (28, 28))
     np.testing.assert_allclose(views["flow_regions"], crop_regions(views["flow"], centres))
+
+
+def test_region_arrangement_is_never_flipped_or_shifted():
+    import torch
+
+    from merkit.config import AugmentConfig
+    from merkit.train.augment import augment_batch
+
+    views = {"flow_regions": torch.rand(6, 3, 28, 28), "flow": torch.rand(6, 3, 28, 28)}
+    out = augment_batch(views, AugmentConfig(hflip=True, vflip=True, random_crop=2), torch.Generator().manual_seed(0))
+    assert torch.equal(out["flow_regions"], views["flow_regions"])
+    assert not torch.equal(out["flow"], views["flow"])  # the plain flow view is augmented

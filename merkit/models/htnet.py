@@ -51,10 +51,13 @@ its 14 transformer blocks at width 1024.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 from torch import nn
 
 from merkit.errors import ConfigError, ModelInputError
+from merkit.models.base import MERModel
 from merkit.models.blocks import FeedForward, MultiHeadSelfAttention, PatchEmbedding
 from merkit.models.registry import register
 from merkit.views import ViewSpec
@@ -145,7 +148,8 @@ class BlockAggregation(nn.Module):
         return self.pool(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
-class HTNet(nn.Module):
+@register("htnet", "HTNet (Wang et al., Neurocomputing 2024): hierarchical transformer on four facial regions of the flow")
+class HTNet(MERModel):
     """HTNet on the ``flow_regions`` view.
 
     Args:
@@ -167,9 +171,10 @@ class HTNet(nn.Module):
     """
 
     def __init__(self, num_classes: int, image_size: int = 28, patch_size: int = 7, dim: int = 256, heads: int = 3,
-                 num_hierarchies: int = 3, block_repeats: tuple[int, ...] = (2, 2, 10), mlp_mult: int = 4,
+                 num_hierarchies: int = 3, block_repeats: Sequence[int] = (2, 2, 10), mlp_mult: int = 4,
                  dropout: float = 0.0, input_scale: float = 1.0):
         super().__init__()
+        block_repeats = tuple(block_repeats)
         if num_hierarchies < 1:
             raise ConfigError(f"HTNet num_hierarchies must be at least 1, got {num_hierarchies}")
         if len(block_repeats) != num_hierarchies or min(block_repeats) < 1:
@@ -184,7 +189,7 @@ class HTNet(nn.Module):
                               f"cut into {finest_blocks} x {finest_blocks} blocks for {num_hierarchies} hierarchies")
         if heads < 1 or dim < heads:
             raise ConfigError(f"HTNet needs 1 <= heads <= dim, got dim {dim}, heads {heads}")
-        self.input_spec = (ViewSpec("flow_regions", size=(image_size, image_size)),)
+        self.input_spec = self.input_spec_from({"image_size": image_size})
         self.input_scale = float(input_scale)
         self.patch_embedding = PatchEmbedding(3, dim, patch_size, (image_size, image_size))
         tokens_per_block = (grid // finest_blocks) ** 2  # the same at every level
@@ -199,6 +204,15 @@ class HTNet(nn.Module):
             self.aggregations.append(nn.Identity() if last else BlockAggregation(width, widths[k + 1]))
         self.norm = nn.LayerNorm(widths[-1], eps=1e-5)
         self.classifier = nn.Linear(widths[-1], num_classes)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """The ``flow_regions`` view at ``image_size``."""
+        return (ViewSpec("flow_regions", size=(options["image_size"], options["image_size"])),)
+
+    def classifier_keys(self) -> list[str]:
+        """The linear classifier's weight and bias."""
+        return ["classifier.weight", "classifier.bias"]
 
     def features(self, regions: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, D * 2**(T-1)) pooled features of the coarsest hierarchy."""
@@ -224,11 +238,3 @@ class HTNet(nn.Module):
                                   f"got {tuple(regions.shape)}")
         return self.classifier(self.features(regions))
 
-
-@register("htnet", "HTNet (Wang et al., Neurocomputing 2024): hierarchical transformer on four facial regions of the flow")
-def build_htnet(num_classes: int, image_size: int = 28, patch_size: int = 7, dim: int = 256, heads: int = 3,
-                num_hierarchies: int = 3, block_repeats: tuple[int, ...] | list[int] = (2, 2, 10), mlp_mult: int = 4,
-                dropout: float = 0.0, input_scale: float = 1.0) -> HTNet:
-    return HTNet(num_classes, image_size=image_size, patch_size=patch_size, dim=dim, heads=heads,
-                 num_hierarchies=num_hierarchies, block_repeats=tuple(block_repeats), mlp_mult=mlp_mult,
-                 dropout=dropout, input_scale=input_scale)
