@@ -14,7 +14,7 @@ names are checked; the forward/backward contract then runs on the same architect
 smallest input the model accepts (:data:`SHRUNK_INPUTS`: only sizes and frame counts change;
 the check that no parameter name changes with them is part of the test). Models with configs
 of at most 64 x 64 inputs run at their declared size. Batch 2 everywhere (BatchNorm needs two
-samples in training mode). About 20 s of one core for all configs.
+samples in training mode). About 30 s of one core (process time) for all configs.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ SHRUNK_INPUTS: dict[str, dict] = {
     "madv-net": {"image_size": 32, "num_frames": 8},
 }
 LARGE_INPUT = 64 * 64
-MAX_PARAMETERS = 75_000_000
+MAX_PARAMETERS = 200_000_000  # a gross blow-up; the largest shipped config (htnet-megc2019-flow) has 140 M
 BATCH = 2
 NUM_CLASSES = 3
 
