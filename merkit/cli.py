@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -33,7 +34,7 @@ def _policy(strict: bool, skip_bad: bool) -> str:
 
 def _warn_skipped(lines) -> None:
     for line in lines:
-        console.print(f"[yellow]warning: skipped[/] {line}")
+        console.print(f"[yellow]warning: skipped[/] {escape(line)}", highlight=False)
 
 
 def _progress() -> Progress:
@@ -327,7 +328,7 @@ def datasets_inspect(
     if report["left_out"]:
         console.print("left out by the protocol: " + ", ".join(f"{k} {v}" for k, v in report["left_out"].items()))
     for fix in report["fixes"]:
-        console.print(f"[cyan]fix[/] {Fix(**fix)}", highlight=False)
+        console.print(f"[cyan]fix[/] {escape(str(Fix(**fix)))}", highlight=False)
     _warn_skipped(report["skipped"])
 
 
