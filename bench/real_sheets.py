@@ -121,29 +121,24 @@ def _header_rows(sheet: Path, required: dict[str, str]):
     return [(r, v) for r, v in rows[at + 1:] if not is_blank_row(v)], columns
 
 
-def build_casme2(sheet: Path, root: Path, writer: FrameWriter) -> str:
+def build_clip_folders(dataset: str, sheet: Path, root: Path, writer: FrameWriter) -> str:
+    """CASME II or SAMM: the sheet, and one folder per clip holding its onset..offset frames."""
+    from merkit.data import casme2, samm
     from merkit.data.annotations import cell, cell_text
-    from merkit.data.casme2 import COLUMNS, subject_id
 
+    module = {"casme2": casme2, "samm": samm}[dataset]
     shutil.copy(sheet, root / sheet.name)
-    rows, columns = _header_rows(sheet, COLUMNS)
+    rows, columns = _header_rows(sheet, module.COLUMNS)
     for row, values in rows:
-        subject = subject_id(cell(values, columns["subject"]), file=sheet, row=row)
+        subject = module.subject_id(cell(values, columns["subject"]), file=sheet, row=row)
         clip = cell_text(cell(values, columns["filename"]))
-        writer.folder(root / "Cropped" / subject / clip, [f"reg_img{n}.jpg" for n in _interval(values, columns)])
-    return "Cropped/subNN/<Filename>/reg_img<n>.jpg for n = onset..offset of the row"
-
-
-def build_samm(sheet: Path, root: Path, writer: FrameWriter) -> str:
-    from merkit.data.annotations import cell, cell_text
-    from merkit.data.samm import COLUMNS, subject_id
-
-    shutil.copy(sheet, root / sheet.name)
-    rows, columns = _header_rows(sheet, COLUMNS)
-    for row, values in rows:
-        subject = subject_id(cell(values, columns["subject"]), file=sheet, row=row)
-        clip = cell_text(cell(values, columns["filename"]))
-        writer.folder(root / subject / clip, [f"{subject}_{n:05d}.jpg" for n in _interval(values, columns)])
+        frames = _interval(values, columns)
+        if dataset == "casme2":
+            writer.folder(root / "Cropped" / subject / clip, [f"reg_img{n}.jpg" for n in frames])
+        else:
+            writer.folder(root / subject / clip, [f"{subject}_{n:05d}.jpg" for n in frames])
+    if dataset == "casme2":
+        return "Cropped/subNN/<Filename>/reg_img<n>.jpg for n = onset..offset of the row"
     return "<sss>/<Filename>/<sss>_<nnnnn>.jpg for n = onset..offset of the row (SAMM's Duration agrees)"
 
 
@@ -305,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     work = args.keep or Path(tempfile.mkdtemp(prefix="merkit-real-"))
     writer = FrameWriter()
     full = full_annotation(args.root)
-    builders = {"casme2": build_casme2, "samm": build_samm,
+    builders = {"casme2": lambda sheet, root, writer: build_clip_folders("casme2", sheet, root, writer),
+                "samm": lambda sheet, root, writer: build_clip_folders("samm", sheet, root, writer),
                 "casme3": lambda sheet, root, writer: build_casme3(sheet, root, writer, full)}
     report: dict[str, Any] = {"root": str(args.root), "sheets": {k: str(v) for k, v in sheets.items()}, "layout": {},
                               "datasets": {}}

@@ -151,6 +151,7 @@ def pretrain(
     try:
         run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
                           epochs=epochs)
+        _warn_skipped(run.skipped)
         with console.status(f"pre-training {run.config.model_name} on {len(run.samples)} clips of {dataset}"):
             path = train_all(run.samples, run.protocol, run.config, out, cache_dir=cache, workers=workers)
     except MerkitError as err:

@@ -20,9 +20,10 @@ FIX_KEYS = {"file", "row", "sample_id", "field", "old", "new", "rule", "detail"}
 
 
 def invoke(*args, code=0):
+    """The command's output with line wrapping undone (the console wraps at its width)."""
     result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == code, result.output
-    return result.output
+    return result.output if "--json" in args else " ".join(result.output.split())
 
 
 @pytest.fixture

@@ -330,7 +330,6 @@ def where(file: Path, row: int | None, clip: str | None = None) -> str:
     return text + (f" ({clip})" if clip else "")
 
 
-
 @dataclass(frozen=True)
 class KnownFix:
     """A documented annotation error of one release, corrected in code (rule ``known-fix``).
@@ -395,11 +394,13 @@ class RepairContext:
 def sheet_stats(rows: Iterable[Row], columns: Mapping[str, int]) -> SheetStats | None:
     """:class:`SheetStats` of the rows whose onset, apex and offset cells are frame numbers."""
     numbers = []
-    for _, values in rows:
+    for row, values in rows:
         parsed = {}
         for field in ("onset", "apex", "offset"):
-            text = cell_text(cell(values, columns[field]))
-            parsed[field] = int(text) if re.fullmatch(r"[0-9]{1,8}", text) else None
+            try:
+                parsed[field] = parse_frame(cell(values, columns[field]), field, file=Path(), row=row)
+            except AnnotationError:
+                parsed[field] = None
         numbers.append(parsed)
     return SheetStats.from_rows(numbers)
 
@@ -595,8 +596,8 @@ def load_header_sheet(sheet_path: Path, required: Mapping[str, str], optional: M
     header and ``repair`` the context of the ``repair`` policy (None under the others).
 
     Raises:
-        AnnotationError: no header row, or a required column missing; with ``on_error="strict"``
-            also a malformed row.
+        AnnotationError: no header row, or a required column missing; unless
+            ``on_error="skip"``, also a malformed row.
     """
     rows = read_sheet(sheet_path, 0)
     header_at = find_header(rows, "Subject", file=sheet_path)

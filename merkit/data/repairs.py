@@ -252,7 +252,7 @@ def repair_frames(numbers: dict[str, int | None], frames: FrameSource, *, folder
             repaired.update(("onset", "offset"))
         else:
             value = _fallback(field, numbers, frames, folder, stats)
-            if value is _NONE:
+            if value is _NONE or value == numbers[field]:
                 break
             change(field, value, f"{field}-unreliable", f"{reason}; no unique typo: {_fallback_detail(field, folder)}")
             repaired.add(field)
@@ -313,7 +313,7 @@ def _fallback(field: str, numbers: dict[str, int | None], frames: FrameSource, f
 
 def _nearest(frames: FrameSource, target: int, low: int, high: int) -> int | None:
     """The frame on disk in [low, high] nearest to ``target`` (the earlier one on a tie)."""
-    inside = [n for n in frames.between(low, high).numbers]
+    inside = frames.between(low, high).numbers
     if not inside:
         return None
     return min(inside, key=lambda n: (abs(n - target), n))
