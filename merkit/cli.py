@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from merkit.errors import MerkitError, check_choice
+from merkit.errors import ConfigError, MerkitError, check_choice
 from merkit.views import VIEW_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")

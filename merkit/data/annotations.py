@@ -20,7 +20,7 @@ from merkit.data.protocols import normalise_emotion
 from merkit.data.registry import ON_ERROR, LoadResult, OnError
 from merkit.data.repairs import Change, FolderKind, Fix, SheetStats, ordered, repair_frames
 from merkit.data.sample import FrameSource, Sample
-from merkit.errors import AnnotationError, DatasetError, MissingFramesError
+from merkit.errors import AnnotationError, DatasetError, MissingFramesError, check_choice
 
 Row = tuple[int, tuple[Any, ...]]
 """One spreadsheet row: (1-based row number, cell values)."""
@@ -303,8 +303,7 @@ class LoadLog:
     """Collects a loader's fixes and skipped rows and applies its ``on_error`` policy."""
 
     def __init__(self, on_error: OnError):
-        if on_error not in ON_ERROR:
-            raise DatasetError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {on_error!r}")
+        check_choice("on_error", on_error, ON_ERROR, error=DatasetError)
         self.on_error = on_error
         self.fixes: list[Fix] = []
         self.skipped: list[str] = []

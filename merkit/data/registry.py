@@ -15,7 +15,7 @@ from typing import Callable, Literal
 
 from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
-from merkit.errors import DatasetError
+from merkit.errors import DatasetError, check_choice
 
 OnError = Literal["repair", "strict", "skip"]
 ON_ERROR: tuple[str, ...] = ("repair", "strict", "skip")
@@ -125,5 +125,6 @@ def load_dataset(name: str, root: str | Path | None = None, *, on_error: OnError
             inconsistent row; ``skip`` leaves bad rows out, recorded in ``LoadResult.skipped``.
         options: the loader's own keyword options (e.g. ``frames_dir``, ``depth``).
     """
+    check_choice("on_error", on_error, ON_ERROR, error=DatasetError)
     info = get_dataset(name)
     return info.loader(resolve_root(name, root), on_error=on_error, **options)
