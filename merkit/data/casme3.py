@@ -11,7 +11,8 @@ sheet's median lengths, never from the folder's ends. Known annotation issues (e
 recorded in ``LoadResult.fixes``):
 
 * One material can hold several micro-expressions. Each row is its own clip, with
-  ``clip_id = "<Filename>_<onset>"``; two rows of one material starting at the same onset get
+  ``clip_id = "<Filename>_<onset>"`` (the onset as annotated, so a repair never renames a
+  clip); two rows of one material starting at the same onset get
   ``_2``, ``_3`` ... appended (reported). ``meta["material"]`` keeps the Filename.
 * Rows with onset == apex are kept as annotated.
 * ``emotion`` case varies (``others``/``Others``); spellings such as ``happiness`` are read
