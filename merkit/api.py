@@ -135,15 +135,17 @@ def fit_to_release(cfg: RunConfig, samples: list[Sample]) -> tuple[RunConfig, li
     """Check a model's views against what a precomputed release ships (MEGC2019 flow format).
 
     Samples built from frames can give every view. A release of ready-made views (``meta
-    ["precomputed_views"]``) gives only those; a model asking for more falls back to its
-    variant in :data:`RELEASE_FALLBACKS` with a note, or the run is refused.
+    ["precomputed_views"]``) gives only those and the views derived from them
+    (:func:`merkit.preprocess.pipeline.release_views`); a model asking for more falls back to
+    its variant in :data:`RELEASE_FALLBACKS` with a note, or the run is refused.
 
     Raises:
         ConfigError: the model needs views the release lacks and has no fallback.
     """
     from merkit.models.registry import input_spec
+    from merkit.preprocess.pipeline import release_views
 
-    shipped = [set(s.meta["precomputed_views"]) for s in samples if s.meta.get("precomputed_views")]
+    shipped = [release_views(s.meta["precomputed_views"]) for s in samples if s.meta.get("precomputed_views")]
     if not shipped:
         return cfg, []
     available = set.intersection(*shipped)

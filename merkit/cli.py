@@ -261,6 +261,133 @@ def preprocess(
     console.print(f"{len(kept)} of {len(samples)} samples cached in {cache}")
 
 
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _roots(values: list[str], datasets: list[str]) -> dict[str, Path]:
+    """``--root DIR`` (one dataset) or ``--root NAME=DIR`` (repeatable) -> dataset name -> root."""
+    roots: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep:
+            if len(datasets) != 1:
+                raise ConfigError(f"--root {value}: with several datasets write --root NAME=DIR for each")
+            name, folder = datasets[0], value
+        if name not in datasets:
+            raise ConfigError(f"--root {value}: {name!r} is not one of the benchmark's datasets {datasets}")
+        roots[name] = Path(folder)
+    return roots
+
+
+def _read_grid(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: grid file not found")
+    try:
+        grid = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: expected a mapping of dotted config keys to lists of values (train.lr: [1e-3, 1e-4])")
+    return grid
+
+
+@app.command()
+def benchmark(
+    models: str = typer.Option(..., help="comma-separated model names or config names/files"),
+    datasets: str = typer.Option(..., help="comma-separated dataset names"),
+    out: Path = typer.Option(..., help="benchmark folder (one run directory per run; resumable)"),
+    root: list[str] = typer.Option([], help="DIR for one dataset, or NAME=DIR (repeatable)"),
+    seeds: str = typer.Option("0", help="comma-separated run seeds"),
+    protocol: Optional[str] = typer.Option(None, help="label protocol for every dataset"),
+    epochs: Optional[int] = typer.Option(None, help="override train.epochs of every model"),
+    ensemble: list[str] = typer.Option([], help="models whose probabilities are averaged, joined by '+' (repeatable)"),
+    tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key: [values]): every run is a nested LOSO"),
+    inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
+    inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
+    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+) -> None:
+    """Models x datasets x seeds under LOSO -> one table (results.md/.csv/.tex) in OUT."""
+    import shlex
+    import sys
+
+    from merkit.benchmark import format_markdown, run_benchmark
+
+    try:
+        dataset_names = _split_list(datasets)
+        seed_values = [int(s) for s in _split_list(seeds)] if all(s.isdigit() for s in _split_list(seeds)) else None
+        if not seed_values:
+            raise ConfigError(f"--seeds {seeds!r}: expected comma-separated non-negative integers")
+        with _progress() as progress:
+            task = progress.add_task("benchmark", total=None)
+
+            def on_run(number: int, total: int, spec) -> None:
+                progress.update(task, description=f"run {number}/{total}: {spec.entry} on {spec.dataset}, seed {spec.seed}",
+                                completed=0, total=None)
+
+            def on_fold(done: int, total: int, name: str) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = run_benchmark(
+                _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
+                protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
+                grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
+                cache_dir=cache, workers=workers, fold_workers=fold_workers,
+                command=shlex.join(["merkit", *sys.argv[1:]]), on_run=on_run, on_fold=on_fold)
+    except MerkitError as err:
+        _fail(err)
+    console.print(format_markdown(result.rows))
+    console.print("tables: " + ", ".join(str(p) for p in result.files.values()))
+
+
+@app.command("tune")
+def tune_command(
+    dataset: str = typer.Option(..., help="dataset name"),
+    grid: Path = typer.Option(..., help="grid YAML: dotted config keys -> lists of values (train.lr: [1e-3, 1e-4])"),
+    root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
+    model: Optional[str] = typer.Option(None, help="model name (config as for `merkit train`)"),
+    config: Optional[str] = typer.Option(None, help="base config file or name"),
+    protocol: Optional[str] = typer.Option(None, help="label protocol"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>-nested)"),
+    seed: Optional[int] = typer.Option(None, min=0, help="override the run seed"),
+    inner: str = typer.Option("kfold", help="inner scheme on each outer fold's training subjects: loso | kfold"),
+    inner_folds: int = typer.Option(3, min=2, help="subject-grouped folds of --inner kfold"),
+    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    fold_workers: int = typer.Option(1, min=1, help="outer folds tuned at once"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+) -> None:
+    """Nested LOSO: hyper-parameters chosen per outer fold on its training subjects only."""
+    from merkit.api import prepare_run
+    from merkit.eval.reports import format_results
+    from merkit.train.tune import run_nested
+
+    try:
+        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, seed=seed)
+        run_dir = out if out is not None else Path("runs") / f"{dataset}-{run.config.model_name}-nested"
+        for line in run.notes:
+            console.print(f"[cyan]note[/] {line}")
+        with _progress() as progress:
+            task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
+            metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
+                                 inner_folds=inner_folds, cache_dir=cache, workers=workers, fold_workers=fold_workers,
+                                 on_fold=lambda done, total, name: progress.update(task, completed=done, total=total))
+    except MerkitError as err:
+        _fail(err)
+    console.print(format_results({run.config.model_name: metrics}))
+    chosen = metrics["selection"]["chosen"]
+    counts: dict[str, int] = {}
+    for point in chosen.values():
+        key = json.dumps(point, sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    for key, count in sorted(counts.items(), key=lambda item: -item[1]):
+        console.print(f"chosen in {count} of {len(chosen)} outer folds: {key}")
+    console.print(f"run directory: {run_dir}  (selection: nested, inner {inner})")
+
+
 @app.command("models")
 def models_list() -> None:
     """List the registered models."""
