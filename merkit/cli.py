@@ -370,6 +370,7 @@ def tune_command(
         run_dir = out if out is not None else Path("runs") / f"{dataset}-{run.config.model_name}-nested"
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
+        _warn_skipped(run.skipped)
         with _progress() as progress:
             task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
             metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
