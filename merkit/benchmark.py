@@ -158,7 +158,7 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
         from merkit.train.loso import run_loso
 
         metrics = run_loso(run.samples, run.protocol, run.config, spec.run_dir, cache_dir=cache_dir, workers=workers,
-                           fold_workers=fold_workers, on_fold=fold_done)
+                           fold_workers=fold_workers, on_fold=fold_done, fixes=run.fixes, skipped=run.skipped)
     return metrics, record(True)
 
 
