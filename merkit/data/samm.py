@@ -119,4 +119,4 @@ def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path
                           aliases=EMOTION_ALIASES, au_or=au_or, known_fixes=KNOWN_ROW_FIXES.get(row, ()), meta=meta)
 
 
-register_dataset(DatasetInfo(name="samm", loader=load_samm, protocols=("samm-5", "samm-3", "samm-8"), layout=LAYOUT))
+register_dataset(DatasetInfo(name="samm", loader=load_samm, protocols=("samm-5", "samm-3", "samm-8", "samm-4"), layout=LAYOUT))
