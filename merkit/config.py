@@ -75,7 +75,9 @@ class ViewsConfig(_Strict):
         apex_policy: ``annotated`` (error if missing), ``annotated-or-middle``, ``middle``, ``spotted``.
         flow: optical-flow method for flow views.
         magnify: Eulerian magnification factor alpha for sequence views (None: off).
-        face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align, crop).
+        face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align by a
+            similarity transform, crop), or ``dlib-box`` (the square around dlib's 68 landmarks on
+            the onset frame, cut from every frame without rotation: paper 004's crop).
         depth: where depth_seq comes from (``dataset`` = the Sample's depth frames).
         au: where the au view's landmarks come from (``dlib`` landmarks, or ``synthme`` ground truth).
     """
@@ -89,7 +91,7 @@ class ViewsConfig(_Strict):
     spotting: Literal["diff", "flow", "frequency"] = "diff"
     flow: Literal["tvl1", "dis", "farneback"] = "tvl1"
     magnify: float | None = None
-    face: Literal["none", "mtcnn", "dlib"] = "none"
+    face: Literal["none", "mtcnn", "dlib", "dlib-box"] = "none"
     depth: str = "dataset"
     au: Literal["dlib", "synthme"] = "dlib"
 
