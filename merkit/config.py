@@ -39,6 +39,12 @@ class AugmentConfig(_Strict):
     ``shift``: the same as a translation of up to this many pixels (paper 004's face-box shift).
     ``color_jitter``: maximum relative brightness/contrast change of image views.
     Horizontal flips negate the flow's u channel, vertical flips its v channel.
+
+    Offline expansion (paper 004, Sec. 3.2 (2), as printed): the training set is enlarged with
+    fixed copies of every clip before the online augmentation above: ``offline_shift`` > 0 adds
+    four copies translated by that many pixels left, right, up and down; ``offline_vflip`` adds
+    one upside-down copy. Every epoch then visits every copy once
+    (:func:`merkit.train.augment.offline_copies`).
     """
 
     hflip: bool = False
@@ -46,6 +52,8 @@ class AugmentConfig(_Strict):
     random_crop: int = 0
     shift: int = 0
     color_jitter: float = 0.0
+    offline_shift: int = Field(0, ge=0)
+    offline_vflip: bool = False
 
 
 class TrainConfig(_Strict):
@@ -129,6 +137,10 @@ class RunConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     dataset: DatasetConfig = DatasetConfig()
     seed: int = Field(0, ge=0)
+    folds: Literal["loso", "leave-one-sample-out"] = Field(
+        "loso", description="loso: one fold per subject (subject-independent, the default); leave-one-sample-out: "
+                            "one fold per clip, the test subject's other clips train (paper 004's Eq. 4.5; not "
+                            "subject-independent, labelled so in metrics.json)")
     shuffle_labels: bool = Field(False, description="leak check: permute training labels")
     pretrained: str | None = Field(None, description="checkpoint every fold starts from (pre-train -> fine-tune)")
 
