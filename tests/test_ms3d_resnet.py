@@ -397,3 +397,16 @@ def test_configs_build_the_model_they_describe(name: str) -> None:
     spec = model.input_spec[0]
     assert spec.size == tuple(config.views.size) and spec.length == config.views.num_frames
     assert config.train.augment.hflip and not config.train.augment.vflip
+    assert config.train.augment.offline_shift == 0 and config.folds == "loso"  # the deviations, labelled in the file
+
+
+def test_printed_config_follows_the_text_augmentation_and_evaluation() -> None:
+    from merkit.config import load_config
+    from merkit.train.augment import offline_copies
+
+    paper, printed = load_config("ms3d-resnet-paper"), load_config("ms3d-resnet-paper-printed")
+    assert printed.model == paper.model and printed.views == paper.views
+    augment = printed.train.augment
+    assert not (augment.hflip or augment.vflip or augment.shift or augment.random_crop)
+    assert len(offline_copies(augment)) == 6 and (0, 0, True) in offline_copies(augment)
+    assert printed.folds == "leave-one-sample-out"
