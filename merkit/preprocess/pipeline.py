@@ -269,7 +269,7 @@ def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: 
     if spec.name == "au":
         from merkit.preprocess.au import au_view
 
-        return au_view(sample, course.frames, positions, source=config.au).astype(np.float32)
+        return au_view(sample, course.frames, positions, source=config.au, transforms=course.transforms).astype(np.float32)
     raise PreprocessError(f"{sample.sample_id}: no builder for view {spec.name!r}")
 
 
