@@ -14,6 +14,8 @@ frames     (T, C, H, W)      T frames from onset to offset, values in [0, 1]
 flow_seq   (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
 depth_seq  (T, 1, H, W)      depth of T frames, values in [0, 1]
 au         (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
+au_codes   (A,)              the clip's annotated AUs, multi-hot over AU_VOCAB; all NaN where the
+                             dataset codes none (a training target, never a model input)
 ========== ================= ===============================================================
 
 ``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-VIEW_NAMES = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq", "au")
+VIEW_NAMES = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq", "au", "au_codes")
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ViewSpec:
 
     Attributes:
         name: one of :data:`VIEW_NAMES`.
-        size: (H, W) in pixels (ignored for ``au``).
+        size: (H, W) in pixels (ignored for ``au`` and ``au_codes``).
         channels: 1 or 3 for image views; fixed 3 for flow views, 1 for depth.
         length: T for sequence views, None otherwise.
     """
@@ -55,7 +57,7 @@ class ViewSpec:
             raise ConfigError(f"view {self.name!r} is a single map and takes no length")
         if self.channels not in (1, 3):
             raise ConfigError(f"view {self.name!r}: channels must be 1 or 3, got {self.channels}")
-        if self.name != "au" and (len(self.size) != 2 or min(self.size) < 1):
+        if self.name not in ("au", "au_codes") and (len(self.size) != 2 or min(self.size) < 1):
             raise ConfigError(f"view {self.name!r}: size must be (height, width) of at least 1 pixel, got {self.size}")
 
     def shape(self, num_aus: int | None = None) -> tuple[int, ...]:
@@ -71,4 +73,6 @@ class ViewSpec:
             return (self.length, self.channels, h, w)
         if self.name == "au":
             return (self.length, num_aus if num_aus is not None else -1)
+        if self.name == "au_codes":
+            return (num_aus if num_aus is not None else -1,)
         return (self.channels, h, w)

@@ -227,6 +227,26 @@ def au_multi_hot(
     return vector
 
 
+def au_code_view(sample, vocab: tuple[int, ...] = AU_VOCAB) -> np.ndarray:
+    """The ``au_codes`` view: the clip's annotated AUs as a multi-hot vector over ``vocab``.
+
+    Every coded AU counts once (sides and intensities ignored; uncertain codes count as coded);
+    codes outside ``vocab`` are left out. A clip without any AU code (SMIC codes none) gets an
+    all-NaN vector, so that a loss can tell "not coded" from "coded as absent".
+
+    Args:
+        sample: a :class:`~merkit.data.Sample` (its ``aus``).
+
+    Returns:
+        (len(vocab),) float32.
+    """
+    numbers = {code.number for text in sample.aus for code in parse_au_string(text, unknown="skip")}
+    numbers &= set(vocab)
+    if not numbers:
+        return np.full(len(vocab), np.nan, dtype=np.float32)
+    return np.array([1.0 if number in numbers else 0.0 for number in vocab], dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- geometric proxies
 
 #: Names of the landmark proxies, in column order of :func:`au_proxies`. ``_r``/``_l`` are the

@@ -185,6 +185,10 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
             from merkit.preprocess.flow import flow_view
 
             views["flow"] = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
+        elif spec.name == "au_codes":
+            from merkit.preprocess.au import au_code_view
+
+            views["au_codes"] = au_code_view(sample)
         else:
             positions = sample_positions(course, spec.length, config, sample.fps)
             if config.sampling == "interpolate":  # the interpolated frame nearest the apex in time
