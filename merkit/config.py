@@ -86,7 +86,9 @@ class ViewsConfig(_Strict):
         face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align by a
             similarity transform, crop), or ``dlib-box`` (the square around dlib's 68 landmarks on
             the onset frame, cut from every frame without rotation: paper 004's crop).
-        depth: where depth_seq comes from (``dataset`` = the Sample's depth frames).
+        depth: where depth_seq comes from: ``dataset`` (the Sample's depth frames), ``synthme``,
+            ``depth-anything:<checkpoint dir>`` or ``depth-anything`` (the directory in
+            ``$MERKIT_DEPTH_ANYTHING``); see :mod:`merkit.preprocess.depth`.
         au: where the au view's landmarks come from (``dlib`` landmarks, or ``synthme`` ground truth).
     """
 

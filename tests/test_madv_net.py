@@ -13,7 +13,7 @@ from merkit.config import TrainConfig, load_config
 from merkit.errors import ConfigError, ModelInputError, WeightsNotFoundError
 from merkit.models import create
 from merkit.models.blocks.conv_attention import ConvAttention, ConvProjection, ConvTransformerStage, VideoToTokens
-from merkit.models.madv_net import AUEncoder, MADVNet, VideoEncoder
+from merkit.models.madv_net import LEVELS, AUEncoder, MADVNet, VideoEncoder
 from merkit.models.pretrained import class_indexed_keys, load_pretrained
 from merkit.train.trainer import fit
 
@@ -450,7 +450,15 @@ def test_configs_build_the_documented_models():
     assert (paper.train.lr, paper.train.weight_decay, paper.train.epochs, paper.train.batch_size) == (5e-5, 0.05, 300, 64)
     assert paper.train.schedule.type == "cosine" and paper.train.amp == "fp16" and paper.train.optimizer == "adamw"
     big = create(paper.model_name, num_classes=5, **paper.model_kwargs)
-    assert [stage.grid for stage in big.encoders["texture"].stages] == [(8, 28, 28), (4, 14, 14), (4, 7, 7)]
+    assert [stage.grid for stage in big.encoders["mixed"].stages] == [(8, 28, 28), (4, 14, 14), (4, 7, 7)]
+    # the paper's elements are on in its config: three attentions, dropping, dynamic fusion, frequency bands
+    model = paper.model
+    assert (model["attention"], model["video_fusion"], model["au_fusion"]) == ("factorised", "mixed", "attention")
+    assert model["token_keep_ratio"] < 1 and model["level_fusion"] == "dynamic" and model["frequency_loss"] == "bands"
+    assert paper.views.depth == "depth-anything"  # Depth Anything for the RGB-only datasets ($MERKIT_DEPTH_ANYTHING)
+    block = big.encoders["mixed"].stages[2].blocks[0]
+    assert block.temporal_attention is not None and block.attention.keep_ratio == 0.7
+    assert big.dynamic_fusion is not None and big.au_attention is not None and set(big.frequency_heads) == set(LEVELS)
 
 
 def test_cpu_config_runs_loso_on_synthme_views(synth_samples, tmp_path):

@@ -19,37 +19,71 @@ Architecture (``L`` = low, mid, high):
    "cascaded pyramid"), adds a class token and a learnable position embedding (Eq. 13) and runs
    blocks whose Q/K/V projections are depthwise-separable convolutions (Eq. 1, Eq. 16).
    The class tokens of stages 1, 2, 3 are the low-, mid- and high-level features.
-2. **AU encoder** (Eqs. 3-12, :class:`AUEncoder`): layers ``v_i = F_i(v~_{i-1})`` over time, each
+2. **The three attentions** of the conclusion ("mixed attention, factorial self-attention, and
+   dot product self-attention based on AU coding, which extract the feature information in the
+   depth space dimension, time dimension, and face AU dimension, respectively") and Sec. 3.2.3's
+   dropping of low-attention blocks (details in :mod:`~merkit.models.blocks.conv_attention`):
+   ``video_fusion="mixed"`` gives texture and depth their own embeddings in one encoder whose
+   blocks attend over both streams' tokens (mixed attention, depth + space);
+   ``attention="factorised"`` makes every block a spatial (per frame) then a temporal (per
+   position) attention, ViViT's factorised encoder (time); ``au_fusion="attention"`` adds
+   :class:`AUGuidedAttention`, where every frame's AU code is the query of a dot-product
+   attention over the high-level video tokens (AU); ``token_keep_ratio`` < 1 drops, in every
+   joint or spatial attention, the key blocks the class token attends to least ("pay more
+   attention to the blocks with higher weights and discard the blocks with lower attention
+   weights").
+3. **AU encoder** (Eqs. 3-12, :class:`AUEncoder`): layers ``v_i = F_i(v~_{i-1})`` over time, each
    with a sigmoid compression gate, an information-bottleneck term (Eq. 8) and a classifier
-   ``y^ = F_n(v~_{n-1})`` trained with Eq. 11.
-3. **Multi-level heads** (Eqs. 20-23): ``p_low``, ``p_mid``, ``p_high`` = linear heads on the
-   level features.
-4. **Final prediction** (Eqs. 14-17): ``y' = softmax(FC[f_Att || f_Conv])`` with
-   ``f_Att = MLP(high-level class tokens || AU feature)`` and ``f_Conv`` = a 3D convolution
-   (stride 2) -> BN -> ReLU -> average pool to ``conv_pool`` (default global) -> flatten, over the
-   stage-1 token embedding ``f_{p x q}``.
+   ``y^ = F_n(v~_{n-1})`` trained with Eq. 11. Optionally (``au_code_weight`` > 0, not in the
+   paper) a head on the bottleneck feature learns the dataset's coded AUs (the ``au_codes``
+   view), a fine-grained target where a dataset has one.
+4. **Multi-frequency heads** (Eqs. 20-23): ``p_low``, ``p_mid``, ``p_high``; see ``frequency_loss``
+   below.
+5. **Dynamic fusion** (``level_fusion="dynamic"``, :class:`DynamicFusion`): the three levels'
+   class tokens, projected to one width, are summed with per-sample softmax weights from a
+   linear gate ("the multi-level features are dynamically fused and output to the multi-level
+   head perceptron"); ``"high"`` passes the high-level class tokens alone.
+6. **Final prediction** (Eqs. 14-17): ``y' = softmax(FC[f_Att || f_Conv])`` with
+   ``f_Att = MLP(video feature || AU feature [|| AU-attended tokens])`` and ``f_Conv`` = a 3D
+   convolution (stride 2) -> BN -> ReLU -> average pool to ``conv_pool`` (default global) ->
+   flatten, over the stage-1 token embedding ``f_{p x q}``.
 
 Where the streams are fused (the paper's Figure 1 is not available; its text says the texture,
 depth and AU paths are "integrated", AU features "with the local features of dynamic visual
 attention"):
 
-* ``video_fusion="level"`` (default): texture and depth have separate encoders (same shape,
-  separate weights); at every level their class tokens are concatenated before the level head,
-  the high-level ones before ``F_MLP``; ``F_Conv`` sees both stage-1 embeddings stacked along
-  channels. ``video_fusion="early"``: depth is stacked onto the texture channels at the input and
-  one encoder serves both (half the cost).
-* The AU feature joins at ``F_MLP`` only (the attention feature ``f_Att``); the level heads see
-  video features only.
+* ``video_fusion="level"`` (constructor default): texture and depth have separate encoders
+  (same shape, separate weights); at every level their class tokens are concatenated;
+  ``F_Conv`` sees both stage-1 embeddings stacked along channels. ``"early"``: depth is stacked
+  onto the texture channels at the input and one encoder serves both (half the cost).
+  ``"mixed"`` (the paper config): one encoder, two token streams, one class token per level.
+* The AU feature joins at ``F_MLP`` (the attention feature ``f_Att``), with ``au_fusion=
+  "attention"`` also through the AU-guided attention over the video tokens; the frequency heads
+  see video features only.
 
 Losses (Eq. 18): ``L = L_multi-class + L_freq + L_AU`` with
 
 * Eq. 19 focal loss ``-mu_y (1 - p_y)^lambda log p_y`` on the final logits
   (:class:`~merkit.train.losses.FocalLoss` with ``alpha = focal_mu`` (a float or one value per
   class) and ``gamma = focal_lambda``);
-* Eqs. 20-23 ``alpha L_low + beta L_mid + gamma L_high``, cross-entropy of each level head
+* Eqs. 20-23 ``alpha L_low + beta L_mid + gamma L_high``, cross-entropy of each frequency head
   (``frequency_weights = (alpha, beta, gamma)``, off with ``multi_frequency=False``);
 * Eq. 12 ``L_AU = sum_i eta_i + eta_n``: per-layer Eq. 8 terms plus the Eq. 11 classifier term,
-  scaled by ``au_loss_weight``.
+  scaled by ``au_loss_weight``;
+* with ``au_code_weight`` > 0, that weight times the mean binary cross-entropy of the coded-AU
+  head over the clips whose dataset codes AUs.
+
+Our reading of Eqs. 20-23 (``frequency_loss``): the equations are cross-entropies of
+"``p_low``: the probability of the model predicting the low-frequency features", and the text
+speaks of the CNN's "low-frequency feature extraction"; nothing says which signal is split or
+how. ``"bands"`` (the paper config) splits the first stage's output token maps (all streams,
+the finest grid, so the most frequencies) by :func:`frequency_bands`: a 3D FFT over
+``(T, H, W)``, radial frequency cut at ``frequency_cutoffs`` (default 1/6 and 1/3 cycles per
+token: coarse face layout / parts / fine texture), each band transformed back and classified by
+its own :class:`FrequencyHead` (mean and mean amplitude per channel, LayerNorm, linear). The
+bands partition the spectrum, so they sum to the map. ``"levels"`` (the constructor default,
+what merkit did before) reads "frequency" as pyramid level and puts a linear head on each
+level's class token.
 
 Choices where the paper is silent or garbled (all exposed as options):
 

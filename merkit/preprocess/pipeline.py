@@ -290,13 +290,18 @@ def cache_key(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) ->
     for path in paths:
         stat = path.stat()
         files.append((str(path), stat.st_size, int(stat.st_mtime)))
+    settings = config.model_dump(mode="json")
+    if any(s.name == "depth_seq" for s in specs):  # the checkpoint behind 'depth-anything' ($MERKIT_DEPTH_ANYTHING)
+        from merkit.preprocess.depth import resolve_depth_source
+
+        settings["depth"] = resolve_depth_source(config.depth)
     payload = {
         "version": PIPELINE_VERSION,
         "sample": [sample.sample_id, sample.onset_frame, sample.apex_frame, sample.offset_frame, sample.fps,
                    sample.meta.get("source_format")],
         "files": files,
         "specs": [asdict(s) for s in specs],
-        "config": config.model_dump(mode="json"),
+        "config": settings,
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
