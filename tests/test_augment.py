@@ -98,6 +98,9 @@ def test_fit_visits_every_offline_copy_once_per_epoch():
             seen.append(views["flow"].clone())
             return self.bias.expand(len(views["flow"]), 2)
 
+        def loss(self, output, target):
+            return torch.nn.functional.cross_entropy(output, target)
+
     flow = torch.zeros(3, 3, 8, 8)
     flow[:, 1, 0, 0] = torch.tensor([1.0, 2.0, 3.0])  # v at the top-left corner tells the clips and the flip apart
     config = TrainConfig(epochs=1, batch_size=4, augment=AugmentConfig(offline_shift=1, offline_vflip=True))

@@ -64,7 +64,7 @@ attention"):
 Losses (Eq. 18): ``L = L_multi-class + L_freq + L_AU`` with
 
 * Eq. 19 focal loss ``-mu_y (1 - p_y)^lambda log p_y`` on the final logits
-  (:class:`~merkit.train.losses.FocalLoss` with ``alpha = focal_mu`` (a float or one value per
+  (:class:`~merkit.models.blocks.losses.FocalLoss` with ``alpha = focal_mu`` (a float or one value per
   class) and ``gamma = focal_lambda``);
 * Eqs. 20-23 ``alpha L_low + beta L_mid + gamma L_high``, cross-entropy of each frequency head
   (``frequency_weights = (alpha, beta, gamma)``, off with ``multi_frequency=False``);
@@ -122,11 +122,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
+from merkit.models.base import MERModel
 from merkit.models.blocks.conv_attention import ATTENTIONS, PROJECTIONS, ConvTransformerStage
 from merkit.models.registry import register
+from merkit.models.blocks.losses import FocalLoss
 from merkit.preprocess.au import AU_VOCAB
-from merkit.train.losses import FocalLoss
 from merkit.views import ViewSpec
 
 VARIANTS = ("full", "no_depth", "no_au")
@@ -349,7 +350,8 @@ class FrequencyHead(nn.Module):
         return self.linear(self.norm(descriptor))
 
 
-class MADVNet(nn.Module):
+@register("madv-net", "MADV-Net: texture + depth + AU streams, convolutional-projection attention (Kong et al. 2025)")
+class MADVNet(MERModel):
     """MADV-Net (see the module docstring for the architecture, the losses and every choice).
 
     Args:
@@ -454,14 +456,16 @@ class MADVNet(nn.Module):
         au_code_weight: float = 0.0,
     ):
         super().__init__()
-        for value, allowed, what in ((variant, VARIANTS, "variant"), (video_fusion, VIDEO_FUSIONS, "video_fusion"),
+        for value, allowed, what in ((video_fusion, VIDEO_FUSIONS, "video_fusion"),
                                      (video_input, VIDEO_INPUTS, "video_input"),
                                      (projection, PROJECTIONS, "projection"), (attention, ATTENTIONS, "attention"),
                                      (au_fusion, AU_FUSIONS, "au_fusion"), (level_fusion, LEVEL_FUSIONS, "level_fusion"),
                                      (frequency_loss, FREQUENCY_LOSSES, "frequency_loss"),
                                      (au_classifier_loss, AU_CLASSIFIER_LOSSES, "au_classifier_loss")):
-            if value not in allowed:
-                raise ConfigError(f"madv-net: {what} must be one of {allowed}, got {value!r}")
+            check_choice(f"madv-net: {what}", value, allowed)
+        self.input_spec: tuple[ViewSpec, ...] = self.input_spec_from(
+            {"variant": variant, "num_frames": num_frames, "image_size": image_size, "in_channels": in_channels,
+             "au_code_weight": au_code_weight})
         stage_pools = [tuple(p) for p in stage_pools]
         if not len(stage_dims) == len(stage_depths) == len(stage_heads) == len(stage_pools) == len(LEVELS):
             raise ConfigError(f"madv-net has three stages (low, mid, high): stage_dims {list(stage_dims)}, stage_depths "
@@ -496,15 +500,6 @@ class MADVNet(nn.Module):
         self.au_code_weight = float(au_code_weight)
         self.focal = FocalLoss(alpha=focal_mu, gamma=focal_lambda)
 
-        size = (image_size, image_size)
-        specs = [ViewSpec("frames", size=size, channels=in_channels, length=num_frames)]
-        if self.use_depth:
-            specs.append(ViewSpec("depth_seq", size=size, channels=1, length=num_frames))
-        if self.use_au:
-            specs.append(ViewSpec("au", length=num_frames))
-        if self.au_code_weight > 0:
-            specs.append(ViewSpec("au_codes"))
-        self.input_spec: tuple[ViewSpec, ...] = tuple(specs)
 
         factor = 2 if video_input == "frames+difference" else 1
         encoder_options = dict(
@@ -544,6 +539,33 @@ class MADVNet(nn.Module):
             nn.BatchNorm3d(conv_dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool3d((pool_t, pool_s, pool_s)), nn.Flatten(1))
         self.head_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(attention_dim + conv_dim * pool_t * pool_s**2, num_classes)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """``frames``, plus ``depth_seq`` unless ``no_depth`` and ``au`` unless ``no_au``, all of
+        ``num_frames``; ``au_codes`` (the training target of the coded-AU head) when
+        ``au_code_weight`` > 0."""
+        check_choice("madv-net: variant", options["variant"], VARIANTS)
+        size, length = (options["image_size"], options["image_size"]), options["num_frames"]
+        specs = [ViewSpec("frames", size=size, channels=options["in_channels"], length=length)]
+        if options["variant"] != "no_depth":
+            specs.append(ViewSpec("depth_seq", size=size, channels=1, length=length))
+        if options["variant"] != "no_au":
+            specs.append(ViewSpec("au", length=length))
+        if options.get("au_code_weight", 0.0) > 0:
+            specs.append(ViewSpec("au_codes"))
+        return tuple(specs)
+
+    def classifier_keys(self) -> list[str]:
+        """The classifier, the three frequency (or level) heads and the AU stream's classifier."""
+        if self.frequency_loss == "levels":
+            heads = [f"level_heads.{level}" for level in LEVELS]
+        else:
+            heads = [f"frequency_heads.{level}.linear" for level in LEVELS]
+        heads.append("classifier")
+        if self.au_encoder is not None:
+            heads.append("au_encoder.classifier")
+        return [f"{head}.{p}" for head in heads for p in ("weight", "bias")]
 
     # ------------------------------------------------------------------ inputs
 
@@ -677,8 +699,3 @@ class MADVNet(nn.Module):
         """Eq. 18: ``L_multi-class + L_freq + L_AU`` (a float32 scalar); ``target`` ``(B,)`` class indices."""
         return torch.stack(list(self.loss_terms(output, target).values())).sum()
 
-
-@register("madv-net", "MADV-Net: texture + depth + AU streams, convolutional-projection attention (Kong et al. 2025)")
-def build_madv_net(num_classes: int, **config: Any) -> MADVNet:
-    """Build :class:`MADVNet`; ``config`` holds its keyword arguments (``configs/madv-net-*.yaml``)."""
-    return MADVNet(num_classes, **config)

@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
 from merkit.models.blocks.transformer import DropPath, FeedForward, LearnedPositionEmbedding
 
 Grid = tuple[int, int, int]
@@ -137,8 +137,7 @@ class ConvProjection(nn.Module):
 
     def __init__(self, dim: int, kernel: int = 3, stride: int = 1, projection: str = "2d", bias: bool = True):
         super().__init__()
-        if projection not in PROJECTIONS:
-            raise ConfigError(f"convolutional projection must be one of {PROJECTIONS}, got {projection!r}")
+        check_choice("convolutional projection", projection, PROJECTIONS)
         if kernel < 1 or kernel % 2 == 0 or stride < 1:
             raise ConfigError(f"convolutional projection: kernel {kernel} must be odd and stride {stride} >= 1 "
                               "(an even kernel would change the number of query tokens)")
@@ -192,8 +191,7 @@ class ConvAttention(nn.Module):
         super().__init__()
         if dim % num_heads != 0:
             raise ConfigError(f"convolutional attention: dim {dim} is not divisible by num_heads {num_heads}")
-        if grouping not in GROUPINGS:
-            raise ConfigError(f"convolutional attention: grouping must be one of {GROUPINGS}, got {grouping!r}")
+        check_choice("convolutional attention: grouping", grouping, GROUPINGS)
         if not 0.0 < keep_ratio <= 1.0:
             raise ConfigError(f"convolutional attention: keep_ratio must be in (0, 1], got {keep_ratio}")
         if grouping == "position" and (kv_stride != 1 or keep_ratio != 1.0):
@@ -306,8 +304,7 @@ class ConvTransformerBlock(nn.Module):
                  projection: str = "2d", qkv_bias: bool = True, dropout: float = 0.0, drop_path: float = 0.0,
                  attention: str = "joint", keep_ratio: float = 1.0):
         super().__init__()
-        if attention not in ATTENTIONS:
-            raise ConfigError(f"transformer block: attention must be one of {ATTENTIONS}, got {attention!r}")
+        check_choice("transformer block: attention", attention, ATTENTIONS)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         grouping = "joint" if attention == "joint" else "frame"
         self.attention = ConvAttention(dim, num_heads, kernel, kv_stride, projection, qkv_bias, grouping=grouping,
