@@ -737,3 +737,17 @@ def test_pipeline_builds_the_au_codes_of_synthme_clips(synth_samples):
     built = build_views(sample, [ViewSpec("au_codes")], ViewsConfig())["au_codes"]
     assert built.shape == (len(AU_VOCAB),)
     np.testing.assert_array_equal(built, au_multi_hot(sample.aus) > 0)
+
+
+def test_contract_holds_with_the_paper_elements_on():
+    """classifier_keys name the frequency-band heads; the spec without building names au_codes."""
+    from merkit.models import input_spec
+
+    options = {**TINY, "video_fusion": "mixed", "attention": "factorised", "token_keep_ratio": 0.5,
+               "au_fusion": "attention", "level_fusion": "dynamic", "frequency_loss": "bands", "au_code_weight": 1.0}
+    torch.manual_seed(0)
+    three, four = create("madv-net", num_classes=3, **options), create("madv-net", num_classes=4, **options)
+    state, wider = three.state_dict(), four.state_dict()
+    assert set(three.classifier_keys()) == {k for k in state if wider[k].shape != state[k].shape}
+    assert any(k.startswith("frequency_heads.") for k in three.classifier_keys())
+    assert input_spec("madv-net", **options) == three.input_spec and three.input_spec[-1].name == "au_codes"
