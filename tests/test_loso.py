@@ -158,6 +158,8 @@ def test_leave_one_sample_out_folds_hold_out_one_clip_each(synth_samples):
         assert test.subject in {synth_samples[i].subject for i in fold.train_index}  # not subject-independent
     with pytest.raises(LeakageError, match="more than once"):
         sample_folds(list(synth_samples[:3]) + [synth_samples[0]])
+    with pytest.raises(ConfigError, match="fold scheme must be one of"):
+        make_folds(synth_samples, "leave-one-out")
 
 
 def test_leave_one_sample_out_runs_and_says_it_is_not_subject_independent(synth_samples, tmp_path):

@@ -463,8 +463,8 @@ def test_cpu_config_runs_loso_on_synthme_views(synth_samples, tmp_path):
     from merkit.data.protocols import get_protocol
     from merkit.train.loso import run_loso
 
-    config = load_config("madv-net-synthme", {"train": {"epochs": 1}})
-    metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")
+    config = load_config("madv-net-synthme", {"train": {"epochs": 1}, "model": {"au_code_weight": 0.5}})
+    metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")  # SynthME codes its AUs
     assert metrics["n_samples"] == len(synth_samples) and metrics["n_folds"] == 4
     checkpoint = torch.load(tmp_path / "run" / "folds" / "sub01" / "model.pt", weights_only=True)
     fine_tuned = create("madv-net", num_classes=3, **config.model_kwargs)  # e.g. a 3-class target

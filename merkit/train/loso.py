@@ -37,7 +37,7 @@ import torch
 from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
 from merkit.data.sample import Sample
-from merkit.errors import ConfigError, LeakageError
+from merkit.errors import ConfigError, LeakageError, check_choice
 from merkit.eval.metrics import compute_metrics, unweighted_f1
 from merkit.eval.reports import plot_confusion_matrix
 from merkit.models.registry import create
@@ -120,12 +120,13 @@ FOLD_SCHEMES = {
 
 
 def make_folds(samples: Sequence[Sample], scheme: str = "loso") -> list[Fold]:
-    """The folds of ``scheme`` (``loso`` or ``leave-one-sample-out``)."""
-    if scheme == "loso":
-        return loso_folds(samples)
-    if scheme == "leave-one-sample-out":
-        return sample_folds(samples)
-    raise ConfigError(f"unknown fold scheme {scheme!r}; expected one of {sorted(FOLD_SCHEMES)}")
+    """The folds of ``scheme`` (``loso`` or ``leave-one-sample-out``).
+
+    Raises:
+        ConfigError: an unknown scheme.
+    """
+    check_choice("fold scheme", scheme, FOLD_SCHEMES)
+    return loso_folds(samples) if scheme == "loso" else sample_folds(samples)
 
 
 def _assert_fold_disjoint(fold: Fold, train: Sequence[Sample], test: Sequence[Sample]) -> None:
