@@ -392,8 +392,12 @@ _PATCHES: dict[str, tuple[dict[int, float], tuple[float, float], float]] = {
     "masseter_l": ({13: 0.7, 54: 0.3}, (0.0, 0.0), 0.12),
     "neck_texture": ({8: 1.0}, (0.0, 0.3), 0.15),
 }
-_MIN_PATCH_PIXELS = 4
+_MIN_PATCH_FRACTION = 0.5  # a patch less than half inside the frame (the neck in a tight crop) gives no value
 _ENERGY_FLOOR = 0.5  # grey levels: keeps the log finite and flat skin quiet
+#: Scale of the appearance stream: a doubling of the texture energy (log 2) becomes 0.07, the
+#: landmark displacement (in inter-ocular distances) of a full-intensity SynthME action, so the
+#: appearance channels do not drown the geometric ones in the AU encoder's first layer.
+APPEARANCE_SCALE = 0.1
 
 
 def texture_energy(grey: np.ndarray) -> np.ndarray:
@@ -434,14 +438,15 @@ def appearance_proxies(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
     """Appearance AU proxies of each frame (columns: :data:`APPEARANCE_PROXY_NAMES`).
 
     Each is ``log(floor + mean texture energy)`` over an axis-aligned square patch placed by the
-    frame's landmarks (:func:`patch_boxes`); the part of a patch outside the frame is left out.
+    frame's landmarks (:func:`patch_boxes`); the part of a patch outside the frame is left out,
+    and a patch less than half inside gives NaN.
 
     Args:
         frames: (T, H, W, 3) uint8 RGB or (T, H, W) grey.
         landmarks: (T, 68, 2) landmarks of those frames, in pixels.
 
     Returns:
-        (T, Q) float32; NaN where a patch holds fewer than 4 pixels of the frame.
+        (T, Q) float32; NaN where less than half a patch lies in the frame.
     """
     import cv2
 
@@ -458,15 +463,18 @@ def appearance_proxies(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         boxes = patch_boxes(points)
         for q, name in enumerate(APPEARANCE_PROXY_NAMES):
             (cx, cy), half = boxes[name]
-            x0, x1 = max(0, int(np.floor(cx - half))), min(width, int(np.ceil(cx + half)) + 1)
-            y0, y1 = max(0, int(np.floor(cy - half))), min(height, int(np.ceil(cy + half)) + 1)
-            if (x1 - x0) * (y1 - y0) >= _MIN_PATCH_PIXELS:
+            left, right = int(np.floor(cx - half)), int(np.ceil(cx + half)) + 1
+            top, bottom = int(np.floor(cy - half)), int(np.ceil(cy + half)) + 1
+            x0, x1, y0, y1 = max(0, left), min(width, right), max(0, top), min(height, bottom)
+            inside = max(0, x1 - x0) * max(0, y1 - y0)
+            if inside > 0 and inside >= _MIN_PATCH_FRACTION * (right - left) * (bottom - top):
                 out[t, q] = np.log(_ENERGY_FLOOR + float(energy[y0:y1, x0:x1].mean()))
     return out
 
 
 def appearance_stream(frames: np.ndarray, landmarks: np.ndarray, onset_index: int = 0) -> np.ndarray:
-    """Appearance proxies minus the onset frame's (a log ratio of texture energies).
+    """Appearance proxies minus the onset frame's: ``APPEARANCE_SCALE`` times the log ratio of
+    the texture energies.
 
     A patch missing from a frame or from the onset frame gives 0 (no change) there.
 
@@ -474,7 +482,7 @@ def appearance_stream(frames: np.ndarray, landmarks: np.ndarray, onset_index: in
         (T, Q) float32, row ``onset_index`` is zero.
     """
     proxies = appearance_proxies(frames, landmarks)
-    return np.nan_to_num(proxies - proxies[onset_index], nan=0.0).astype(np.float32)
+    return (APPEARANCE_SCALE * np.nan_to_num(proxies - proxies[onset_index], nan=0.0)).astype(np.float32)
 
 
 def au_stream(landmarks_seq: np.ndarray, onset_index: int = 0) -> np.ndarray:
