@@ -1,6 +1,6 @@
 import pytest
 
-from merkit.data.protocols import PROTOCOLS, Protocol, apply_protocol, get_protocol
+from merkit.data.protocols import PROTOCOLS, Protocol, apply_protocol, get_protocol, label_samples
 from merkit.data.registry import all_datasets
 from merkit.data.sample import FrameSource, Sample
 from merkit.errors import ProtocolError
@@ -121,8 +121,13 @@ def test_casme_sq_7_reads_the_self_reported_emotion():
     assert protocol.label_source == "self_report"
     samples = [sample("positive", "Happy"), sample("negative", "disgust"), sample("negative", "Fear"),
                sample("negative", "contempt"), sample("others", None), sample("negative", "sadness"),
-               sample("surprise", "surprised"), sample("negative", "anger")]
+               sample("surprise", "surprised"), sample("negative", "anger"), sample("negative", "helpless")]
     kept = apply_protocol(samples, protocol)
     assert [protocol.classes[s.label] for s in kept] == ["happy", "disgust", "fear", "sad", "surprise", "anger"]
+    # the self-report is free text: words naming none of the seven emotions are left out and counted
+    labelled = label_samples(samples, protocol)
+    assert labelled.left_out == {"": 1, "contempt": 1, "helpless": 1} and not labelled.skipped
     # the estimated emotion (negative / positive / ...) is not what this protocol reads
-    assert protocol.label_of("negative") is None and get_protocol("casme_sq-4").label_of_sample(samples[1]) == 0
+    with pytest.raises(ProtocolError, match="not in protocol casme_sq-7"):
+        protocol.label_of("negative")
+    assert get_protocol("casme_sq-4").label_of_sample(samples[1]) == 0
