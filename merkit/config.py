@@ -43,6 +43,12 @@ class AugmentConfig(_Strict):
     ``shift``: the same as a translation of up to this many pixels (paper 004's face-box shift).
     ``color_jitter``: maximum relative brightness/contrast change of image views.
     Horizontal flips negate the flow's u channel, vertical flips its v channel.
+
+    Offline expansion (paper 004, Sec. 3.2 (2), as printed): the training set is enlarged with
+    fixed copies of every clip before the online augmentation above: ``offline_shift`` > 0 adds
+    four copies translated by that many pixels left, right, up and down; ``offline_vflip`` adds
+    one upside-down copy. Every epoch then visits every copy once
+    (:func:`merkit.train.augment.offline_copies`).
     """
 
     hflip: bool = False
@@ -50,6 +56,8 @@ class AugmentConfig(_Strict):
     random_crop: int = 0
     shift: int = 0
     color_jitter: float = 0.0
+    offline_shift: int = Field(0, ge=0)
+    offline_vflip: bool = False
 
 
 class TrainConfig(_Strict):
@@ -83,8 +91,12 @@ class ViewsConfig(_Strict):
         apex_policy: ``annotated`` (error if missing), ``annotated-or-middle``, ``middle``, ``spotted``.
         flow: optical-flow method for flow views.
         magnify: Eulerian magnification factor alpha for sequence views (None: off).
-        face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align, crop).
-        depth: where depth_seq comes from (``dataset`` = the Sample's depth frames).
+        face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align by a
+            similarity transform, crop), or ``dlib-box`` (the square around dlib's 68 landmarks on
+            the onset frame, cut from every frame without rotation: paper 004's crop).
+        depth: where depth_seq comes from: ``dataset`` (the Sample's depth frames), ``synthme``,
+            ``depth-anything:<checkpoint dir>`` or ``depth-anything`` (the directory in
+            ``$MERKIT_DEPTH_ANYTHING``); see :mod:`merkit.preprocess.depth`.
         au: where the au view's landmarks come from (``dlib`` landmarks, or ``synthme`` ground truth).
     """
 
@@ -97,7 +109,7 @@ class ViewsConfig(_Strict):
     spotting: Literal["diff", "flow", "frequency"] = "diff"
     flow: Literal["tvl1", "dis", "farneback"] = "tvl1"
     magnify: float | None = None
-    face: Literal["none", "mtcnn", "dlib"] = "none"
+    face: Literal["none", "mtcnn", "dlib", "dlib-box"] = "none"
     depth: str = "dataset"
     au: Literal["dlib", "synthme"] = "dlib"
 
@@ -135,6 +147,10 @@ class RunConfig(_Strict):
     selection: SelectionConfig = SelectionConfig()
     dataset: DatasetConfig = DatasetConfig()
     seed: int = Field(0, ge=0)
+    folds: Literal["loso", "leave-one-sample-out"] = Field(
+        "loso", description="loso: one fold per subject (subject-independent, the default); leave-one-sample-out: "
+                            "one fold per clip, the test subject's other clips train (paper 004's Eq. 4.5; not "
+                            "subject-independent, labelled so in metrics.json)")
     shuffle_labels: bool = Field(False, description="leak check: permute training labels")
     pretrained: str | None = Field(None, description="checkpoint every fold starts from (pre-train -> fine-tune)")
 

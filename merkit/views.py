@@ -17,6 +17,8 @@ frames       (T, C, H, W)      T frames from onset to offset, values in [0, 1]
 flow_seq     (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
 depth_seq    (T, 1, H, W)      depth of T frames, values in [0, 1]
 au           (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
+au_codes     (A,)              the clip's annotated AUs, multi-hot over AU_VOCAB; all NaN where the
+                               dataset codes none (a training target, never a model input)
 ============ ================= ===============================================================
 
 ``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
@@ -39,8 +41,9 @@ class ViewKind:
         sequence: the view has a time axis ``T`` (its spec needs a ``length``).
         content: ``image`` (intensities in [0, 1], ``C`` = 1 or 3 channels), ``difference``
             (apex - onset intensities), ``flow`` (u, v, strain: 3 channels), ``regions`` (flow
-            cut into facial regions and rearranged: 3 channels), ``depth`` (one channel) or
-            ``au`` (per-frame AU intensities, no image axes).
+            cut into facial regions and rearranged: 3 channels), ``depth`` (one channel), ``au``
+            (per-frame AU intensities, no image axes) or ``au_codes`` (the annotated AUs of the
+            clip, no image axes).
     """
 
     sequence: bool
@@ -49,7 +52,7 @@ class ViewKind:
     @property
     def spatial(self) -> bool:
         """The view has image axes ``(H, W)`` last."""
-        return self.content != "au"
+        return self.content not in ("au", "au_codes")
 
     @property
     def augmented(self) -> bool:
@@ -75,6 +78,7 @@ VIEWS: dict[str, ViewKind] = {
     "flow_seq": ViewKind(sequence=True, content="flow"),
     "depth_seq": ViewKind(sequence=True, content="depth"),
     "au": ViewKind(sequence=True, content="au"),
+    "au_codes": ViewKind(sequence=False, content="au_codes"),
 }
 VIEW_NAMES: tuple[str, ...] = tuple(VIEWS)
 SEQUENCE_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.sequence)
@@ -90,7 +94,7 @@ class ViewSpec:
 
     Attributes:
         name: one of :data:`VIEW_NAMES`.
-        size: (H, W) in pixels (ignored for ``au``).
+        size: (H, W) in pixels (ignored for ``au`` and ``au_codes``).
         channels: 1 or 3 for image views; fixed 3 for flow views, 1 for depth.
         length: T for sequence views, None otherwise.
     """
@@ -120,6 +124,8 @@ class ViewSpec:
         kind = VIEWS[self.name]
         if kind.content == "au":
             return (self.length, num_aus if num_aus is not None else -1)
+        if kind.content == "au_codes":
+            return (num_aus if num_aus is not None else -1,)
         channels = {"flow": 3, "regions": 3, "depth": 1}.get(kind.content, self.channels)
         image = (channels, *self.size)
         return (self.length, *image) if kind.sequence else image

@@ -132,6 +132,22 @@ def test_proxies_are_invariant_to_similarity_transforms():
     np.testing.assert_allclose(au.au_proxies(points @ rotation.T + shift), au.au_proxies(points), atol=1e-5)
 
 
+def test_every_vocabulary_au_has_a_signal():
+    """No AU channel of the stream is always zero: each maps to at least one proxy that exists."""
+    assert set(au.AU_FROM_PROXIES) == set(au.AU_VOCAB)
+    known = set(au.AU_PROXY_NAMES) | set(au.APPEARANCE_PROXY_NAMES)
+    for number, pairs in au.AU_FROM_PROXIES.items():
+        assert pairs and all(name in known for name, _ in pairs), number
+    rng = np.random.default_rng(0)
+    stream = rng.normal(size=(6, len(au.AU_PROXY_NAMES)))
+    appearance = rng.normal(size=(6, len(au.APPEARANCE_PROXY_NAMES)))
+    vocab = au.au_vocab_intensities(stream, appearance=appearance)
+    assert vocab.shape == (6, len(au.AU_VOCAB)) and (np.abs(vocab) > 0).all(axis=0).all()
+    appearance_aus = {11, 21, 31}
+    without = au.au_vocab_intensities(stream)  # no frames: only the appearance AUs are zero
+    assert {n for n, column in zip(au.AU_VOCAB, without.T) if not column.any()} == appearance_aus
+
+
 def test_proxies_hand_case():
     """A face frame with eye corners on y = 0, inter-ocular distance 40 px: proxies in hand units."""
     points = np.zeros((68, 2))
@@ -143,7 +159,15 @@ def test_proxies_hand_case():
     points[[41, 40]] = [[85, 56], [75, 56]]
     points[48], points[54] = [80, 90], [120, 88]
     points[62], points[66] = [100, 92], [100, 100]
+    points[31], points[35] = [92, 70], [108, 70]  # nostril wings 16 px apart
+    points[2], points[14] = [50, 80], [150, 84]  # face outline at the cheeks
+    points[[56, 57, 58]] = [[104, 104], [100, 106], [96, 104]]
+    points[8] = [100, 130]
     proxies = dict(zip(au.AU_PROXY_NAMES, au.au_proxies(points)))
+    assert proxies["lip_corner_in_r"] == pytest.approx(-20 / 40) and proxies["lip_corner_in_l"] == pytest.approx(-20 / 40)
+    assert proxies["lower_lip_depress"] == pytest.approx((np.mean([104, 106, 104]) - 130) / 40)
+    assert proxies["nose_width"] == pytest.approx(16 / 40)
+    assert proxies["cheek_width"] == pytest.approx(np.hypot(100, 4) / 40)
     assert proxies["inner_brow_raise_r"] == pytest.approx(20 / 40)
     assert proxies["brow_lower"] == pytest.approx(-20 / 40)
     assert proxies["eye_open_r"] == pytest.approx(12 / 40)
@@ -171,7 +195,6 @@ def test_au_stream_is_relative_to_onset():
     np.testing.assert_allclose(
         vocab[:, au.AU_VOCAB.index(43)], -(stream[:, column("eye_open_r")] + stream[:, column("eye_open_l")]) / 2, atol=1e-6
     )
-    assert not vocab[:, au.AU_VOCAB.index(14)].any()  # no landmark proxy for the dimpler
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -207,6 +230,56 @@ def test_proxies_track_synthme_ground_truth_landmarks():
                 assert correlation(intensities[:, au.AU_VOCAB.index(number)], clip.au_intensity[:, column]) > 0.9, (emotion, code)
 
 
+@pytest.mark.parametrize("code", ["14", "L14", "R14", "16", "9", "12", "15", "20", "23", "26"])
+def test_every_synthme_action_raises_its_own_channel(code):
+    """SynthME's displacement model as ground truth: the landmarks of a neutral SynthME face
+    moved by one AU's field at rising intensity raise that AU's channel (AU14 and AU16 had no
+    channel before; the others guard the signs)."""
+    from merkit.data.synthetic import PRESETS, generate_clip
+    from merkit.data.synthme.actions import FaceGeometry, au_components
+
+    config = dataclasses.replace(PRESETS["default"], size=128, blink_probability=0.0)
+    neutral = generate_clip(config, 0, 0, seed=1, emotion="happiness").landmarks_at(0).astype(np.float64)
+    field = au_components({code: 1.0}, FaceGeometry.from_landmarks68(neutral))
+    shift = field.evaluate(neutral[:, 0], neutral[:, 1])
+    levels = np.linspace(0.0, 1.0, 5)
+    landmarks = np.stack([neutral + level * shift for level in levels])
+    channel = au.au_vocab_intensities(au.au_stream(landmarks))[:, au.AU_VOCAB.index(int(code.lstrip("LR")))]
+    assert np.all(np.diff(channel) > 0) and channel[-1] > 1e-3, channel
+
+
+def test_appearance_proxies_see_wrinkles_where_their_patches_are():
+    """Stripes (a fold) painted into one patch raise that patch's texture energy only; a patch
+    outside the frame gives no change; the onset row is zero."""
+    from faces import astronaut_face, neutral_landmarks
+
+    onset = astronaut_face().copy()
+    landmarks = np.stack([neutral_landmarks()] * 4).astype(np.float64)
+    boxes = au.patch_boxes(landmarks[0])
+    frames = np.stack([onset] * 4)
+    for t, name in ((1, "nasolabial_furrow_r"), (2, "masseter_l"), (3, "neck_texture")):
+        (cx, cy), half = boxes[name]
+        y0, y1, x0, x1 = int(cy - half), int(cy + half), int(cx - half), int(cx + half)
+        stripes = 40 * np.sin(np.arange(x1 - x0) * 2 * np.pi / 5)[None, :, None]  # folds 5 px apart
+        frames[t, y0:y1, x0:x1] = np.clip(frames[t, y0:y1, x0:x1] + stripes, 0, 255).astype(np.uint8)
+    stream = au.appearance_stream(frames, landmarks)
+    column = au.APPEARANCE_PROXY_NAMES.index
+    assert not stream[0].any()
+    for t, name in ((1, "nasolabial_furrow_r"), (2, "masseter_l"), (3, "neck_texture")):
+        assert stream[t, column(name)] > 0.3 * au.APPEARANCE_SCALE, (name, stream[t])
+        others = [q for q in range(stream.shape[1]) if q != column(name)]
+        assert np.abs(stream[t, others]).max() < 0.05 * au.APPEARANCE_SCALE, (name, stream[t])
+    energies = au.appearance_proxies(frames, landmarks)
+    np.testing.assert_allclose(stream, au.APPEARANCE_SCALE * (energies - energies[0]), atol=1e-6)
+    vocab = au.au_vocab_intensities(au.au_stream(landmarks), appearance=stream)
+    assert vocab[1, au.AU_VOCAB.index(11)] > 0.015 and vocab[2, au.AU_VOCAB.index(31)] > 0.015
+    assert vocab[3, au.AU_VOCAB.index(21)] > 0.03
+    # a face crop that ends at the chin holds no neck (nor does one with a sliver of it): no change
+    (_, cy), half = boxes["neck_texture"]
+    for bottom in (int(landmarks[0, 8, 1]) + 2, int(cy - 0.2 * half)):
+        assert not au.appearance_stream(frames[:, :bottom], landmarks)[:, column("neck_texture")].any()
+
+
 def test_au_view_from_synthme_and_from_dlib(tmp_path):
     from merkit.data.sample import FrameSource, Sample
     from merkit.data.synthetic import load_synth_clip, write_synthme
@@ -222,8 +295,20 @@ def test_au_view_from_synthme_and_from_dlib(tmp_path):
     positions = np.array([0, (clip.apex - clip.onset) // 2, clip.apex - clip.onset, len(course) - 1])
     view = au.au_view(sample, course, positions, source="synthme")
     truth = np.stack([clip.landmarks_at(clip.onset + p) for p in positions])
-    np.testing.assert_allclose(view, au.au_vocab_intensities(au.au_stream(truth)), atol=1e-6)
+    appearance = au.appearance_stream(course[positions], truth)
+    np.testing.assert_allclose(view, au.au_vocab_intensities(au.au_stream(truth), appearance=appearance), atol=1e-6)
     assert view.shape == (4, len(au.AU_VOCAB)) and not view[0].any()
+    # after a face step (here a translation by (6, 4) px) the true landmarks follow the crop
+    import cv2
+
+    move = np.array([[1.0, 0.0, 6.0], [0.0, 1.0, 4.0]])
+    moved = np.stack([cv2.warpAffine(f, move, f.shape[1::-1], borderMode=cv2.BORDER_REFLECT) for f in course])
+    transforms = np.broadcast_to(move, (len(course), 2, 3))
+    followed = au.au_view(sample, moved, positions, source="synthme", transforms=transforms)
+    inside = [a for a, number in enumerate(au.AU_VOCAB) if number != 21]  # the neck patch straddles the bottom edge
+    np.testing.assert_allclose(followed[:, inside], view[:, inside], atol=0.002)
+    misplaced = au.au_view(sample, moved, positions, source="synthme")  # patches left where the face was
+    assert np.abs(misplaced[:, inside] - view[:, inside]).max() > 0.005
 
     astronaut = animated_astronaut({"12": 1.0}, None, 5, 192, amplitude=0.1)
     dlib_view = au.au_view(sample, astronaut.frames, np.array([0, 2, 4]), source="dlib")

@@ -55,3 +55,56 @@ def test_colour_jitter_keeps_range_and_scales_diff_by_the_same_gain():
     gain = out["diff"][:, 0, 0, 0] / 0.1
     assert torch.all((gain >= 0.7 - 1e-6) & (gain <= 1.3 + 1e-6))
     assert not torch.allclose(gain, torch.ones(2))
+
+
+def test_offline_copies_are_paper_004s_four_shifts_and_a_vertical_flip():
+    from merkit.train.augment import offline_copies
+
+    assert offline_copies(AugmentConfig()) == [(0, 0, False)]
+    copies = offline_copies(AugmentConfig(offline_shift=15, offline_vflip=True))
+    assert copies == [(0, 0, False), (0, -15, False), (0, 15, False), (-15, 0, False), (15, 0, False), (0, 0, True)]
+
+
+def test_offline_copy_translates_content_and_flips_flow_upside_down():
+    from merkit.train.augment import apply_offline_copies, offline_copies
+
+    copies = offline_copies(AugmentConfig(offline_shift=2, offline_vflip=True))
+    seq = torch.randn(6, 2, 3, 8, 8)  # flow_seq (B, T, 3, H, W)
+    out = apply_offline_copies({"flow_seq": seq, "au": torch.ones(6, 2, 4)}, torch.arange(6), copies)["flow_seq"]
+    assert torch.equal(out[0], seq[0])
+    # copy 2 = (dy, dx) = (0, +2): content moves two columns right, the left border is replicated
+    assert torch.equal(out[2][..., 2:], seq[2][..., :-2]) and torch.equal(out[2][..., 0], seq[2][..., 0])
+    # copy 1 = (0, -2): two columns left; copy 3 = (-2, 0): two rows up; copy 4: two rows down
+    assert torch.equal(out[1][..., :-2], seq[1][..., 2:])
+    assert torch.equal(out[3][..., :-2, :], seq[3][..., 2:, :]) and torch.equal(out[4][..., 2:, :], seq[4][..., :-2, :])
+    # copy 5: upside down, v negated (the face moves the other way vertically), u and strain kept
+    flipped = seq[5].flip(-2)
+    assert torch.equal(out[5][:, 0], flipped[:, 0]) and torch.equal(out[5][:, 1], -flipped[:, 1])
+    assert torch.equal(out[5][:, 2], flipped[:, 2])
+
+
+def test_fit_visits_every_offline_copy_once_per_epoch():
+    from merkit.config import TrainConfig
+    from merkit.train.trainer import fit
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bias = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, views):
+            seen.append(views["flow"].clone())
+            return self.bias.expand(len(views["flow"]), 2)
+
+        def loss(self, output, target):
+            return torch.nn.functional.cross_entropy(output, target)
+
+    flow = torch.zeros(3, 3, 8, 8)
+    flow[:, 1, 0, 0] = torch.tensor([1.0, 2.0, 3.0])  # v at the top-left corner tells the clips and the flip apart
+    config = TrainConfig(epochs=1, batch_size=4, augment=AugmentConfig(offline_shift=1, offline_vflip=True))
+    fit(Recorder(), {"flow": flow}, torch.tensor([0, 1, 0]), config, seed=0)
+    batch = torch.cat(seen)
+    assert len(batch) == 3 * 6  # 3 clips x (the clip, 4 shifts, 1 flip)
+    assert sorted(batch[:, 1, -1, 0].tolist()) == [-3.0, -2.0, -1.0] + [0.0] * 15  # one upside-down copy each

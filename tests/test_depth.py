@@ -124,7 +124,10 @@ def test_depth_anything_without_weights_says_what_to_supply(tmp_path):
         depth.depth_sequence(sample, [1], size=(8, 8), source=f"depth-anything:{tmp_path}", frames=np.zeros((1, 8, 8, 3), np.uint8))
 
 
-def test_depth_anything_tiny_random_model(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_depth_anything(tmp_path_factory):
+    """A randomly initialised, tiny Depth Anything checkpoint in Hugging Face format: (its
+    directory, the model, the processor)."""
     transformers = pytest.importorskip("transformers")
     import torch
 
@@ -138,10 +141,17 @@ def test_depth_anything_tiny_random_model(tmp_path):
         fusion_hidden_size=6, head_hidden_size=4,
     )
     model = transformers.DepthAnythingForDepthEstimation(config).eval()
-    model.save_pretrained(tmp_path)
+    folder = tmp_path_factory.mktemp("depth-anything")
+    model.save_pretrained(folder)
     processor = transformers.DPTImageProcessor(size={"height": 28, "width": 28}, keep_aspect_ratio=False, ensure_multiple_of=14)
-    processor.save_pretrained(tmp_path)
+    processor.save_pretrained(folder)
+    return folder, model, processor
 
+
+def test_depth_anything_tiny_random_model(tiny_depth_anything):
+    import torch
+
+    tmp_path, model, processor = tiny_depth_anything
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(3, 30, 40, 3), dtype=np.uint8)
     estimator = depth.DepthAnythingEstimator(tmp_path, batch_size=2)
@@ -153,3 +163,37 @@ def test_depth_anything_tiny_random_model(tmp_path):
     np.testing.assert_allclose(raw[0], expected.numpy(), rtol=1e-4, atol=1e-5)
     normalised = estimator.predict(frames)
     assert normalised.min() >= 0.0 and normalised.max() == pytest.approx(1.0)
+
+
+def test_depth_anything_through_build_views(tiny_depth_anything, synth_samples, monkeypatch):
+    """The pipeline's depth_seq view from Depth Anything: the estimator runs on the sampled course
+    frames (here SynthME's RGB frames), one normalisation per clip, resized to the view. Plain
+    'depth-anything' (MADV-Net's paper config) reads the checkpoint from $MERKIT_DEPTH_ANYTHING."""
+    from merkit.config import ViewsConfig, load_config
+    from merkit.errors import PreprocessError
+    from merkit.preprocess.pipeline import ViewBuilder, build_views, cache_key, load_course, sample_positions
+    from merkit.views import ViewSpec
+
+    folder = tiny_depth_anything[0]
+    sample = synth_samples[1]
+    specs = [ViewSpec("frames", (20, 20), channels=3, length=4), ViewSpec("depth_seq", (20, 20), length=4)]
+    explicit = ViewsConfig(depth=f"depth-anything:{folder}")
+    views = build_views(sample, specs, explicit)
+    assert views["depth_seq"].shape == (4, 1, 20, 20) and views["depth_seq"].dtype == np.float32
+    course = load_course(sample, explicit)
+    positions, _ = sample_positions(course, 4, explicit, sample.fps)
+    estimated = depth.DepthAnythingEstimator(folder).predict(course.frames[positions])
+    expected = [cv2.resize(d, (20, 20), interpolation=cv2.INTER_AREA) for d in estimated]
+    np.testing.assert_allclose(views["depth_seq"][:, 0], expected, atol=1e-5)
+
+    paper = load_config("madv-net-paper").views
+    assert paper.depth == "depth-anything"
+    monkeypatch.setenv("MERKIT_DEPTH_ANYTHING", str(folder))
+    from_env = build_views(sample, specs, ViewsConfig(depth="depth-anything"))
+    np.testing.assert_array_equal(from_env["depth_seq"], views["depth_seq"])
+    assert cache_key(sample, specs, ViewsConfig(depth="depth-anything")) == cache_key(sample, specs, explicit)
+    monkeypatch.delenv("MERKIT_DEPTH_ANYTHING")
+    with pytest.raises(WeightsNotFoundError, match="MERKIT_DEPTH_ANYTHING.*downloads nothing"):
+        build_views(sample, specs, ViewsConfig(depth="depth-anything"))
+    with pytest.raises(PreprocessError, match="MERKIT_DEPTH_ANYTHING"):
+        ViewBuilder(specs, ViewsConfig(depth="depth-anything")).build([sample])

@@ -74,7 +74,7 @@ def test_known_quirks_are_fixed_and_reported(casme2):
 
 def test_registered_with_layout():
     info = get_dataset("casme2")
-    assert info.protocols == ("casme2-5", "casme2-3")
+    assert info.protocols == ("casme2-5", "casme2-3", "casme2-4")
     assert "Cropped/" in info.layout and "reg_img46.jpg" in info.layout and "CASME2-coding-" in info.layout
 
 

@@ -22,6 +22,7 @@ def test_micro_expressions_and_protocols(casme_sq):
     assert Counter(s.emotion for s in samples) == {"negative": 21, "positive": 8, "surprise": 9, "others": 19}
     assert len(apply_protocol(samples, "casme_sq-4")) == 57
     assert Counter(s.label for s in apply_protocol(samples, "casme_sq-3")) == {0: 21, 1: 8, 2: 9}
+    assert Counter(s.label for s in apply_protocol(samples, "casme_sq-7")) == {0: 57}  # self-report "happy" (column I)
     assert all(s.meta["expression_type"] == "micro-expression" for s in samples)
 
 
@@ -54,7 +55,7 @@ def test_quirks(casme_sq):
 
 def test_registered():
     info = get_dataset("casme_sq")
-    assert info.protocols == ("casme_sq-4", "casme_sq-3") and "naming rule2" in info.layout
+    assert info.protocols == ("casme_sq-4", "casme_sq-3", "casme_sq-7") and "naming rule2" in info.layout
 
 
 @pytest.mark.parametrize("column, value, message, repaired", [

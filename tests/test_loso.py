@@ -139,3 +139,39 @@ def test_folds_in_parallel_give_the_same_predictions(synth_samples, tmp_path):
     serial = pd.read_csv(tmp_path / "serial" / "predictions.csv")
     parallel = pd.read_csv(tmp_path / "parallel" / "predictions.csv")
     pd.testing.assert_frame_equal(serial, parallel)
+
+
+def test_leave_one_sample_out_folds_hold_out_one_clip_each(synth_samples):
+    from merkit.train.loso import make_folds, sample_folds
+
+    folds = sample_folds(synth_samples)
+    assert len(folds) == len(synth_samples)
+    assert [f.name for f in make_folds(synth_samples, "loso")] == [f.name for f in loso_folds(synth_samples)]
+    held_out = sorted(int(f.test_index[0]) for f in folds)
+    assert held_out == list(range(len(synth_samples)))
+    for fold in folds:
+        assert not fold.subject_independent and len(fold.test_index) == 1
+        test = synth_samples[int(fold.test_index[0])]
+        assert fold.test_group == test.sample_id and fold.name == f"{test.subject}-{test.clip_id}"
+        train_ids = {synth_samples[i].sample_id for i in fold.train_index}
+        assert test.sample_id not in train_ids and len(train_ids) == len(synth_samples) - 1
+        assert test.subject in {synth_samples[i].subject for i in fold.train_index}  # not subject-independent
+    with pytest.raises(LeakageError, match="more than once"):
+        sample_folds(list(synth_samples[:3]) + [synth_samples[0]])
+    with pytest.raises(ConfigError, match="fold scheme must be one of"):
+        make_folds(synth_samples, "leave-one-out")
+
+
+def test_leave_one_sample_out_runs_and_says_it_is_not_subject_independent(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    samples = synth_samples[:10]  # two subjects
+    metrics = run_loso(samples, protocol, config_from_dict({**LOGREG, "folds": "leave-one-sample-out"}), tmp_path / "loo")
+    assert metrics["folds"]["scheme"] == "leave-one-sample-out" and metrics["folds"]["subject_independent"] is False
+    assert "NOT subject-independent" in metrics["folds"]["description"]
+    saved = json.loads((tmp_path / "loo" / "metrics.json").read_text())
+    assert saved["folds"] == metrics["folds"] and saved["n_folds"] == 10
+    predictions = pd.read_csv(tmp_path / "loo" / "predictions.csv", dtype={"subject": str})
+    assert predictions.fold.is_unique and len(predictions) == 10
+    default = run_loso(samples, protocol, config_from_dict(LOGREG), tmp_path / "loso")
+    assert default["folds"] == {"scheme": "loso", "subject_independent": True,
+                                "description": default["folds"]["description"]} and default["n_folds"] == 2

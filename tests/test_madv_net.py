@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from merkit.config import TrainConfig, load_config
 from merkit.errors import ConfigError, ModelInputError, WeightsNotFoundError
 from merkit.models import create
 from merkit.models.blocks.conv_attention import ConvAttention, ConvProjection, ConvTransformerStage, VideoToTokens
-from merkit.models.madv_net import AUEncoder, MADVNet, VideoEncoder
+from merkit.models.madv_net import LEVELS, AUEncoder, MADVNet, VideoEncoder
 from merkit.models.pretrained import load_pretrained
 from merkit.train.trainer import fit
 
@@ -50,12 +52,13 @@ def test_each_stream_alone_has_the_documented_shapes():
     texture, depth = model.encoders["texture"], model.encoders["depth"]
     assert isinstance(texture, VideoEncoder)
     for encoder, channels in ((texture, 6), (depth, 2)):  # onset difference doubles the channels
-        levels, embedded = encoder(torch.rand(B, channels, T, SIZE, SIZE))
+        levels, embedded, maps = encoder(torch.rand(B, channels, T, SIZE, SIZE))
         assert [tuple(f.shape) for f in levels] == [(B, 8), (B, 12), (B, 16)]
         assert embedded.shape == (B, 8, 4, 4, 4)
+        assert [tuple(m.shape) for m in maps] == [(B, 8, 4, 4, 4), (B, 12, 2, 2, 2), (B, 16, 2, 2, 2)]
     assert [stage.grid for stage in texture.stages] == [(4, 4, 4), (2, 2, 2), (2, 2, 2)]
     au = model.au_encoder(torch.randn(B, T, A))
-    assert au["feature"].shape == (B, 16) and au["logits"].shape == (B, K)
+    assert au["feature"].shape == (B, 16) and au["logits"].shape == (B, K) and au["sequence"].shape == (B, T, 8)
     assert au["rate"].shape == (2,) and au["distortion"].shape == (2,)
 
 
@@ -444,7 +447,15 @@ def test_configs_build_the_documented_models():
     assert (paper.train.lr, paper.train.weight_decay, paper.train.epochs, paper.train.batch_size) == (5e-5, 0.05, 300, 64)
     assert paper.train.schedule.type == "cosine" and paper.train.amp == "fp16" and paper.train.optimizer == "adamw"
     big = create(paper.model_name, num_classes=5, **paper.model_kwargs)
-    assert [stage.grid for stage in big.encoders["texture"].stages] == [(8, 28, 28), (4, 14, 14), (4, 7, 7)]
+    assert [stage.grid for stage in big.encoders["mixed"].stages] == [(8, 28, 28), (4, 14, 14), (4, 7, 7)]
+    # the paper's elements are on in its config: three attentions, dropping, dynamic fusion, frequency bands
+    model = paper.model
+    assert (model["attention"], model["video_fusion"], model["au_fusion"]) == ("factorised", "mixed", "attention")
+    assert model["token_keep_ratio"] < 1 and model["level_fusion"] == "dynamic" and model["frequency_loss"] == "bands"
+    assert paper.views.depth == "depth-anything"  # Depth Anything for the RGB-only datasets ($MERKIT_DEPTH_ANYTHING)
+    block = big.encoders["mixed"].stages[2].blocks[0]
+    assert block.temporal_attention is not None and block.attention.keep_ratio == 0.7
+    assert big.dynamic_fusion is not None and big.au_attention is not None and set(big.frequency_heads) == set(LEVELS)
 
 
 def test_cpu_config_runs_loso_on_synthme_views(synth_samples, tmp_path):
@@ -452,9 +463,291 @@ def test_cpu_config_runs_loso_on_synthme_views(synth_samples, tmp_path):
     from merkit.data.protocols import get_protocol
     from merkit.train.loso import run_loso
 
-    config = load_config("madv-net-synthme", {"train": {"epochs": 1}})
-    metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")
+    config = load_config("madv-net-synthme", {"train": {"epochs": 1}, "model": {"au_code_weight": 0.5}})
+    metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")  # SynthME codes its AUs
     assert metrics["n_samples"] == len(synth_samples) and metrics["n_folds"] == 4
     checkpoint = torch.load(tmp_path / "run" / "folds" / "sub01" / "model.pt", weights_only=True)
     fine_tuned = create("madv-net", num_classes=3, **config.model_kwargs)  # e.g. a 3-class target
     assert set(load_pretrained(fine_tuned, tmp_path / "run" / "folds" / "sub01" / "model.pt")) < set(checkpoint["state_dict"])
+
+
+# ---------------------------------------------------------------- the paper's attentions (Sec. 3.2.3, conclusion)
+
+
+def _attention(grouping: str, keep_ratio: float = 1.0, dim: int = 8, heads: int = 2) -> ConvAttention:
+    """Kernel-1 projections: every token's Q/K/V come from that token alone, so what an output
+    depends on is exactly what its attention reads."""
+    torch.manual_seed(0)
+    return ConvAttention(dim, heads, kernel=1, grouping=grouping, keep_ratio=keep_ratio).eval()
+
+
+def _tokens(streams: int, grid=(3, 2, 2), dim: int = 8) -> torch.Tensor:
+    torch.manual_seed(1)
+    t, h, w = grid
+    return torch.randn(2, 1 + streams * t * h * w, dim)
+
+
+def _changed(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """(L,) bool: which token outputs changed (batch 0)."""
+    return (before[0] - after[0]).abs().amax(dim=-1) > 1e-6
+
+
+@pytest.mark.parametrize("streams", [1, 2])
+def test_frame_attention_reads_its_own_frame_of_every_stream_and_the_class_token(streams):
+    grid = (3, 2, 2)
+    attention, tokens = _attention("frame"), _tokens(streams, grid)
+    base = attention(tokens, grid, streams)
+    moved = tokens.clone()
+    moved[:, 1 + 2 * 4: 1 + 3 * 4] += 1.0  # stream 0, frame 2
+    changed = _changed(base, attention(moved, grid, streams))
+    frame_of = torch.arange(streams * 12) // 4 % 3  # (stream, t, h, w) order
+    assert changed[0]  # the class token reads every frame
+    assert torch.equal(changed[1:], frame_of == 2)  # frame 2 of every stream changed (mixed), no other frame
+
+
+def test_position_attention_reads_its_own_position_over_time():
+    grid = (3, 2, 2)
+    attention, tokens = _attention("position"), _tokens(1, grid)
+    base = attention(tokens, grid)
+    moved = tokens.clone()
+    moved[:, 1 + 0 * 4 + 3] += 1.0  # frame 0, position (1, 1)
+    changed = _changed(base, attention(moved, grid))
+    assert changed[0] and torch.equal(changed[1:], torch.arange(12) % 4 == 3)
+    with pytest.raises(ConfigError, match="kv_stride 1"):
+        ConvAttention(8, 2, kv_stride=2, grouping="position")
+
+
+def test_joint_attention_reads_everything():
+    grid = (3, 2, 2)
+    attention, tokens = _attention("joint"), _tokens(1, grid)
+    moved = tokens.clone()
+    moved[:, 5] += 1.0
+    assert _changed(attention(tokens, grid), attention(moved, grid)).all()
+
+
+def test_dropping_keeps_the_blocks_the_class_token_attends_to_most():
+    """keep_ratio 0.5: the class token's head-averaged attention ranks the 12 key blocks, the 6
+    lowest are masked out of every query's attention (reference computed by hand)."""
+    grid, dim, heads = (3, 2, 2), 8, 2
+    attention, tokens = _attention("joint", keep_ratio=0.5), _tokens(1, grid)
+    out = attention(tokens, grid)
+    kept = attention.last_kept
+    assert kept.shape == (2, 12) and (kept.sum(dim=1) == 6).all()
+
+    def project(module):  # kernel 1, BN in eval: a per-token affine map
+        token_map = tokens[:, 1:].reshape(2, *grid, dim).permute(0, 4, 1, 2, 3)
+        return torch.cat([module.pointwise(tokens[:, :1]), module(token_map)], dim=1)
+
+    q, k, v = (project(m).unflatten(2, (heads, dim // heads)).transpose(1, 2)
+               for m in (attention.query, attention.key, attention.value))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(dim // heads)  # (B, h, 13, 13)
+    class_weights = torch.softmax(scores[:, :, 0], dim=-1).mean(dim=1)[:, 1:]
+    expected_kept = torch.zeros_like(kept).scatter_(1, class_weights.topk(6, dim=1).indices, True)
+    assert torch.equal(kept, expected_kept)
+    visible = torch.cat([torch.ones(2, 1, dtype=torch.bool), kept], dim=1)
+    masked = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    reference = attention.proj((torch.softmax(masked, dim=-1) @ v).transpose(1, 2).flatten(2))
+    assert torch.allclose(out, reference, atol=1e-5)
+    assert not torch.allclose(out, _attention("joint")(tokens, grid), atol=1e-3)  # dropping changes the result
+
+
+def test_factorised_block_runs_spatial_then_temporal_attention():
+    from merkit.models.blocks.conv_attention import ConvTransformerBlock
+
+    torch.manual_seed(0)
+    block = ConvTransformerBlock(8, 2, kernel=3, kv_stride=2, attention="factorised", keep_ratio=0.5).eval()
+    assert block.attention.grouping == "frame" and block.attention.keep_ratio == 0.5
+    assert block.temporal_attention.grouping == "position" and block.temporal_attention.keep_ratio == 1.0
+    assert block.temporal_attention.key.depthwise.stride == (1, 1)  # every position keeps its own key
+    calls = []
+    for name in ("attention", "temporal_attention", "mlp"):
+        getattr(block, name).register_forward_hook(lambda m, a, o, name=name: calls.append(name))
+    assert block(_tokens(1, (3, 4, 4)), (3, 4, 4)).shape == (2, 49, 8)
+    assert calls == ["attention", "temporal_attention", "mlp"]
+    joint = ConvTransformerBlock(8, 2)
+    assert joint.attention.grouping == "joint" and joint.temporal_attention is None
+
+
+def test_mixed_stage_embeds_each_stream_and_attends_across_them():
+    torch.manual_seed(0)
+    stage = ConvTransformerStage((6, 2), 8, (2, 4, 4), depth=1, num_heads=2, attention="factorised").eval()
+    assert stage.streams == 2 and len(stage.stream_embeds) == 1 and stage.embed.in_channels == 6
+    assert stage.position.weight.shape == (1, 1 + 2 * 32, 8)
+    video = torch.rand(2, 8, 2, 4, 4)
+    cls, token_map, embedded = stage(video)
+    assert cls.shape == (2, 8) and token_map.shape == (2, 16, 2, 4, 4) and embedded.shape == (2, 16, 2, 4, 4)
+    moved = video.clone()
+    moved[:, 6:] += 1.0  # the depth stream only
+    _, moved_map, moved_embedded = stage(moved)
+    assert torch.equal(moved_embedded[:, :8], embedded[:, :8])  # the texture embedding does not see depth ...
+    assert not torch.allclose(moved_map[:, :8], token_map[:, :8])  # ... but texture tokens attend to depth tokens
+
+
+def test_dynamic_fusion_weights_the_levels_per_sample():
+    from merkit.models.madv_net import DynamicFusion
+
+    fusion = DynamicFusion([2, 3], 2)
+    with torch.no_grad():
+        fusion.projections[0].weight.copy_(torch.eye(2))
+        fusion.projections[1].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0]]))
+        for p in fusion.projections:
+            p.bias.zero_()
+        fusion.gate.weight.zero_()
+        fusion.gate.weight[0, 0] = 1.0  # the gate favours level 0 by its first projected value
+        fusion.gate.bias.zero_()
+    low, high = torch.tensor([[2.0, 0.0], [-2.0, 0.0]]), torch.tensor([[0.0, 4.0, 9.0], [0.0, 4.0, 9.0]])
+    fused, weights = fusion([low, high])
+    w0 = torch.sigmoid(torch.tensor([2.0, -2.0]))  # softmax of (x, 0)
+    assert torch.allclose(weights[:, 0], w0) and torch.allclose(weights.sum(1), torch.ones(2))
+    expected = w0[:, None] * low + (1 - w0)[:, None] * high[:, :2]
+    assert torch.allclose(fused, expected, atol=1e-6)
+
+
+def test_frequency_bands_partition_the_spectrum():
+    from merkit.models.madv_net import frequency_bands
+
+    t, h, w = torch.meshgrid(torch.arange(4.0), torch.arange(8.0), torch.arange(8.0), indexing="ij")
+    slow = torch.cos(2 * math.pi * w / 8)  # 0.125 cycles per token: low
+    middle = torch.cos(2 * math.pi * 0.25 * h)  # 0.25: mid
+    fast = torch.cos(math.pi * (h + w))  # checkerboard, r = 0.71: high
+    maps = torch.stack([slow, middle, fast, slow + fast + 3.0])[None]  # (1, 4, 4, 8, 8)
+    low, mid, high = frequency_bands(maps, (1 / 6, 1 / 3))
+    assert torch.allclose(low + mid + high, maps, atol=1e-5)
+    for channel, band in ((0, low), (1, mid), (2, high)):
+        assert torch.allclose(band[0, channel], maps[0, channel], atol=1e-5), channel
+    assert torch.allclose(low[0, 3], slow + 3.0, atol=1e-5) and torch.allclose(high[0, 3], fast, atol=1e-5)
+    assert mid[0, 3].abs().max() < 1e-5
+
+
+def test_band_losses_train_the_first_stage_through_their_own_heads():
+    torch.manual_seed(0)
+    model = tiny(frequency_loss="bands", frequency_cutoffs=(0.2, 0.4))
+    assert not hasattr(model, "level_heads") and set(model.frequency_heads) == {"low", "mid", "high"}
+    output = model(views())
+    terms = model.loss_terms(output, torch.tensor([0, 1, 2, 0]))
+    for level in ("low", "mid", "high"):
+        norms = _grad_norms(model, terms[level])
+        assert _reached(norms, f"frequency_heads.{level}.") and _reached(norms, "encoders.texture.stages.0.blocks.")
+        assert _reached(norms, "encoders.depth.stages.0.embed.")
+        for other in {"low", "mid", "high"} - {level}:
+            assert not _reached(norms, f"frequency_heads.{other}."), (level, other)
+        assert not _reached(norms, "encoders.texture.stages.1.") and not _reached(norms, "classifier.")
+    with pytest.raises(ConfigError, match="frequency_cutoffs"):
+        tiny(frequency_loss="bands", frequency_cutoffs=(0.3, 0.2))
+
+
+def test_au_guided_attention_is_dot_product_attention_of_au_codes_over_video_tokens():
+    from merkit.models.madv_net import AUGuidedAttention
+
+    torch.manual_seed(0)
+    module = AUGuidedAttention(au_dim=5, token_dim=6, num_heads=2)
+    au_sequence, tokens = torch.randn(2, 3, 5), torch.randn(2, 7, 6)
+    norm_tokens = module.token_norm(tokens)
+    q = module.query(module.au_norm(au_sequence)).unflatten(2, (2, 3)).transpose(1, 2)
+    k = module.key(norm_tokens).unflatten(2, (2, 3)).transpose(1, 2)
+    v = module.value(norm_tokens).unflatten(2, (2, 3)).transpose(1, 2)
+    attended = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(3), dim=-1) @ v  # (B, h, T, d)
+    expected = module.proj(attended.transpose(1, 2).flatten(2)).mean(dim=1)
+    assert torch.allclose(module(au_sequence, tokens), expected, atol=1e-6)
+
+
+def test_au_attention_and_dynamic_fusion_feed_the_final_classifier():
+    torch.manual_seed(0)
+    model = tiny(au_fusion="attention", level_fusion="dynamic", frequency_loss="bands")
+    output = model(views())
+    assert output["level_weights"].shape == (B, 3)
+    norms = _grad_norms(model, model.loss_terms(output, torch.tensor([0, 1, 2, 0]))["multi_class"])
+    for prefix in ("au_attention.", "dynamic_fusion.", "encoders.texture.stages.0.norm.", "encoders.depth.stages.1.norm.",
+                   "au_encoder.layers.1."):
+        assert _reached(norms, prefix), prefix
+    plain = tiny(frequency_loss="bands")  # "high" fusion: the low and mid class tokens do not reach the classifier
+    norms = _grad_norms(plain, plain.loss_terms(plain(views()), torch.tensor([0, 1, 2, 0]))["multi_class"])
+    assert not _reached(norms, "encoders.texture.stages.0.norm.") and plain.au_attention is None
+
+
+def test_mixed_fusion_uses_one_encoder_with_two_streams():
+    torch.manual_seed(0)
+    model = tiny(video_fusion="mixed", attention="factorised", token_keep_ratio=0.5, au_fusion="attention")
+    assert list(model.encoders) == ["mixed"] and model.encoders["mixed"].streams == 2
+    assert model.encoders["mixed"].stages[0].stream_channels == [6, 2]  # texture and depth with their differences
+    assert model.conv_path[0].in_channels == 2 * 8 and model.level_heads["low"].in_features == 8
+    output = model(views())
+    assert output["logits"].shape == (B, K)
+    loss = model.loss(output, torch.tensor([0, 1, 2, 0]))
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+# ---------------------------------------------------------------- coded AUs as a target for the AU bottleneck
+
+
+def test_au_code_view_is_multi_hot_or_nan_when_not_coded():
+    from merkit.data.sample import FrameSource, Sample
+    from merkit.preprocess.au import AU_VOCAB, au_code_view
+
+    def sample(aus):
+        return Sample(dataset="casme2", subject="01", clip_id="a", frames=FrameSource((), ()), onset_frame=0,
+                      apex_frame=None, offset_frame=0, emotion="others", aus=aus)
+
+    view = au_code_view(sample(("R12", "L12", "4", "14?")))
+    assert view.shape == (len(AU_VOCAB),) and view.sum() == 3
+    assert {AU_VOCAB[i] for i in view.nonzero()[0]} == {4, 12, 14}
+    assert np.isnan(au_code_view(sample(()))).all()  # SMIC codes no AUs: not "no AU active"
+
+
+def test_coded_au_term_by_hand_and_it_never_touches_the_logits():
+    from merkit.preprocess.au import AU_VOCAB
+
+    torch.manual_seed(0)
+    model = tiny(au_code_weight=0.5).eval()
+    assert model.input_spec[-1].name == "au_codes" and model.au_encoder.code_head.out_features == len(AU_VOCAB)
+    data = views()
+    codes = torch.zeros(B, len(AU_VOCAB))
+    codes[0, 3] = 1.0
+    codes[1] = float("nan")  # a clip without codes
+    data["au_codes"] = codes
+    output = model(data)
+    other = dict(data, au_codes=torch.ones(B, len(AU_VOCAB)))
+    assert torch.equal(model(other)["logits"], output["logits"])  # the target is no input
+    assert torch.equal(model({k: v for k, v in data.items() if k != "au_codes"})["logits"], output["logits"])
+    terms = model.loss_terms(output, torch.tensor([0, 1, 2, 0]))
+    logits = output["au_code_logits"]
+    rows = [0, 2, 3]
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits[rows], codes[rows])
+    assert math.isclose(terms["au_codes"].item(), 0.5 * expected.item(), rel_tol=1e-6)
+    norms = _grad_norms(model, terms["au_codes"])
+    assert _reached(norms, "au_encoder.code_head.") and _reached(norms, "au_encoder.layers.0.")
+    assert not _reached(norms, "encoders.") and not _reached(norms, "classifier.")
+    with pytest.raises(ModelInputError, match="au_codes"):
+        model.loss_terms(model({k: v for k, v in data.items() if k != "au_codes"}), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(ConfigError, match="no_au"):
+        tiny("no_au", au_code_weight=1.0)
+    assert "au_codes" not in [s.name for s in tiny().input_spec]
+
+
+def test_pipeline_builds_the_au_codes_of_synthme_clips(synth_samples):
+    from merkit.config import ViewsConfig
+    from merkit.preprocess.au import AU_VOCAB, au_multi_hot
+    from merkit.preprocess.pipeline import build_views
+    from merkit.views import ViewSpec
+
+    sample = synth_samples[0]
+    assert sample.aus
+    built = build_views(sample, [ViewSpec("au_codes")], ViewsConfig())["au_codes"]
+    assert built.shape == (len(AU_VOCAB),)
+    np.testing.assert_array_equal(built, au_multi_hot(sample.aus) > 0)
+
+
+def test_contract_holds_with_the_paper_elements_on():
+    """classifier_keys name the frequency-band heads; the spec without building names au_codes."""
+    from merkit.models import input_spec
+
+    options = {**TINY, "video_fusion": "mixed", "attention": "factorised", "token_keep_ratio": 0.5,
+               "au_fusion": "attention", "level_fusion": "dynamic", "frequency_loss": "bands", "au_code_weight": 1.0}
+    torch.manual_seed(0)
+    three, four = create("madv-net", num_classes=3, **options), create("madv-net", num_classes=4, **options)
+    state, wider = three.state_dict(), four.state_dict()
+    assert set(three.classifier_keys()) == {k for k in state if wider[k].shape != state[k].shape}
+    assert any(k.startswith("frequency_heads.") for k in three.classifier_keys())
+    assert input_spec("madv-net", **options) == three.input_spec and three.input_spec[-1].name == "au_codes"

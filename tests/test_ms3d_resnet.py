@@ -260,16 +260,32 @@ def test_every_variant_shapes(variant: str, layout: str) -> None:
     torch.manual_seed(0)
     model = MultiScale3dResNet(5, variant=variant, layout=layout, **SMALL)
     spec = model.input_spec[0]
-    assert spec.name == ("frames" if variant == "no_flow" else "flow_seq")
+    assert spec.name == ("frames" if variant in ("no_flow", "plain_frames") else "flow_seq")
     assert (spec.length, spec.size, spec.channels) == (4, (16, 16), 3)
     out = model(_views(model))
-    outputs = 1 if variant in ("no_temporal_ms", "plain") else 4
+    outputs = 1 if variant in ("no_temporal_ms", "plain", "plain_frames") else 4
     assert out["logits"].shape == (2, 5) and out["all_logits"].shape == (outputs, 2, 5)
     assert (len(model.fusions) > 0) == (outputs == 4)
     has_rc = any(isinstance(m, MultiScaleModule) for m in model.modules())
-    assert has_rc == (variant not in ("no_spatial_ms", "plain"))
+    assert has_rc == (variant not in ("no_spatial_ms", "plain", "plain_frames"))
     has_cam = any(isinstance(m, ChannelAttention) for m in model.modules())
     assert has_cam == (outputs == 4)
+    has_attention = any(isinstance(m, SpatioTemporalAttention) for m in model.modules())
+    assert has_attention == (variant not in ("no_attention", "plain", "plain_frames"))
+
+
+def test_fig11_ablation_ladder_starts_from_a_plain_network_on_frames() -> None:
+    """Fig. 11 adds, to a basic 3D-ResNet, optical flow, then attention and the multi-scale
+    modules: plain_frames and plain differ only in the input (frames vs flow), plain and full
+    in the three additions."""
+    assert VARIANTS["plain_frames"] == VARIANTS["plain"].__class__(False, False, False, "frames")
+    assert VARIANTS["plain"].view == "flow_seq" and VARIANTS["full"].view == "flow_seq"
+    torch.manual_seed(0)
+    frames_model = MultiScale3dResNet(3, variant="plain_frames", frame_channels=1, **SMALL)
+    flow_model = MultiScale3dResNet(3, variant="plain", **SMALL)
+    assert frames_model.input_spec[0].name == "frames" and frames_model.input_spec[0].channels == 1
+    differing = {k for k, v in frames_model.state_dict().items() if v.shape != flow_model.state_dict()[k].shape}
+    assert set(frames_model.state_dict()) == set(flow_model.state_dict()) and differing == {"backbone.stem.0.weight"}
 
 
 def test_paper_input_size_maps() -> None:
@@ -341,7 +357,7 @@ def test_bad_options_raise_config_error() -> None:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_training_steps_reach_every_parameter_and_decrease_loss(variant: str) -> None:
     torch.manual_seed(0)
-    grey = {"frame_channels": 1} if variant == "no_flow" else {}
+    grey = {"frame_channels": 1} if variant in ("no_flow", "plain_frames") else {}
     model = MultiScale3dResNet(3, variant=variant, base_width=8, head_hidden=16, num_frames=4, input_size=(16, 16), **grey)
     spec = model.input_spec[0]
     target = torch.arange(9) % 3
@@ -381,3 +397,16 @@ def test_configs_build_the_model_they_describe(name: str) -> None:
     spec = model.input_spec[0]
     assert spec.size == tuple(config.views.size) and spec.length == config.views.num_frames
     assert config.train.augment.hflip and not config.train.augment.vflip
+    assert config.train.augment.offline_shift == 0 and config.folds == "loso"  # the deviations, labelled in the file
+
+
+def test_printed_config_follows_the_text_augmentation_and_evaluation() -> None:
+    from merkit.config import load_config
+    from merkit.train.augment import offline_copies
+
+    paper, printed = load_config("ms3d-resnet-paper"), load_config("ms3d-resnet-paper-printed")
+    assert printed.model == paper.model and printed.views == paper.views
+    augment = printed.train.augment
+    assert not (augment.hflip or augment.vflip or augment.shift or augment.random_crop)
+    assert len(offline_copies(augment)) == 6 and (0, 0, True) in offline_copies(augment)
+    assert printed.folds == "leave-one-sample-out"

@@ -159,6 +159,40 @@ def test_depth_follows_the_face_alignment(tmp_path):
     assert abs(unaligned) < 0.8  # the crop really moved the face: registration is not trivial
 
 
+def test_dlib_box_face_step_crops_the_landmark_box_without_rotation(tmp_path):
+    """views.face: dlib-box (paper 004) is crop_box_clip on dlib's 68 landmarks: an axis-aligned
+    square around them, the same for every frame; a tilted head stays tilted (alignment would
+    level it)."""
+    import cv2
+
+    from faces import animated_astronaut
+    from merkit.data.sample import FrameSource, Sample
+    from merkit.preprocess.face import crop_box_clip, track_landmarks
+
+    face = animated_astronaut(None, [(4.0, -3.0, 12.0)] * 3, n_frames=3)
+    for number, frame in enumerate(face.frames, start=1):
+        cv2.imwrite(str(tmp_path / f"{number}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+    sample = Sample(dataset="casme2", subject="01", clip_id="tilted", frames=FrameSource.from_dir(tmp_path, "*.png"),
+                    onset_frame=1, apex_frame=2, offset_frame=3, emotion="others", fps=30.0)
+    course = load_course(sample, ViewsConfig(face="dlib-box"))
+    expected = crop_box_clip(face.frames, detector="dlib", box_from="landmarks")
+    np.testing.assert_array_equal(course.frames, expected.frames)
+    np.testing.assert_allclose(course.transforms, expected.transforms)
+    linear = course.transforms[0, :, :2]
+    assert linear[0, 1] == 0 and linear[1, 0] == 0 and linear[0, 0] == pytest.approx(linear[1, 1])  # no rotation
+    landmarks = track_landmarks(face.frames[:1])[0]
+    box = np.c_[landmarks, np.ones(68)] @ course.transforms[0].T  # the 68 points fill the square
+    assert box.min() > -2 and box.max() < 226 and np.ptp(box, axis=0).max() > 220
+    aligned = load_course(sample, ViewsConfig(face="dlib"))
+
+    def eye_tilt(points):  # degrees of the line between the two eye centres
+        right, left = points[36:42].mean(0), points[42:48].mean(0)
+        return np.degrees(np.arctan2(left[1] - right[1], left[0] - right[0]))
+
+    assert abs(eye_tilt(np.c_[landmarks, np.ones(68)] @ aligned.transforms[0].T)) < 2  # alignment levels the eyes
+    assert abs(eye_tilt(box) - eye_tilt(landmarks)) < 0.5 and abs(eye_tilt(box)) > 8  # the box crop does not
+
+
 def test_paper_004_view_chain_runs_end_to_end(tmp_path):
     """ms3d-resnet-paper's views section (dlib crop, spatio-temporal-slice key frames, Eulerian
     magnification, TV-L1 onset -> frame flow) on a real face that smiles (AU12), at a small
@@ -177,7 +211,7 @@ def test_paper_004_view_chain_runs_end_to_end(tmp_path):
     sample = Sample(dataset="casme2", subject="01", clip_id="smile", frames=FrameSource.from_dir(tmp_path, "*.png"),
                     onset_frame=1, apex_frame=6, offset_frame=12, emotion="happiness", fps=30.0)
     paper = load_config("ms3d-resnet-paper").views
-    assert (paper.face, paper.sampling, paper.flow, paper.magnify) == ("dlib", "keyframes", "tvl1", 10.0)
+    assert (paper.face, paper.sampling, paper.flow, paper.magnify) == ("dlib-box", "keyframes", "tvl1", 10.0)
     spec = [ViewSpec("flow_seq", (48, 48), channels=3, length=6)]
     magnified = build_views(sample, spec, paper)
     plain = build_views(sample, spec, paper.model_copy(update={"magnify": None}))
@@ -185,11 +219,35 @@ def test_paper_004_view_chain_runs_end_to_end(tmp_path):
     assert flow.shape == (6, 3, 48, 48) and np.all(flow[0] == 0)
     apex = int(magnified["apex_index"])
     speed = np.hypot(flow[apex, 0], flow[apex, 1])
-    assert speed[30:, :].mean() > 3 * speed[:18, :].mean()  # the mouth moves, the brow does not
+    # the landmark box runs from the brows (row 0) to the chin (row 47): eyes near row 10, mouth rows 20-32
+    assert speed[20:34, :].mean() > 3 * speed[:12, :].mean()  # the mouth moves, brows and eyes do not
     plain_speed = np.hypot(plain["flow_seq"][apex, 0], plain["flow_seq"][apex, 1])
     moving = plain_speed > 0.1  # the smiling mouth
-    assert moving[:18].sum() == 0 and moving.sum() > 10
+    assert moving[:12].sum() == 0 and moving.sum() > 10
     assert speed[moving].mean() > 2 * plain_speed[moving].mean()  # magnification amplifies it
+
+
+def test_magnification_runs_on_the_even_course_before_key_frames_are_picked(synth_samples):
+    """Key frames are unevenly spaced in time; the Eulerian filter must see the evenly spaced
+    course at the clip's frame rate, and the picked frames are then read from the magnified
+    course (not the picked frames magnified as if they were evenly spaced)."""
+    from merkit.preprocess.flow import flow_sequence
+    from merkit.preprocess.magnify import magnify
+    from merkit.preprocess.pipeline import _grey, sample_positions
+
+    sample = synth_samples[0]
+    config = ViewsConfig(sampling="keyframes", magnify=10.0, flow="dis")
+    spec = ViewSpec("flow_seq", (32, 32), channels=3, length=5)
+    course = load_course(sample, config)
+    positions, _ = sample_positions(course, 5, config, sample.fps)
+    assert len(set(np.diff(positions))) > 1  # unevenly spaced: the case that matters
+    grey = np.stack([_grey(f) for f in course.frames])
+    first = flow_sequence(magnify(grey, fps=sample.fps, alpha=10.0)[positions], onset_index=0, method="dis", size=(32, 32))
+    picked_fps = sample.fps * 4 / (positions[-1] - positions[0])
+    later = flow_sequence(magnify(grey[positions], fps=picked_fps, alpha=10.0), onset_index=0, method="dis", size=(32, 32))
+    built = build_views(sample, [spec], config)["flow_seq"]
+    np.testing.assert_allclose(built, first, atol=1e-5)
+    assert np.abs(built - later).max() > 0.05
 
 
 def test_interpolate_sampling_resamples_the_whole_course(synth_samples):

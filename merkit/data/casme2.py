@@ -139,5 +139,5 @@ def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path
                           aliases=EMOTION_ALIASES, repair=repair, au_or=au_or, known_fixes=KNOWN_ROW_FIXES.get(row, ()))
 
 
-register_dataset(DatasetInfo(name="casme2", loader=load_casme2, protocols=("casme2-5", "casme2-3"), layout=LAYOUT,
-                             repairs=REPAIRS))
+register_dataset(DatasetInfo(name="casme2", loader=load_casme2, protocols=("casme2-5", "casme2-3", "casme2-4"),
+                             layout=LAYOUT, repairs=REPAIRS))

@@ -195,5 +195,5 @@ def _read_row(values: tuple, row: int, book: Path, frames_root: Path, subjects: 
     return sample, fixes + more
 
 
-register_dataset(DatasetInfo(name="casme_sq", loader=load_casme_sq, protocols=("casme_sq-4", "casme_sq-3"),
+register_dataset(DatasetInfo(name="casme_sq", loader=load_casme_sq, protocols=("casme_sq-4", "casme_sq-3", "casme_sq-7"),
                              layout=LAYOUT, repairs=REPAIRS))

@@ -7,7 +7,9 @@ A table maps every emotion its datasets use: to a class name, or to None when th
 leaves that emotion out by design (``casme2-5`` leaves out fear and sadness). An emotion the
 table does not name (a misspelt ``hapiness``, an ``angry`` the dataset never uses) is never
 dropped silently: :func:`label_samples` lists each such sample as skipped, with the reason,
-and :func:`apply_protocol` refuses it.
+and :func:`apply_protocol` refuses it. A protocol may read a free-text entry of the sample's
+``meta`` instead of its emotion (``label_source``: CAS(ME)^2's self-reported emotion for
+``casme_sq-7``); there a word the table does not name is left out (counted), not an error.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ class Protocol:
             out by design; an emotion absent from it is unknown (see :meth:`label_of`).
         datasets: the datasets the protocol is defined for (empty: any).
         description: where the protocol comes from.
+        label_source: what is looked up in the table: ``"emotion"`` (the sample's annotated
+            emotion) or the name of a free-text :attr:`Sample.meta` entry the loader fills
+            (``"self_report"``: CAS(ME)^2's self-reported emotion column); a sample without that
+            entry, or with a word the table does not name, is left out.
     """
 
     name: str
@@ -44,6 +50,7 @@ class Protocol:
     description: str = ""
     # per-dataset mapping overrides (composite protocols map each source differently)
     per_dataset: Mapping[str, Mapping[str, str | None]] = field(default_factory=dict)
+    label_source: str = "emotion"
 
     def __post_init__(self) -> None:
         for table in [self.mapping, *self.per_dataset.values()]:
@@ -73,6 +80,23 @@ class Protocol:
             source = f" for {dataset}" if dataset in self.per_dataset else ""
             raise ProtocolError(f"emotion {emotion!r} is not in protocol {self.name}'s table{source} (known: {known})")
         target = table[key]
+        return None if target is None else self.classes.index(target)
+
+    def label_key(self, sample) -> str:
+        """The normalised string this protocol looks up for ``sample`` (its emotion, or the meta
+        entry :attr:`label_source` names; ``""`` when that entry is missing)."""
+        value = sample.emotion if self.label_source == "emotion" else (sample.meta or {}).get(self.label_source)
+        return normalise_emotion("" if value is None else value)
+
+    def label_of_sample(self, sample) -> int | None:
+        """Class index of a :class:`~merkit.data.Sample`, or None when the protocol leaves it out.
+
+        Raises:
+            ProtocolError: as :meth:`label_of`, for protocols that read the emotion.
+        """
+        if self.label_source == "emotion":
+            return self.label_of(sample.emotion, sample.dataset)
+        target = self.table(sample.dataset).get(self.label_key(sample))  # free text: an unnamed word is left out
         return None if target is None else self.classes.index(target)
 
 
@@ -132,6 +156,16 @@ _CASME2_3 = {"disgust": "negative", "repression": "negative", "happiness": "posi
 _CASME3_NEGATIVE = ("anger", "disgust", "fear", "sad")
 
 register_protocol(Protocol(
+    name="casme2-4",
+    classes=("positive", "negative", "surprise", "other"),
+    mapping={"happiness": "positive", "disgust": "negative", "surprise": "surprise", "repression": "other",
+             "others": "other", **_left_out(("fear", "sadness", "anger", "contempt"))},
+    datasets=("casme2", "synthme"),
+    description="CASME II in four classes as the multi-scale 3D-ResNet paper (Jin et al. 2024, Sec. 4.1) defines "
+                "them: positive = happiness, negative = disgust, surprise, other = repression + others; fear and "
+                "sadness excluded (246 clips).",
+))
+register_protocol(Protocol(
     name="samm-5",
     classes=("happiness", "anger", "contempt", "surprise", "other"),
     mapping={**_identity(("happiness", "anger", "contempt", "surprise", "other")),
@@ -155,6 +189,16 @@ register_protocol(Protocol(
     description="SAMM, all eight estimated emotions (159 clips), as MADV-Net uses it.",
 ))
 register_protocol(Protocol(
+    name="samm-4",
+    classes=("positive", "negative", "surprise", "other"),
+    mapping={**{e: "negative" for e in _SAMM_NEGATIVE}, "happiness": "positive", "surprise": "surprise",
+             "other": "other"},
+    datasets=("samm",),
+    description="SAMM in four classes as the multi-scale 3D-ResNet paper (Jin et al. 2024, Sec. 4.1) defines them: "
+                "positive = happiness, negative = anger + contempt + disgust + fear + sadness, surprise, other "
+                "(all 159 clips).",
+))
+register_protocol(Protocol(
     name="smic-3",
     classes=_NEGATIVE_POSITIVE_SURPRISE,
     mapping=_identity(_NEGATIVE_POSITIVE_SURPRISE),
@@ -174,6 +218,32 @@ register_protocol(Protocol(
     mapping={**_identity(_NEGATIVE_POSITIVE_SURPRISE), "others": None},
     datasets=("casme_sq",),
     description="CAS(ME)^2 micro-expressions, others excluded.",
+))
+# CAS(ME)^2's estimated-emotion column has four categories; MADV-Net (Kong et al. 2025, Table 4) reports
+# seven: happy, sad, neutral, angry, surprised, "despise", frightened. Seven fine emotions exist only
+# in the sheet's self-reported emotion column (column I), which this protocol reads. "Despise" is read
+# as disgust: the paper's own text gives the same 85.37 % for "disgust" (Sec. 4.5, Fig. 22), and
+# CAS(ME)^2 elicited disgust with two of its videos; contempt self-reports are left out. "Neutral" takes
+# self-reports of no particular emotion. Spelling variants map to the same class.
+_CASME_SQ_SELF_REPORT = {
+    **{e: "happy" for e in ("happy", "happiness", "joy", "pleasure", "amusement", "funny")},
+    **{e: "sad" for e in ("sad", "sadness", "sorrow")},
+    **{e: "neutral" for e in ("neutral", "none", "calm", "no emotion", "nothing", "other", "others")},
+    **{e: "anger" for e in ("anger", "angry")},
+    **{e: "surprise" for e in ("surprise", "surprised")},
+    **{e: "disgust" for e in ("disgust", "disgusted", "disgusting", "detest", "despise")},
+    **{e: "fear" for e in ("fear", "afraid", "frightened", "scared")},
+    "contempt": None,
+}
+register_protocol(Protocol(
+    name="casme_sq-7",
+    classes=("happy", "sad", "neutral", "anger", "surprise", "disgust", "fear"),
+    mapping=_CASME_SQ_SELF_REPORT,
+    datasets=("casme_sq",),
+    description="CAS(ME)^2 micro-expressions in the seven emotions MADV-Net reports (Kong et al. 2025, Table 4), "
+                "from the self-reported emotion column; 'despise' read as disgust, contempt and other self-reports "
+                "left out.",
+    label_source="self_report",
 ))
 register_protocol(Protocol(
     name="casme3-7",
@@ -246,14 +316,14 @@ def label_samples(samples: Iterable, protocol: Protocol | str, *, strict: bool =
                 f"not for sample {sample.sample_id}"
             )
         try:
-            label = protocol.label_of(sample.emotion, sample.dataset)
+            label = protocol.label_of_sample(sample)
         except ProtocolError as err:
             meta = getattr(sample, "meta", {}) or {}
             place = ", ".join(str(p) for p in (meta.get("file"), f"row {meta['row']}" if meta.get("row") else None) if p)
             skipped.append(f"{place + ' ' if place else ''}({sample.sample_id}): {err}")
             continue
         if label is None:
-            left_out[normalise_emotion(sample.emotion)] += 1
+            left_out[protocol.label_key(sample)] += 1
         else:
             kept.append(sample.with_label(label))
     if strict and skipped:

@@ -137,5 +137,5 @@ def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path
                           meta=meta)
 
 
-register_dataset(DatasetInfo(name="samm", loader=load_samm, protocols=("samm-5", "samm-3", "samm-8"), layout=LAYOUT,
-                             repairs=REPAIRS))
+register_dataset(DatasetInfo(name="samm", loader=load_samm, protocols=("samm-5", "samm-3", "samm-8", "samm-4"),
+                             layout=LAYOUT, repairs=REPAIRS))

@@ -19,37 +19,71 @@ Architecture (``L`` = low, mid, high):
    "cascaded pyramid"), adds a class token and a learnable position embedding (Eq. 13) and runs
    blocks whose Q/K/V projections are depthwise-separable convolutions (Eq. 1, Eq. 16).
    The class tokens of stages 1, 2, 3 are the low-, mid- and high-level features.
-2. **AU encoder** (Eqs. 3-12, :class:`AUEncoder`): layers ``v_i = F_i(v~_{i-1})`` over time, each
+2. **The three attentions** of the conclusion ("mixed attention, factorial self-attention, and
+   dot product self-attention based on AU coding, which extract the feature information in the
+   depth space dimension, time dimension, and face AU dimension, respectively") and Sec. 3.2.3's
+   dropping of low-attention blocks (details in :mod:`~merkit.models.blocks.conv_attention`):
+   ``video_fusion="mixed"`` gives texture and depth their own embeddings in one encoder whose
+   blocks attend over both streams' tokens (mixed attention, depth + space);
+   ``attention="factorised"`` makes every block a spatial (per frame) then a temporal (per
+   position) attention, ViViT's factorised encoder (time); ``au_fusion="attention"`` adds
+   :class:`AUGuidedAttention`, where every frame's AU code is the query of a dot-product
+   attention over the high-level video tokens (AU); ``token_keep_ratio`` < 1 drops, in every
+   joint or spatial attention, the key blocks the class token attends to least ("pay more
+   attention to the blocks with higher weights and discard the blocks with lower attention
+   weights").
+3. **AU encoder** (Eqs. 3-12, :class:`AUEncoder`): layers ``v_i = F_i(v~_{i-1})`` over time, each
    with a sigmoid compression gate, an information-bottleneck term (Eq. 8) and a classifier
-   ``y^ = F_n(v~_{n-1})`` trained with Eq. 11.
-3. **Multi-level heads** (Eqs. 20-23): ``p_low``, ``p_mid``, ``p_high`` = linear heads on the
-   level features.
-4. **Final prediction** (Eqs. 14-17): ``y' = softmax(FC[f_Att || f_Conv])`` with
-   ``f_Att = MLP(high-level class tokens || AU feature)`` and ``f_Conv`` = a 3D convolution
-   (stride 2) -> BN -> ReLU -> average pool to ``conv_pool`` (default global) -> flatten, over the
-   stage-1 token embedding ``f_{p x q}``.
+   ``y^ = F_n(v~_{n-1})`` trained with Eq. 11. Optionally (``au_code_weight`` > 0, not in the
+   paper) a head on the bottleneck feature learns the dataset's coded AUs (the ``au_codes``
+   view), a fine-grained target where a dataset has one.
+4. **Multi-frequency heads** (Eqs. 20-23): ``p_low``, ``p_mid``, ``p_high``; see ``frequency_loss``
+   below.
+5. **Dynamic fusion** (``level_fusion="dynamic"``, :class:`DynamicFusion`): the three levels'
+   class tokens, projected to one width, are summed with per-sample softmax weights from a
+   linear gate ("the multi-level features are dynamically fused and output to the multi-level
+   head perceptron"); ``"high"`` passes the high-level class tokens alone.
+6. **Final prediction** (Eqs. 14-17): ``y' = softmax(FC[f_Att || f_Conv])`` with
+   ``f_Att = MLP(video feature || AU feature [|| AU-attended tokens])`` and ``f_Conv`` = a 3D
+   convolution (stride 2) -> BN -> ReLU -> average pool to ``conv_pool`` (default global) ->
+   flatten, over the stage-1 token embedding ``f_{p x q}``.
 
 Where the streams are fused (the paper's Figure 1 is not available; its text says the texture,
 depth and AU paths are "integrated", AU features "with the local features of dynamic visual
 attention"):
 
-* ``video_fusion="level"`` (default): texture and depth have separate encoders (same shape,
-  separate weights); at every level their class tokens are concatenated before the level head,
-  the high-level ones before ``F_MLP``; ``F_Conv`` sees both stage-1 embeddings stacked along
-  channels. ``video_fusion="early"``: depth is stacked onto the texture channels at the input and
-  one encoder serves both (half the cost).
-* The AU feature joins at ``F_MLP`` only (the attention feature ``f_Att``); the level heads see
-  video features only.
+* ``video_fusion="level"`` (constructor default): texture and depth have separate encoders
+  (same shape, separate weights); at every level their class tokens are concatenated;
+  ``F_Conv`` sees both stage-1 embeddings stacked along channels. ``"early"``: depth is stacked
+  onto the texture channels at the input and one encoder serves both (half the cost).
+  ``"mixed"`` (the paper config): one encoder, two token streams, one class token per level.
+* The AU feature joins at ``F_MLP`` (the attention feature ``f_Att``), with ``au_fusion=
+  "attention"`` also through the AU-guided attention over the video tokens; the frequency heads
+  see video features only.
 
 Losses (Eq. 18): ``L = L_multi-class + L_freq + L_AU`` with
 
 * Eq. 19 focal loss ``-mu_y (1 - p_y)^lambda log p_y`` on the final logits
   (:class:`~merkit.models.blocks.losses.FocalLoss` with ``alpha = focal_mu`` (a float or one value per
   class) and ``gamma = focal_lambda``);
-* Eqs. 20-23 ``alpha L_low + beta L_mid + gamma L_high``, cross-entropy of each level head
+* Eqs. 20-23 ``alpha L_low + beta L_mid + gamma L_high``, cross-entropy of each frequency head
   (``frequency_weights = (alpha, beta, gamma)``, off with ``multi_frequency=False``);
 * Eq. 12 ``L_AU = sum_i eta_i + eta_n``: per-layer Eq. 8 terms plus the Eq. 11 classifier term,
-  scaled by ``au_loss_weight``.
+  scaled by ``au_loss_weight``;
+* with ``au_code_weight`` > 0, that weight times the mean binary cross-entropy of the coded-AU
+  head over the clips whose dataset codes AUs.
+
+Our reading of Eqs. 20-23 (``frequency_loss``): the equations are cross-entropies of
+"``p_low``: the probability of the model predicting the low-frequency features", and the text
+speaks of the CNN's "low-frequency feature extraction"; nothing says which signal is split or
+how. ``"bands"`` (the paper config) splits the first stage's output token maps (all streams,
+the finest grid, so the most frequencies) by :func:`frequency_bands`: a 3D FFT over
+``(T, H, W)``, radial frequency cut at ``frequency_cutoffs`` (default 1/6 and 1/3 cycles per
+token: coarse face layout / parts / fine texture), each band transformed back and classified by
+its own :class:`FrequencyHead` (mean and mean amplitude per channel, LayerNorm, linear). The
+bands partition the spectrum, so they sum to the map. ``"levels"`` (the constructor default,
+what merkit did before) reads "frequency" as pyramid level and puts a linear head on each
+level's class token.
 
 Choices where the paper is silent or garbled (all exposed as options):
 
@@ -90,15 +124,19 @@ from torch import nn
 
 from merkit.errors import ConfigError, ModelInputError, check_choice
 from merkit.models.base import MERModel
-from merkit.models.blocks.conv_attention import PROJECTIONS, ConvTransformerStage
+from merkit.models.blocks.conv_attention import ATTENTIONS, PROJECTIONS, ConvTransformerStage
 from merkit.models.registry import register
 from merkit.models.blocks.losses import FocalLoss
+from merkit.preprocess.au import AU_VOCAB
 from merkit.views import ViewSpec
 
 VARIANTS = ("full", "no_depth", "no_au")
-VIDEO_FUSIONS = ("level", "early")
+VIDEO_FUSIONS = ("level", "early", "mixed")
 VIDEO_INPUTS = ("frames+difference", "difference", "frames")
 AU_CLASSIFIER_LOSSES = ("bce", "ce")
+AU_FUSIONS = ("concat", "attention")
+LEVEL_FUSIONS = ("high", "dynamic")
+FREQUENCY_LOSSES = ("levels", "bands")
 LEVELS = ("low", "mid", "high")
 
 
@@ -106,26 +144,30 @@ class VideoEncoder(nn.Module):
     """The three-stage convolutional-transformer pyramid of one video path.
 
     Args:
-        in_channels: channels of the video ``C``.
+        in_channels: channels of the video ``C``; a sequence makes one stream per entry that
+            shares the blocks (mixed attention, e.g. texture and depth).
         input_grid: ``(T, H, W)`` of the video.
         dims, depths, heads: width, number of blocks and heads of each of the three stages.
         embed_kernel, embed_stride: ``(temporal, spatial)`` kernel and stride of the first stage's
             3D convolution (later stages use kernel 3, stride 1).
         pools: ``(temporal, spatial)`` max-pooling factor of each stage's embedding.
         drop_path: stochastic depth, rising linearly from 0 to this over all blocks.
-        **block_options: ``mlp_ratio``, ``kernel``, ``kv_stride``, ``projection``, ``dropout``.
+        **block_options: ``mlp_ratio``, ``kernel``, ``kv_stride``, ``projection``, ``dropout``,
+            ``attention``, ``keep_ratio``.
 
-    Shapes: ``forward(video (B, C, T, H, W))`` returns ``(levels, embedded)``: three class-token
-    features ``(B, dims[l])`` (low, mid, high) and the first stage's Eq. 2 embedding
-    ``(B, dims[0], T_1, H_1, W_1)``.
+    Shapes: ``forward(video (B, sum(C), T, H, W))`` returns ``(levels, embedded, token_maps)``:
+    three class-token features ``(B, dims[l])`` (low, mid, high), the first stage's Eq. 2
+    embedding ``(B, S dims[0], T_1, H_1, W_1)`` and each stage's output token map
+    ``(B, S dims[l], T_l, H_l, W_l)`` (streams stacked along channels).
     """
 
-    def __init__(self, in_channels: int, input_grid: tuple[int, int, int], dims: Sequence[int],
+    def __init__(self, in_channels: int | Sequence[int], input_grid: tuple[int, int, int], dims: Sequence[int],
                  depths: Sequence[int], heads: Sequence[int], embed_kernel: tuple[int, int],
                  embed_stride: tuple[int, int], pools: Sequence[tuple[int, int]], drop_path: float = 0.0,
                  **block_options: Any):
         super().__init__()
         rates = torch.linspace(0, drop_path, sum(depths)).tolist()
+        streams = 1 if isinstance(in_channels, int) else len(in_channels)
         stages, grid, channels, first = [], tuple(input_grid), in_channels, 0
         for level, (dim, depth, num_heads, pool) in enumerate(zip(dims, depths, heads, pools)):
             stage = ConvTransformerStage(
@@ -134,17 +176,19 @@ class VideoEncoder(nn.Module):
                 embed_stride=tuple(embed_stride) if level == 0 else (1, 1),
                 embed_pool=tuple(pool), drop_path=rates[first:first + depth], **block_options)
             stages.append(stage)
-            grid, channels, first = stage.grid, dim, first + depth
+            grid, channels, first = stage.grid, dim if streams == 1 else [dim] * streams, first + depth
         self.stages = nn.ModuleList(stages)
+        self.streams = streams
 
-    def forward(self, video: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        levels, x = [], video
+    def forward(self, video: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+        levels, maps, x = [], [], video
         for stage in self.stages:
             cls, x, stage_embedding = stage(x)
             if not levels:
                 first_embedding = stage_embedding
             levels.append(cls)
-        return levels, first_embedding
+            maps.append(x)
+        return levels, first_embedding, maps
 
 
 class AUEncoder(nn.Module):
@@ -163,11 +207,16 @@ class AUEncoder(nn.Module):
         kernel: temporal kernel of the layers.
         gate_init: initial ``theta`` (``sigmoid(2) = 0.88``: gates start nearly open).
 
+        num_codes: outputs of an extra linear head on the feature that predicts the dataset's
+            coded AUs (multi-hot over :data:`~merkit.preprocess.au.AU_VOCAB`); 0: no such head.
+
     Shapes: ``forward(au (B, T, A))`` returns a dict with ``feature (B, 2 * widths[-1])``,
-    ``logits (B, K)``, ``rate (n,)`` and ``distortion (n,)``.
+    ``sequence (B, T, widths[-1])`` (the last code per frame), ``logits (B, K)``, ``rate (n,)``,
+    ``distortion (n,)`` and, with ``num_codes``, ``code_logits (B, num_codes)``.
     """
 
-    def __init__(self, num_aus: int, widths: Sequence[int], num_classes: int, kernel: int = 3, gate_init: float = 2.0):
+    def __init__(self, num_aus: int, widths: Sequence[int], num_classes: int, kernel: int = 3, gate_init: float = 2.0,
+                 num_codes: int = 0):
         super().__init__()
         if not widths or min(widths) < 1:
             raise ConfigError(f"AU encoder needs at least one layer of positive width, got {list(widths)}")
@@ -182,7 +231,9 @@ class AUEncoder(nn.Module):
             self.decoders.append(nn.Linear(width, width))
             channels = width
         self.feature_dim = 2 * channels
+        self.sequence_dim = channels
         self.classifier = nn.Linear(self.feature_dim, num_classes)
+        self.code_head = nn.Linear(self.feature_dim, num_codes) if num_codes > 0 else None
 
     def forward(self, au: torch.Tensor) -> dict[str, torch.Tensor]:
         code = au.transpose(1, 2)  # (B, A, T)
@@ -195,8 +246,108 @@ class AUEncoder(nn.Module):
             rates.append(code.float().pow(2).mean())
             distortions.append((features - gate * reconstruction).float().pow(2).mean())
         feature = torch.cat([code.mean(dim=2), code.amax(dim=2)], dim=1)
-        return {"feature": feature, "logits": self.classifier(feature),
-                "rate": torch.stack(rates), "distortion": torch.stack(distortions)}
+        out = {"feature": feature, "sequence": code.transpose(1, 2), "logits": self.classifier(feature),
+               "rate": torch.stack(rates), "distortion": torch.stack(distortions)}
+        if self.code_head is not None:
+            out["code_logits"] = self.code_head(feature)
+        return out
+
+
+class AUGuidedAttention(nn.Module):
+    """AU-based dot-product attention: the AU code of every frame asks which video blocks move.
+
+    ``q_t = W_q LN(a_t)`` (``a_t``: the AU encoder's code of frame t), ``K = W_k LN(z)``,
+    ``V = W_v LN(z)`` over the high-level video tokens ``z``; the output is the mean over frames
+    of the multi-head ``softmax(q_t K^T / sqrt(d)) V`` (the paper's "dot product self-attention
+    based on AU coding" that integrates "the AU coding features with the local features of
+    dynamic visual attention").
+
+    Shapes: ``forward(au_sequence (B, T, d_au), tokens (B, N, D)) -> (B, D)``.
+    """
+
+    def __init__(self, au_dim: int, token_dim: int, num_heads: int):
+        super().__init__()
+        if token_dim % num_heads:
+            raise ConfigError(f"AU attention: token width {token_dim} is not divisible by {num_heads} heads")
+        self.num_heads = num_heads
+        self.au_norm, self.token_norm = nn.LayerNorm(au_dim), nn.LayerNorm(token_dim)
+        self.query = nn.Linear(au_dim, token_dim)
+        self.key = nn.Linear(token_dim, token_dim)
+        self.value = nn.Linear(token_dim, token_dim)
+        self.proj = nn.Linear(token_dim, token_dim)
+
+    def forward(self, au_sequence: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.unflatten(2, (self.num_heads, x.shape[-1] // self.num_heads)).transpose(1, 2)
+
+        tokens = self.token_norm(tokens)
+        q = heads(self.query(self.au_norm(au_sequence)))
+        out = F.scaled_dot_product_attention(q, heads(self.key(tokens)), heads(self.value(tokens)))  # (B, h, T, d)
+        return self.proj(out.transpose(1, 2).flatten(2)).mean(dim=1)
+
+
+class DynamicFusion(nn.Module):
+    """Dynamic fusion of the level features: ``f = sum_l w_l(x) P_l f_l``.
+
+    Each level feature is projected to a common width (``P_l``: linear), a linear gate on the
+    concatenated projections gives per-sample weights ``w = softmax(G [P_1 f_1 || ...])`` over
+    the levels, and the weighted sum goes on (the paper's "multi-level features are dynamically
+    fused and output to the multi-level head perceptron").
+
+    Shapes: ``forward([f_l (B, d_l)])`` returns ``(fused (B, dim), weights (B, L))``.
+    """
+
+    def __init__(self, in_dims: Sequence[int], dim: int):
+        super().__init__()
+        self.projections = nn.ModuleList(nn.Linear(d, dim) for d in in_dims)
+        self.gate = nn.Linear(len(in_dims) * dim, len(in_dims))
+
+    def forward(self, features: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        projected = torch.stack([p(f) for p, f in zip(self.projections, features)], dim=1)  # (B, L, dim)
+        weights = torch.softmax(self.gate(projected.flatten(1)), dim=1)
+        return (weights[..., None] * projected).sum(dim=1), weights
+
+
+def frequency_bands(maps: torch.Tensor, cutoffs: Sequence[float]) -> list[torch.Tensor]:
+    """Split feature maps into low, mid and high spatio-temporal frequency bands (Eqs. 20-23).
+
+    The 3D FFT over ``(T, H, W)`` of every channel is cut by the radial frequency
+    ``r = sqrt(f_t^2 + f_h^2 + f_w^2)`` (cycles per token, each axis in ``[-1/2, 1/2]``):
+    low ``r < c_1``, mid ``c_1 <= r < c_2``, high ``r >= c_2``; each band is transformed back.
+    The bands partition the spectrum, so they sum to the input.
+
+    Args:
+        maps: ``(B, C, T, H, W)``.
+        cutoffs: ``(c_1, c_2)``, ``0 < c_1 < c_2``.
+
+    Returns:
+        three ``(B, C, T, H, W)`` float32 tensors (low, mid, high).
+    """
+    maps = maps.float()
+    spectrum = torch.fft.fftn(maps, dim=(2, 3, 4))
+    axes = [torch.fft.fftfreq(n, device=maps.device) for n in maps.shape[2:]]
+    ft, fh, fw = torch.meshgrid(*axes, indexing="ij")
+    radius = torch.sqrt(ft**2 + fh**2 + fw**2)
+    low, high = cutoffs
+    masks = (radius < low, (radius >= low) & (radius < high), radius >= high)
+    return [torch.fft.ifftn(spectrum * m, dim=(2, 3, 4)).real for m in masks]
+
+
+class FrequencyHead(nn.Module):
+    """Classifier of one frequency band: ``Linear(LN([mean(band), mean(|band|)]))`` over
+    ``(T, H, W)`` (a band above the lowest has zero mean, so its amplitude carries it).
+
+    Shapes: ``(B, C, T, H, W) -> (B, K)``.
+    """
+
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * channels)
+        self.linear = nn.Linear(2 * channels, num_classes)
+
+    def forward(self, band: torch.Tensor) -> torch.Tensor:
+        descriptor = torch.cat([band.mean(dim=(2, 3, 4)), band.abs().mean(dim=(2, 3, 4))], dim=1)
+        return self.linear(self.norm(descriptor))
 
 
 @register("madv-net", "MADV-Net: texture + depth + AU streams, convolutional-projection attention (Kong et al. 2025)")
@@ -217,11 +368,22 @@ class MADVNet(MERModel):
         projection_kernel: ``s`` of Eq. 1.
         kv_stride: spatial stride of the key/value projections (1 = no squeezing).
         projection: ``"2d"`` (per time slice, Eq. 1 as written) or ``"3d"``.
-        video_fusion: ``"level"`` (separate texture/depth encoders, fused per level) or ``"early"``.
+        attention: ``"joint"`` (all space-time tokens) or ``"factorised"`` (spatial then
+            temporal attention in every block).
+        token_keep_ratio: fraction of key blocks each joint/spatial attention keeps, ranked by
+            the class token's attention (1: drop nothing).
+        video_fusion: ``"level"`` (separate texture/depth encoders, fused per level), ``"early"``
+            (depth stacked onto the texture channels, one encoder) or ``"mixed"`` (one encoder
+            whose blocks attend over texture and depth tokens together).
         video_input: what each video path sees: ``"frames+difference"`` (the frames with their
             onset difference ``x_t - x_0`` stacked as extra channels), ``"difference"`` (only
             ``x_t - x_0``) or ``"frames"``.
         au_widths: AU encoder layer widths (``n`` layers).
+        au_fusion: ``"concat"`` (the AU feature joins ``F_MLP``'s input) or ``"attention"``
+            (also the AU-based dot-product attention over the high-level video tokens).
+        au_attention_heads: heads of that attention.
+        level_fusion: ``"high"`` (``F_MLP`` reads the high-level class tokens) or ``"dynamic"``
+            (the dynamic fusion of all three levels).
         conv_dim: channels of the ``F_Conv`` path.
         conv_pool: ``(temporal, spatial)`` size the ``F_Conv`` map is average-pooled to before
             flattening (``(1, 1)``: global pooling; larger keeps where the motion is).
@@ -230,15 +392,22 @@ class MADVNet(MERModel):
         drop_path: stochastic-depth rate of the last block.
         focal_mu, focal_lambda: Eq. 19's balance factor (float or K values) and focusing rate.
         multi_frequency: add ``L_freq`` (Eqs. 20-23).
+        frequency_loss: ``"bands"`` (heads on the low/mid/high frequency bands of the first
+            stage's token maps) or ``"levels"`` (heads on the three levels' class tokens).
+        frequency_cutoffs: ``(c_1, c_2)`` band edges in cycles per token (``"bands"``).
         frequency_weights: ``(alpha, beta, gamma)`` of Eq. 20.
         au_ib_beta: ``beta`` of Eq. 8.
         au_loss_weight: weight of ``L_AU`` in Eq. 18.
         au_classifier_loss: ``"bce"`` (Eq. 11 as written) or ``"ce"``.
+        au_code_weight: weight of the coded-AU term (> 0 adds the ``au_codes`` view and a head
+            on the AU bottleneck that predicts the dataset's AU codes; not in the paper).
 
     Input: ``views`` with the names of :attr:`input_spec`. Output of ``forward``: a dict with
     ``logits (B, K)`` (pre-softmax of Eq. 14), ``p_low``, ``p_mid``, ``p_high`` ``(B, K)`` logits
-    of the level heads and, unless ``no_au``, ``au_logits (B, K)``, ``au_rate (n,)``,
-    ``au_distortion (n,)``.
+    of the frequency (or level) heads, ``level_weights (B, 3)`` with dynamic fusion and, unless
+    ``no_au``, ``au_logits (B, K)``, ``au_rate (n,)``, ``au_distortion (n,)``; with
+    ``au_code_weight`` also ``au_code_logits (B, len(AU_VOCAB))`` and ``au_code_target`` (the
+    ``au_codes`` view, passed through for the loss; never used for the logits).
 
     Raises:
         ConfigError: an unknown variant/fusion/projection/loss, or sizes that leave no tokens.
@@ -262,9 +431,14 @@ class MADVNet(MERModel):
         projection_kernel: int = 3,
         kv_stride: int = 2,
         projection: str = "2d",
+        attention: str = "joint",
+        token_keep_ratio: float = 1.0,
         video_fusion: str = "level",
         video_input: str = "frames+difference",
         au_widths: Sequence[int] = (64, 64),
+        au_fusion: str = "concat",
+        au_attention_heads: int = 1,
+        level_fusion: str = "high",
         conv_dim: int = 128,
         conv_pool: Sequence[int] = (1, 1),
         attention_dim: int = 384,
@@ -273,29 +447,41 @@ class MADVNet(MERModel):
         focal_mu: float | Sequence[float] = 1.0,
         focal_lambda: float = 2.0,
         multi_frequency: bool = True,
+        frequency_loss: str = "levels",
+        frequency_cutoffs: Sequence[float] = (1 / 6, 1 / 3),
         frequency_weights: Sequence[float] = (1 / 3, 1 / 3, 1 / 3),
         au_ib_beta: float = 0.01,
         au_loss_weight: float = 1.0,
         au_classifier_loss: str = "bce",
+        au_code_weight: float = 0.0,
     ):
         super().__init__()
         for value, allowed, what in ((video_fusion, VIDEO_FUSIONS, "video_fusion"),
                                      (video_input, VIDEO_INPUTS, "video_input"),
-                                     (projection, PROJECTIONS, "projection"),
+                                     (projection, PROJECTIONS, "projection"), (attention, ATTENTIONS, "attention"),
+                                     (au_fusion, AU_FUSIONS, "au_fusion"), (level_fusion, LEVEL_FUSIONS, "level_fusion"),
+                                     (frequency_loss, FREQUENCY_LOSSES, "frequency_loss"),
                                      (au_classifier_loss, AU_CLASSIFIER_LOSSES, "au_classifier_loss")):
             check_choice(f"madv-net: {what}", value, allowed)
         self.input_spec: tuple[ViewSpec, ...] = self.input_spec_from(
-            {"variant": variant, "num_frames": num_frames, "image_size": image_size, "in_channels": in_channels})
+            {"variant": variant, "num_frames": num_frames, "image_size": image_size, "in_channels": in_channels,
+             "au_code_weight": au_code_weight})
         stage_pools = [tuple(p) for p in stage_pools]
         if not len(stage_dims) == len(stage_depths) == len(stage_heads) == len(stage_pools) == len(LEVELS):
             raise ConfigError(f"madv-net has three stages (low, mid, high): stage_dims {list(stage_dims)}, stage_depths "
                               f"{list(stage_depths)}, stage_heads {list(stage_heads)}, stage_pools {stage_pools} must each have 3 entries")
         if len(frequency_weights) != 3 or min(frequency_weights) < 0:
             raise ConfigError(f"madv-net: frequency_weights must be three non-negative numbers, got {list(frequency_weights)}")
+        if len(frequency_cutoffs) != 2 or not 0 < frequency_cutoffs[0] < frequency_cutoffs[1]:
+            raise ConfigError(f"madv-net: frequency_cutoffs must be two band edges 0 < c1 < c2 (cycles per token), "
+                              f"got {list(frequency_cutoffs)}")
         if len(conv_pool) != 2 or min(conv_pool) < 1:
             raise ConfigError(f"madv-net: conv_pool must be two sizes >= 1 (temporal, spatial), got {list(conv_pool)}")
-        if au_ib_beta < 0 or au_loss_weight < 0:
-            raise ConfigError(f"madv-net: au_ib_beta ({au_ib_beta}) and au_loss_weight ({au_loss_weight}) must be >= 0")
+        if au_ib_beta < 0 or au_loss_weight < 0 or au_code_weight < 0:
+            raise ConfigError(f"madv-net: au_ib_beta ({au_ib_beta}), au_loss_weight ({au_loss_weight}) and "
+                              f"au_code_weight ({au_code_weight}) must be >= 0")
+        if au_code_weight > 0 and variant == "no_au":
+            raise ConfigError("madv-net: au_code_weight supervises the AU encoder, which variant 'no_au' does not have")
         self.variant = variant
         self.num_classes = num_classes
         self.num_frames, self.image_size, self.in_channels, self.num_aus = num_frames, image_size, in_channels, num_aus
@@ -303,10 +489,15 @@ class MADVNet(MERModel):
         self.video_input = video_input
         self.use_depth = variant != "no_depth"
         self.use_au = variant != "no_au"
+        self.au_fusion = au_fusion if self.use_au else "concat"
+        self.level_fusion = level_fusion
         self.multi_frequency = multi_frequency
+        self.frequency_loss = frequency_loss
+        self.frequency_cutoffs = (float(frequency_cutoffs[0]), float(frequency_cutoffs[1]))
         self.frequency_weights = tuple(float(w) for w in frequency_weights)
         self.au_ib_beta, self.au_loss_weight = float(au_ib_beta), float(au_loss_weight)
         self.au_classifier_loss = au_classifier_loss
+        self.au_code_weight = float(au_code_weight)
         self.focal = FocalLoss(alpha=focal_mu, gamma=focal_lambda)
 
 
@@ -314,23 +505,37 @@ class MADVNet(MERModel):
         encoder_options = dict(
             input_grid=(num_frames, image_size, image_size), dims=stage_dims, depths=stage_depths, heads=stage_heads,
             embed_kernel=tuple(embed_kernel), embed_stride=tuple(embed_stride), pools=stage_pools, drop_path=drop_path,
-            mlp_ratio=mlp_ratio, kernel=projection_kernel, kv_stride=kv_stride, projection=projection, dropout=dropout)
+            mlp_ratio=mlp_ratio, kernel=projection_kernel, kv_stride=kv_stride, projection=projection, dropout=dropout,
+            attention=attention, keep_ratio=token_keep_ratio)
         self.encoders = nn.ModuleDict()
         if self.use_depth and video_fusion == "early":
             self.encoders["texture_depth"] = VideoEncoder(factor * (in_channels + 1), **encoder_options)
+        elif self.use_depth and video_fusion == "mixed":
+            self.encoders["mixed"] = VideoEncoder((factor * in_channels, factor), **encoder_options)
         else:
             self.encoders["texture"] = VideoEncoder(factor * in_channels, **encoder_options)
             if self.use_depth:
                 self.encoders["depth"] = VideoEncoder(factor, **encoder_options)
-        paths = len(self.encoders)
-        self.level_heads = nn.ModuleDict({level: nn.Linear(paths * dim, num_classes)
-                                          for level, dim in zip(LEVELS, stage_dims)})
-        self.au_encoder = AUEncoder(num_aus, au_widths, num_classes) if self.use_au else None
+        paths = len(self.encoders)  # class tokens per level
+        maps = sum(encoder.streams for encoder in self.encoders.values())  # token maps per level
+        if frequency_loss == "levels":
+            self.level_heads = nn.ModuleDict({level: nn.Linear(paths * dim, num_classes)
+                                              for level, dim in zip(LEVELS, stage_dims)})
+        else:
+            self.frequency_heads = nn.ModuleDict({level: FrequencyHead(maps * stage_dims[0], num_classes)
+                                                  for level in LEVELS})
+        self.dynamic_fusion = (DynamicFusion([paths * dim for dim in stage_dims], paths * stage_dims[-1])
+                               if level_fusion == "dynamic" else None)
+        codes = len(AU_VOCAB) if self.au_code_weight > 0 else 0
+        self.au_encoder = AUEncoder(num_aus, au_widths, num_classes, num_codes=codes) if self.use_au else None
         au_dim = self.au_encoder.feature_dim if self.au_encoder is not None else 0
-        self.attention_mlp = nn.Sequential(nn.Linear(paths * stage_dims[-1] + au_dim, attention_dim), nn.GELU())
+        self.au_attention = (AUGuidedAttention(self.au_encoder.sequence_dim, stage_dims[-1], au_attention_heads)
+                             if self.au_fusion == "attention" else None)
+        attended = stage_dims[-1] if self.au_attention is not None else 0
+        self.attention_mlp = nn.Sequential(nn.Linear(paths * stage_dims[-1] + au_dim + attended, attention_dim), nn.GELU())
         pool_t, pool_s = conv_pool
         self.conv_path = nn.Sequential(
-            nn.Conv3d(paths * stage_dims[0], conv_dim, 3, stride=2, padding=1, bias=False),
+            nn.Conv3d(maps * stage_dims[0], conv_dim, 3, stride=2, padding=1, bias=False),
             nn.BatchNorm3d(conv_dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool3d((pool_t, pool_s, pool_s)), nn.Flatten(1))
         self.head_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(attention_dim + conv_dim * pool_t * pool_s**2, num_classes)
@@ -338,7 +543,8 @@ class MADVNet(MERModel):
     @classmethod
     def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
         """``frames``, plus ``depth_seq`` unless ``no_depth`` and ``au`` unless ``no_au``, all of
-        ``num_frames``."""
+        ``num_frames``; ``au_codes`` (the training target of the coded-AU head) when
+        ``au_code_weight`` > 0."""
         check_choice("madv-net: variant", options["variant"], VARIANTS)
         size, length = (options["image_size"], options["image_size"]), options["num_frames"]
         specs = [ViewSpec("frames", size=size, channels=options["in_channels"], length=length)]
@@ -346,11 +552,17 @@ class MADVNet(MERModel):
             specs.append(ViewSpec("depth_seq", size=size, channels=1, length=length))
         if options["variant"] != "no_au":
             specs.append(ViewSpec("au", length=length))
+        if options.get("au_code_weight", 0.0) > 0:
+            specs.append(ViewSpec("au_codes"))
         return tuple(specs)
 
     def classifier_keys(self) -> list[str]:
-        """The classifier, the three level heads and the AU stream's classifier."""
-        heads = [f"level_heads.{level}" for level in LEVELS] + ["classifier"]
+        """The classifier, the three frequency (or level) heads and the AU stream's classifier."""
+        if self.frequency_loss == "levels":
+            heads = [f"level_heads.{level}" for level in LEVELS]
+        else:
+            heads = [f"frequency_heads.{level}.linear" for level in LEVELS]
+        heads.append("classifier")
         if self.au_encoder is not None:
             heads.append("au_encoder.classifier")
         return [f"{head}.{p}" for head in heads for p in ("weight", "bias")]
@@ -373,7 +585,7 @@ class MADVNet(MERModel):
 
     def _check_views(self, views: dict[str, torch.Tensor]) -> None:
         for spec in self.input_spec:
-            if spec.name in views:
+            if spec.name in views or spec.name == "au_codes":  # a training target only; checked by the loss
                 continue
             if spec.name == "depth_seq":
                 raise ModelInputError(
@@ -398,25 +610,44 @@ class MADVNet(MERModel):
         """
         self._check_views(views)
         texture = self._video(views, "frames", self.in_channels)
-        if "texture_depth" in self.encoders:
-            videos = {"texture_depth": torch.cat([texture, self._video(views, "depth_seq", 1)], dim=1)}
+        if len(self.encoders) == 1 and self.use_depth:  # early or mixed: one encoder reads both videos
+            videos = {next(iter(self.encoders)): torch.cat([texture, self._video(views, "depth_seq", 1)], dim=1)}
         else:
             videos = {"texture": texture}
             if self.use_depth:
                 videos["depth"] = self._video(views, "depth_seq", 1)
-        path_levels, embeddings = [], []
+        path_levels, embeddings, first_maps, last_maps = [], [], [], []
         for name, encoder in self.encoders.items():
-            levels, embedded = encoder(videos[name])
+            levels, embedded, maps = encoder(videos[name])
             path_levels.append(levels)
             embeddings.append(embedded)
+            first_maps.append(maps[0])
+            last_maps.append(maps[-1])
         level_features = [torch.cat([levels[k] for levels in path_levels], dim=1) for k in range(len(LEVELS))]
-        output = {f"p_{level}": self.level_heads[level](feature) for level, feature in zip(LEVELS, level_features)}
+        if self.frequency_loss == "levels":
+            output = {f"p_{level}": self.level_heads[level](feature) for level, feature in zip(LEVELS, level_features)}
+        else:
+            bands = frequency_bands(torch.cat(first_maps, dim=1), self.frequency_cutoffs)
+            output = {f"p_{level}": self.frequency_heads[level](band) for level, band in zip(LEVELS, bands)}
 
-        attention_input = [level_features[-1]]
+        if self.dynamic_fusion is not None:
+            video_feature, output["level_weights"] = self.dynamic_fusion(level_features)
+        else:
+            video_feature = level_features[-1]
+        attention_input = [video_feature]
         if self.au_encoder is not None:
             au = self.au_encoder(views["au"].to(texture.dtype))
             attention_input.append(au["feature"])
             output.update(au_logits=au["logits"], au_rate=au["rate"], au_distortion=au["distortion"])
+            if self.au_attention is not None:
+                dim = self.au_attention.key.in_features  # D_3, the high-level token width
+                tokens = torch.cat([m.reshape(m.shape[0], -1, dim, *m.shape[2:]).flatten(3).transpose(2, 3).flatten(1, 2)
+                                    for m in last_maps], dim=1)  # (B, all high-level tokens, D_3)
+                attention_input.append(self.au_attention(au["sequence"], tokens))
+            if "code_logits" in au:
+                output["au_code_logits"] = au["code_logits"]
+                if "au_codes" in views:
+                    output["au_code_target"] = views["au_codes"]
         f_att = self.attention_mlp(torch.cat(attention_input, dim=1))
         f_conv = self.conv_path(torch.cat(embeddings, dim=1))
         output["logits"] = self.classifier(self.head_dropout(torch.cat([f_att, f_conv], dim=1)))
@@ -429,7 +660,12 @@ class MADVNet(MERModel):
 
         Keys: ``multi_class`` (Eq. 19); with ``multi_frequency`` ``low``, ``mid``, ``high``
         (``alpha L_low`` ... of Eq. 20); unless ``no_au`` ``au_bottleneck`` (the per-layer Eq. 8
-        terms, summed) and ``au_classifier`` (Eq. 11), both times ``au_loss_weight``.
+        terms, summed) and ``au_classifier`` (Eq. 11), both times ``au_loss_weight``; with
+        ``au_code_weight`` ``au_codes``: the mean binary cross-entropy of the coded-AU head over
+        the clips whose dataset codes AUs (an all-NaN target row is a clip without codes).
+
+        Raises:
+            ModelInputError: ``au_code_weight`` > 0 but the output carries no ``au_codes`` target.
         """
         target = target.long()
         terms = {"multi_class": self.focal(output["logits"], target)}
@@ -446,6 +682,17 @@ class MADVNet(MERModel):
                 classifier = F.cross_entropy(au_logits, target)
             terms["au_bottleneck"] = self.au_loss_weight * bottleneck
             terms["au_classifier"] = self.au_loss_weight * classifier
+        if self.au_code_weight > 0:
+            if "au_code_target" not in output:
+                raise ModelInputError("madv-net: au_code_weight > 0 trains on the dataset's AU codes; the views need "
+                                      "'au_codes' (the pipeline builds it from the model's input spec)")
+            logits, codes = output["au_code_logits"].float(), output["au_code_target"].float()
+            coded = torch.isfinite(codes).all(dim=1)
+            if coded.any():
+                code_loss = F.binary_cross_entropy_with_logits(logits[coded], codes[coded])
+            else:
+                code_loss = logits.sum() * 0.0
+            terms["au_codes"] = self.au_code_weight * code_loss
         return terms
 
     def loss(self, output: dict[str, torch.Tensor], target: torch.Tensor) -> torch.Tensor:

@@ -60,8 +60,10 @@ Network (Sec. 3.3, Fig. 3) and how we read what the text leaves open:
 
 Variants (the ablations of Fig. 11): ``"full"``; ``"no_flow"`` (raw ``frames`` in,
 ``frame_channels`` channels); ``"no_attention"``; ``"no_spatial_ms"`` (no RC modules);
-``"no_temporal_ms"`` (no fusion, a single output from X5); ``"plain"`` (none of the four
-additions: the "basic 3D-ResNet" that Fig. 11 starts from, and the baseline of the benchmark).
+``"no_temporal_ms"`` (no fusion, a single output from X5); ``"plain"`` (none of the three
+architectural additions, on flow: the baseline of the benchmark); ``"plain_frames"`` (none of the
+four additions, raw ``frames`` in: the "basic 3D-ResNet" that Fig. 11 starts from before the
+optical flow method is added).
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ VARIANTS: dict[str, Variant] = {
     "no_spatial_ms": Variant(True, False, True, "flow_seq"),
     "no_temporal_ms": Variant(True, True, False, "flow_seq"),
     "plain": Variant(False, False, False, "flow_seq"),
+    "plain_frames": Variant(False, False, False, "frames"),
 }
 
 
@@ -231,7 +234,8 @@ class MultiScale3dResNet(MERModel):
         base_width: channels of block 1 and stage 2's blocks (64 in ResNet).
         input_size: (H, W) of the view to request (paper: 134 x 134).
         num_frames: T of the view to request (paper: 16).
-        frame_channels: 1 or 3, channels of the ``frames`` view for ``variant="no_flow"``.
+        frame_channels: 1 or 3, channels of the ``frames`` view for the variants without flow
+            (``"no_flow"``, ``"plain_frames"``).
         selection: inference rule, ``"max_confidence"`` | ``"mean"`` | ``"fixed"``.
         fixed_output: output used by ``selection="fixed"`` (0..3).
         fusion_chain: ``"pairwise"`` (as written) or ``"cascade"``.

@@ -7,11 +7,24 @@ CAS(ME)^3 ``AU``): ``4+7``, ``R12A+R14A``, ``AU4+AU7``, ``L10``, ``12?``, ``4 or
 a unilateral code maps onto the same AU as the bilateral one, with its side kept.
 
 The AU stream (MADV-Net, paper 002, section 3.2.2: ``V = V_x - V_t``, the AU vector of a
-frame minus that of the neutral onset) is built from geometric proxies measured on 68-point
-landmarks, since no AU intensity estimator ships with merkit. Every proxy is a distance in a
-face frame (origin between the eyes, x along the eye-corner line, y down) in units of the
-inter-ocular distance, so it is invariant to head translation, in-plane rotation and scale,
-and signed so that it grows when its AU is active.
+frame minus that of the neutral onset) is built from proxies measured around 68-point landmarks,
+since no AU intensity estimator ships with merkit. Every AU of :data:`AU_VOCAB` has one:
+
+* **geometric** proxies (:func:`au_proxies`): distances in a face frame (origin between the
+  eyes, x along the eye-corner line, y down) in units of the inter-ocular distance, so they are
+  invariant to head translation, in-plane rotation and scale, and signed so that they grow when
+  their AU is active;
+* **appearance** proxies (:func:`appearance_proxies`) for the actions that move no landmark but
+  fold or bulge the skin: the log of the texture energy (mean absolute Laplacian of the lightly
+  blurred grey frame) in a square patch placed by the landmarks: the nasolabial furrow (AU11),
+  the masseter above the jaw angle (AU31) and the neck below the chin (AU21). Wrinkles and
+  bulges raise the energy; the onset difference of a log is a ratio, so lighting gain cancels.
+  A patch outside the frame (the neck in a tight face crop) gives no change.
+
+Which proxy stands for which AU is :data:`AU_FROM_PROXIES`. Where geometry cannot tell two
+actions apart they share a proxy (AU6/7 lower lid, AU23/24/28 lip thickness, AU26/27 jaw,
+AU43/45 eye opening, AU38/39 nostril width with opposite signs); the classifier sees them as one
+signal. SynthME animates AU14 and AU16 (among others), which the tests use as ground truth.
 """
 
 from __future__ import annotations
@@ -212,6 +225,26 @@ def au_multi_hot(
     return vector
 
 
+def au_code_view(sample, vocab: tuple[int, ...] = AU_VOCAB) -> np.ndarray:
+    """The ``au_codes`` view: the clip's annotated AUs as a multi-hot vector over ``vocab``.
+
+    Every coded AU counts once (sides and intensities ignored; uncertain codes count as coded);
+    codes outside ``vocab`` are left out. A clip without any AU code (SMIC codes none) gets an
+    all-NaN vector, so that a loss can tell "not coded" from "coded as absent".
+
+    Args:
+        sample: a :class:`~merkit.data.Sample` (its ``aus``).
+
+    Returns:
+        (len(vocab),) float32.
+    """
+    numbers = {code.number for text in sample.aus for code in parse_au_string(text, unknown="skip")}
+    numbers &= set(vocab)
+    if not numbers:
+        return np.full(len(vocab), np.nan, dtype=np.float32)
+    return np.array([1.0 if number in numbers else 0.0 for number in vocab], dtype=np.float32)
+
+
 # --------------------------------------------------------------------------- geometric proxies
 
 #: Names of the landmark proxies, in column order of :func:`au_proxies`. ``_r``/``_l`` are the
@@ -232,9 +265,22 @@ AU_PROXY_NAMES: tuple[str, ...] = (
     "lips_part",  # AU25: inner lip gap (62-66)
     "jaw_drop",  # AU26/27: chin depth (8)
     "chin_raise",  # AU17: height of the lower lip and the chin (57, 8)
+    "lip_corner_in_r", "lip_corner_in_l",  # AU14: lip corner pulled toward the midline (48 / 54)
+    "lower_lip_depress",  # AU16: lower lip (56-58) down toward the chin (8)
+    "nose_width",  # AU38 (+) / AU39 (-): distance between the nostril wings (31-35)
+    "cheek_width",  # AU34: face outline width at cheek level (2-14)
 )
 
-#: AU number -> (proxy name, sign) pairs whose signed mean stands for that AU's intensity.
+#: Names of the appearance proxies, in column order of :func:`appearance_proxies`.
+APPEARANCE_PROXY_NAMES: tuple[str, ...] = (
+    "nasolabial_furrow_r", "nasolabial_furrow_l",  # AU11: between the nose wing and the lip corner
+    "masseter_r", "masseter_l",  # AU31: inside the jaw outline above the jaw angle
+    "neck_texture",  # AU21: below the chin
+)
+
+#: AU number -> (proxy name, sign) pairs whose signed mean stands for that AU's intensity
+#: (geometric names from :data:`AU_PROXY_NAMES`, appearance names from
+#: :data:`APPEARANCE_PROXY_NAMES`). Every AU of :data:`AU_VOCAB` is a key.
 AU_FROM_PROXIES: dict[int, tuple[tuple[str, float], ...]] = {
     1: (("inner_brow_raise_r", 1.0), ("inner_brow_raise_l", 1.0)),
     2: (("outer_brow_raise_r", 1.0), ("outer_brow_raise_l", 1.0)),
@@ -244,15 +290,27 @@ AU_FROM_PROXIES: dict[int, tuple[tuple[str, float], ...]] = {
     7: (("lower_lid_raise_r", 1.0), ("lower_lid_raise_l", 1.0)),
     9: (("nose_wrinkle", 1.0),),
     10: (("upper_lip_raise", 1.0),),
+    11: (("nasolabial_furrow_r", 1.0), ("nasolabial_furrow_l", 1.0)),  # appearance: the furrow deepens
     12: (("lip_corner_pull_r", 1.0), ("lip_corner_pull_l", 1.0)),
+    13: (("lip_corner_pull_r", 1.0), ("lip_corner_pull_l", 1.0), ("lip_stretch", -1.0)),  # corners up AND in
+    14: (("lip_corner_in_r", 1.0), ("lip_corner_in_l", 1.0)),
     15: (("lip_corner_depress_r", 1.0), ("lip_corner_depress_l", 1.0)),
+    16: (("lower_lip_depress", 1.0),),
     17: (("chin_raise", 1.0),),
+    18: (("lip_stretch", -1.0), ("lip_press", -1.0)),  # pucker: a narrower mouth with fuller lips
     20: (("lip_stretch", 1.0),),
+    21: (("neck_texture", 1.0),),  # appearance: neck cords
+    22: (("lip_stretch", -1.0), ("lips_part", 1.0)),  # funnel: narrower and parted
     23: (("lip_press", 1.0),),
     24: (("lip_press", 1.0),),
     25: (("lips_part", 1.0),),
     26: (("jaw_drop", 1.0),),
     27: (("jaw_drop", 1.0),),
+    28: (("lip_press", 1.0),),  # the lips vanish into the mouth: thinner, as pressed lips
+    31: (("masseter_r", 1.0), ("masseter_l", 1.0)),  # appearance: the masseter bulges
+    34: (("cheek_width", 1.0),),
+    38: (("nose_width", 1.0),),
+    39: (("nose_width", -1.0),),
     43: (("eye_open_r", -1.0), ("eye_open_l", -1.0)),
     45: (("eye_open_r", -1.0), ("eye_open_l", -1.0)),
 }
@@ -316,8 +374,115 @@ def au_proxies(landmarks: np.ndarray) -> np.ndarray:
         y[..., 66] - y[..., 62],
         y[..., 8],
         -mean_y(57, 8),
+        x[..., 48], -x[..., 54],
+        mean_y(56, 57, 58) - y[..., 8],
+        np.hypot(x[..., 35] - x[..., 31], y[..., 35] - y[..., 31]),
+        np.hypot(x[..., 14] - x[..., 2], y[..., 14] - y[..., 2]),
     ]
     return np.stack(columns, axis=-1).astype(np.float32)
+
+
+#: Appearance patches: (landmark weights of the centre, offset along the face x / y axes and
+#: half side, both in inter-ocular distances). ``x`` is the subject's right-to-left eye axis,
+#: so the subject's right side lies at ``-x``.
+_PATCHES: dict[str, tuple[dict[int, float], tuple[float, float], float]] = {
+    "nasolabial_furrow_r": ({31: 0.5, 48: 0.5}, (-0.1, 0.0), 0.1),
+    "nasolabial_furrow_l": ({35: 0.5, 54: 0.5}, (0.1, 0.0), 0.1),
+    "masseter_r": ({3: 0.7, 48: 0.3}, (0.0, 0.0), 0.12),
+    "masseter_l": ({13: 0.7, 54: 0.3}, (0.0, 0.0), 0.12),
+    "neck_texture": ({8: 1.0}, (0.0, 0.3), 0.15),
+}
+_MIN_PATCH_FRACTION = 0.5  # a patch less than half inside the frame (the neck in a tight crop) gives no value
+_ENERGY_FLOOR = 0.5  # grey levels: keeps the log finite and flat skin quiet
+#: Scale of the appearance stream: a doubling of the texture energy (log 2) becomes 0.07, the
+#: landmark displacement (in inter-ocular distances) of a full-intensity SynthME action, so the
+#: appearance channels do not drown the geometric ones in the AU encoder's first layer.
+APPEARANCE_SCALE = 0.1
+
+
+def texture_energy(grey: np.ndarray) -> np.ndarray:
+    """Mean-free texture energy map of one grey frame: ``|Laplacian(Gaussian_1px(grey))|``.
+
+    Args:
+        grey: (H, W) grey levels (uint8 or float).
+
+    Returns:
+        (H, W) float32.
+    """
+    import cv2
+
+    blurred = cv2.GaussianBlur(np.asarray(grey, dtype=np.float32), (0, 0), 1.0)
+    return np.abs(cv2.Laplacian(blurred, cv2.CV_32F, ksize=3))
+
+
+def patch_boxes(landmarks: np.ndarray) -> dict[str, tuple[np.ndarray, float]]:
+    """Centre (x, y) in pixels and half side in pixels of every appearance patch.
+
+    Args:
+        landmarks: (68, 2) dlib-order landmarks in pixels.
+    """
+    points = np.asarray(landmarks, dtype=np.float64)
+    right = 0.5 * (points[36] + points[39])
+    left = 0.5 * (points[42] + points[45])
+    interocular = float(np.linalg.norm(left - right))
+    ux = (left - right) / interocular
+    uy = np.array([-ux[1], ux[0]])
+    boxes = {}
+    for name, (weights, (dx, dy), half) in _PATCHES.items():
+        centre = sum(w * points[i] for i, w in weights.items()) + interocular * (dx * ux + dy * uy)
+        boxes[name] = (centre, half * interocular)
+    return boxes
+
+
+def appearance_proxies(frames: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
+    """Appearance AU proxies of each frame (columns: :data:`APPEARANCE_PROXY_NAMES`).
+
+    Each is ``log(floor + mean texture energy)`` over an axis-aligned square patch placed by the
+    frame's landmarks (:func:`patch_boxes`); the part of a patch outside the frame is left out,
+    and a patch less than half inside gives NaN.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB or (T, H, W) grey.
+        landmarks: (T, 68, 2) landmarks of those frames, in pixels.
+
+    Returns:
+        (T, Q) float32; NaN where less than half a patch lies in the frame.
+    """
+    import cv2
+
+    frames = np.asarray(frames)
+    landmarks = np.asarray(landmarks)
+    if frames.ndim not in (3, 4) or len(frames) != len(landmarks):
+        raise ConfigError(f"appearance_proxies expects (T, H, W[, 3]) frames and (T, 68, 2) landmarks, got "
+                          f"{frames.shape} and {landmarks.shape}")
+    out = np.full((len(frames), len(APPEARANCE_PROXY_NAMES)), np.nan, dtype=np.float32)
+    for t, (frame, points) in enumerate(zip(frames, landmarks)):
+        grey = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) if frame.ndim == 3 else frame
+        energy = texture_energy(grey)
+        height, width = energy.shape
+        boxes = patch_boxes(points)
+        for q, name in enumerate(APPEARANCE_PROXY_NAMES):
+            (cx, cy), half = boxes[name]
+            left, right = int(np.floor(cx - half)), int(np.ceil(cx + half)) + 1
+            top, bottom = int(np.floor(cy - half)), int(np.ceil(cy + half)) + 1
+            x0, x1, y0, y1 = max(0, left), min(width, right), max(0, top), min(height, bottom)
+            inside = max(0, x1 - x0) * max(0, y1 - y0)
+            if inside > 0 and inside >= _MIN_PATCH_FRACTION * (right - left) * (bottom - top):
+                out[t, q] = np.log(_ENERGY_FLOOR + float(energy[y0:y1, x0:x1].mean()))
+    return out
+
+
+def appearance_stream(frames: np.ndarray, landmarks: np.ndarray, onset_index: int = 0) -> np.ndarray:
+    """Appearance proxies minus the onset frame's: ``APPEARANCE_SCALE`` times the log ratio of
+    the texture energies.
+
+    A patch missing from a frame or from the onset frame gives 0 (no change) there.
+
+    Returns:
+        (T, Q) float32, row ``onset_index`` is zero.
+    """
+    proxies = appearance_proxies(frames, landmarks)
+    return (APPEARANCE_SCALE * np.nan_to_num(proxies - proxies[onset_index], nan=0.0)).astype(np.float32)
 
 
 def au_stream(landmarks_seq: np.ndarray, onset_index: int = 0) -> np.ndarray:
@@ -337,26 +502,33 @@ def au_stream(landmarks_seq: np.ndarray, onset_index: int = 0) -> np.ndarray:
     return proxies - proxies[onset_index]
 
 
-def au_vocab_intensities(stream: np.ndarray, vocab: tuple[int, ...] = AU_VOCAB) -> np.ndarray:
-    """Map a proxy stream onto the AU vocabulary (:data:`AU_FROM_PROXIES`).
+def au_vocab_intensities(stream: np.ndarray, vocab: tuple[int, ...] = AU_VOCAB,
+                         appearance: np.ndarray | None = None) -> np.ndarray:
+    """Map proxy streams onto the AU vocabulary (:data:`AU_FROM_PROXIES`).
 
     Args:
-        stream: (T, P) from :func:`au_stream` (or :func:`au_proxies`).
+        stream: (T, P) geometric proxies from :func:`au_stream` (or :func:`au_proxies`).
+        appearance: (T, Q) from :func:`appearance_stream`; None: the appearance AUs (11, 21, 31)
+            are zero.
 
     Returns:
-        (T, A) float32; AUs without a landmark proxy (e.g. AU14, AU18) are zero.
+        (T, A) float32.
     """
     stream = np.asarray(stream, dtype=np.float32)
-    column = {name: i for i, name in enumerate(AU_PROXY_NAMES)}
+    columns = {name: stream[..., i] for i, name in enumerate(AU_PROXY_NAMES)}
+    if appearance is not None:
+        appearance = np.asarray(appearance, dtype=np.float32)
+        columns.update({name: appearance[..., i] for i, name in enumerate(APPEARANCE_PROXY_NAMES)})
     out = np.zeros(stream.shape[:-1] + (len(vocab),), dtype=np.float32)
     for a, number in enumerate(vocab):
-        pairs = AU_FROM_PROXIES.get(number, ())
+        pairs = [(name, sign) for name, sign in AU_FROM_PROXIES.get(number, ()) if name in columns]
         if pairs:
-            out[..., a] = np.mean([sign * stream[..., column[name]] for name, sign in pairs], axis=0)
+            out[..., a] = np.mean([sign * columns[name] for name, sign in pairs], axis=0)
     return out
 
 
-def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Literal["dlib", "synthme"] = "dlib") -> np.ndarray:
+def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Literal["dlib", "synthme"] = "dlib",
+            transforms: np.ndarray | None = None) -> np.ndarray:
     """The ``au`` view of a sample: per-frame AU intensities minus the onset's, (T, A).
 
     Args:
@@ -366,9 +538,12 @@ def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Litera
         source: ``dlib``: landmarks tracked on ``frames[positions]`` (one detection on the
             first); ``synthme``: SynthME's exact landmarks of the same frames (the clip is
             re-rendered from the dataset's ``synthme.json``).
+        transforms: (N, 2, 3) maps from the dataset's frames to ``frames`` (the face step's), so
+            that ``synthme`` landmarks land on the cropped frames; None: no face step.
 
     Returns:
-        (T, len(AU_VOCAB)) float32 (:func:`au_vocab_intensities` of :func:`au_stream`).
+        (T, len(AU_VOCAB)) float32: :func:`au_vocab_intensities` of the geometric
+        :func:`au_stream` and the :func:`appearance_stream` of ``frames[positions]``.
 
     Raises:
         FaceNotFoundError: ``dlib`` found no face on the first frame.
@@ -384,6 +559,11 @@ def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Litera
 
         clip, first = synth_clip_of(sample), sample.frames.position(sample.onset_frame)
         landmarks = np.stack([clip.landmarks_at(first + int(p)) for p in positions])
+        if transforms is not None:
+            from merkit.preprocess.face import apply_transform
+
+            landmarks = np.stack([apply_transform(transforms[int(p)], points) for p, points in zip(positions, landmarks)])
     else:
         raise ConfigError(f"unknown AU source {source!r}; expected 'dlib' or 'synthme'")
-    return au_vocab_intensities(au_stream(landmarks, onset_index=0))
+    appearance = appearance_stream(frames[positions], landmarks, onset_index=0)
+    return au_vocab_intensities(au_stream(landmarks, onset_index=0), appearance=appearance)

@@ -10,9 +10,12 @@ Three sources:
 ``synthme``
     SynthME's ground-truth depth (:meth:`SynthClip.depth_at`; relative, near = large,
     background 0).
-``depth-anything:<weights dir>``
+``depth-anything:<weights dir>`` or ``depth-anything``
     Depth Anything (paper 002 uses it to turn RGB clips into "3D video") through Hugging Face
     ``transformers``, from a local checkpoint directory; relative inverse depth (near = large).
+    Plain ``depth-anything`` reads the directory from ``$MERKIT_DEPTH_ANYTHING`` (so a shipped
+    config can name the source without a machine's path; MADV-Net's paper config does, as the
+    source for the RGB-only datasets). Nothing is downloaded: the user supplies the checkpoint.
     ``transformers`` is an optional extra (``pip install merkit[depth]``) imported on first use.
 
 Normalisation rule (every source, :func:`normalise_depth`): one affine map per CLIP, so depth
@@ -38,6 +41,27 @@ from merkit.errors import ConfigError, MissingFramesError, PreprocessError, Weig
 log = logging.getLogger(__name__)
 
 DEPTH_ANYTHING_PREFIX = "depth-anything:"
+DEPTH_ANYTHING_ENV = "MERKIT_DEPTH_ANYTHING"
+
+
+def resolve_depth_source(source: str) -> str:
+    """``depth-anything`` -> ``depth-anything:<$MERKIT_DEPTH_ANYTHING>``; other sources unchanged.
+
+    Raises:
+        WeightsNotFoundError: ``depth-anything`` without the environment variable.
+    """
+    if source != DEPTH_ANYTHING_PREFIX[:-1]:
+        return source
+    import os
+
+    weights = os.environ.get(DEPTH_ANYTHING_ENV, "").strip()
+    if not weights:
+        raise WeightsNotFoundError(
+            f"depth source 'depth-anything' reads the checkpoint directory from ${DEPTH_ANYTHING_ENV}, which is not set. "
+            "Download a Depth Anything checkpoint in Hugging Face format (e.g. LiheYoung/depth-anything-small-hf) "
+            f"and set {DEPTH_ANYTHING_ENV}=<its directory>, or write views.depth: '{DEPTH_ANYTHING_PREFIX}<directory>'; "
+            "for CAS(ME)^3 (recorded depth) use views.depth: dataset. merkit downloads nothing")
+    return DEPTH_ANYTHING_PREFIX + weights
 
 
 def normalise_depth(
@@ -264,8 +288,8 @@ def depth_sequence(
         sample: the :class:`~merkit.data.Sample`.
         numbers: (T,) dataset frame numbers.
         size: output (h, w).
-        source: ``dataset`` (``sample.depth``), ``synthme`` (ground truth) or
-            ``depth-anything:<weights dir>``.
+        source: ``dataset`` (``sample.depth``), ``synthme`` (ground truth),
+            ``depth-anything:<weights dir>`` or ``depth-anything`` (``$MERKIT_DEPTH_ANYTHING``).
         frames: (T, H, W, 3) uint8 RGB frames to run Depth Anything on (e.g. the aligned
             course); None: read ``numbers`` from ``sample.frames``.
         transforms: (T, 2, 3) transforms from depth-frame pixels to the output grid of
@@ -286,6 +310,7 @@ def depth_sequence(
     """
     numbers = [int(n) for n in numbers]
     h, w = size
+    source = resolve_depth_source(source)
     if source == "dataset":
         if sample.depth is None:
             raise PreprocessError(
@@ -303,7 +328,8 @@ def depth_sequence(
         transforms = None  # estimated on the given (already aligned) frames
     else:
         raise ConfigError(
-            f"unknown depth source {source!r}; expected 'dataset', 'synthme' or '{DEPTH_ANYTHING_PREFIX}<weights dir>'"
+            f"unknown depth source {source!r}; expected 'dataset', 'synthme', 'depth-anything' "
+            f"(${DEPTH_ANYTHING_ENV}) or '{DEPTH_ANYTHING_PREFIX}<weights dir>'"
         )
     if transforms is not None:
         from merkit.preprocess.face import compose, resize_transform, warp_clip

@@ -6,8 +6,9 @@ sample + view spec + preprocessing config (written atomically, recomputed when t
 changes) and runs over many samples on N worker processes.
 
 Order of steps for a clip: frame course onset..offset -> apex (policy) -> face alignment
-(optional, estimated on the onset frame, applied to the whole course) -> temporal sampling ->
-magnification (optional, sequence views) -> resize / colour -> flow, depth, AU streams.
+(optional, estimated on the onset frame, applied to the whole course) -> magnification
+(optional, flow sequences: on the whole, evenly spaced course) -> temporal sampling -> resize /
+colour -> flow, depth, AU streams.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from merkit.views import SEQUENCE_VIEWS, ViewSpec
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 3  # 2: sampling "interpolate" interpolates the course; 3: <view>_mask and <view>_position
+PIPELINE_VERSION = 4  # 2: sampling "interpolate" interpolates the course; 3: <view>_mask and <view>_position; 4: magnify the course, then pick
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,12 @@ def load_course(sample: Sample, config: ViewsConfig, *, full: bool = True) -> Co
         frames = frames[keep] if frames is not None else np.stack([sample.frames.read(numbers[i]) for i in keep])
         numbers, apex = [numbers[i] for i in keep], keep.index(apex)
     source_size, transforms = (int(frames.shape[1]), int(frames.shape[2])), None
-    if config.face != "none":
+    if config.face == "dlib-box":  # paper 004: the box of dlib's 68 landmarks, cut out as it is
+        from merkit.preprocess.face import crop_box_clip
+
+        cropped = crop_box_clip(frames, detector="dlib", box_from="landmarks", sample_id=sample.sample_id)
+        frames, transforms = cropped.frames, cropped.transforms
+    elif config.face != "none":
         from merkit.preprocess.face import align_clip
 
         aligned = align_clip(frames, detector=config.face, sample_id=sample.sample_id)
@@ -198,6 +204,10 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
 
                 flow = flow_regions(flow, apex, sample_id=sample.sample_id)
             views[spec.name] = flow
+        elif spec.name == "au_codes":
+            from merkit.preprocess.au import au_code_view
+
+            views["au_codes"] = au_code_view(sample)
         else:
             positions, times = sample_positions(course, spec.length, config, sample.fps)
             if config.sampling == "all" and len(positions) < 2:
@@ -268,28 +278,34 @@ def _grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
-def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: ViewSpec, config: ViewsConfig) -> np.ndarray:
-    frames = course.frames[positions]
-    # frame rate of the sequence the view is built from (magnification needs it)
-    sequence_fps = sample.fps * (len(positions) - 1) / max(1, positions[-1] - positions[0])
-    if config.sampling == "interpolate":
-        from merkit.preprocess.sampling import interpolate_frames
+def _interpolated(frames: np.ndarray, length: int) -> np.ndarray:
+    from merkit.preprocess.sampling import interpolate_frames
 
-        if spec.name not in ("frames", "flow_seq"):
-            raise PreprocessError(f"{sample.sample_id}: sampling 'interpolate' builds the frames and flow_seq views, not "
-                                  f"{spec.name!r} (its data exists only at recorded frames); use 'uniform' or 'keyframes'")
-        frames = np.clip(np.rint(interpolate_frames(course.frames, spec.length)), 0, 255).astype(np.uint8)
-        sequence_fps = sample.fps * (spec.length - 1) / max(1, len(course.frames) - 1)
+    return np.clip(np.rint(interpolate_frames(frames, length)), 0, 255).astype(np.uint8)
+
+
+def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: ViewSpec, config: ViewsConfig) -> np.ndarray:
+    interpolate = config.sampling == "interpolate"
+    if interpolate and spec.name not in ("frames", "flow_seq"):
+        raise PreprocessError(f"{sample.sample_id}: sampling 'interpolate' builds the frames and flow_seq views, not "
+                              f"{spec.name!r} (its data exists only at recorded frames); use 'uniform' or 'keyframes'")
+    frames = _interpolated(course.frames, spec.length) if interpolate else course.frames[positions]
     if spec.name == "frames":
         return np.stack([to_image_view(f, spec.size, spec.channels) for f in frames])
     if spec.name == "flow_seq":
         from merkit.preprocess.flow import flow_sequence
 
-        grey = np.stack([_grey(f) for f in frames])
-        if config.magnify is not None:
+        if config.magnify is None:
+            grey = np.stack([_grey(f) for f in frames])
+        else:
+            # Eulerian magnification filters every pixel over time, so it runs on the evenly
+            # spaced course at the clip's frame rate, before frames are picked: key frames
+            # (paper 004) or rounded uniform picks are unevenly spaced in time, and a temporal
+            # band-pass over them would read the wrong frequencies.
             from merkit.preprocess.magnify import magnify
 
-            grey = magnify(grey, fps=sequence_fps, alpha=config.magnify)
+            grey_course = magnify(np.stack([_grey(f) for f in course.frames]), fps=sample.fps, alpha=config.magnify)
+            grey = _interpolated(grey_course, spec.length) if interpolate else grey_course[positions]
         return flow_sequence(grey, onset_index=0, method=config.flow, size=spec.size).astype(np.float32)
     if spec.name == "depth_seq":
         from merkit.preprocess.depth import depth_sequence
@@ -304,7 +320,7 @@ def _sequence_view(sample: Sample, course: Course, positions: np.ndarray, spec: 
     if spec.name == "au":
         from merkit.preprocess.au import au_view
 
-        return au_view(sample, course.frames, positions, source=config.au).astype(np.float32)
+        return au_view(sample, course.frames, positions, source=config.au, transforms=course.transforms).astype(np.float32)
     raise PreprocessError(f"{sample.sample_id}: no builder for view {spec.name!r}")
 
 
@@ -321,13 +337,18 @@ def cache_key(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) ->
     for path in paths:
         stat = path.stat()
         files.append((str(path), stat.st_size, int(stat.st_mtime)))
+    settings = config.model_dump(mode="json")
+    if any(s.name == "depth_seq" for s in specs):  # the checkpoint behind 'depth-anything' ($MERKIT_DEPTH_ANYTHING)
+        from merkit.preprocess.depth import resolve_depth_source
+
+        settings["depth"] = resolve_depth_source(config.depth)
     payload = {
         "version": PIPELINE_VERSION,
         "sample": [sample.sample_id, sample.onset_frame, sample.apex_frame, sample.offset_frame, sample.fps,
                    sample.meta.get("source_format")],
         "files": files,
         "specs": [asdict(s) for s in specs],
-        "config": config.model_dump(mode="json"),
+        "config": settings,
     }
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 

@@ -44,10 +44,7 @@ def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generat
             continue
         mask = torch.rand(batch, generator=generator) < 0.5
         if mask.any():
-            for name in names:
-                view = out[name]
-                flipped = torch.where(_bmask(mask, view), view.flip(axis), view)
-                out[name] = _flip_sign(name, flipped, component, mask)
+            _flip(out, names, mask, component, axis)
     pad = max(config.random_crop, config.shift)
     if pad > 0:
         offsets = torch.randint(0, 2 * pad + 1, (batch, 2), generator=generator)
@@ -62,6 +59,60 @@ def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generat
                 out[name] = (out[name] * gain.view(shape) + bias.view(shape)).clamp(0, 1)
             elif name in VIEWS and VIEWS[name].content == "difference":
                 out[name] = out[name] * gain.view((batch,) + (1,) * (out[name].dim() - 1))
+    return out
+
+
+def _flip(views: dict[str, torch.Tensor], names: list[str], mask: torch.Tensor, component: int, axis: int) -> None:
+    """Flip the samples in ``mask`` along ``axis`` in place of ``views`` (flow component negated)."""
+    for name in names:
+        view = views[name]
+        flipped = torch.where(_bmask(mask, view), view.flip(axis), view)
+        views[name] = _flip_sign(name, flipped, component, mask)
+
+
+Copy = tuple[int, int, bool]
+
+
+def offline_copies(config: AugmentConfig) -> list[Copy]:
+    """The fixed copies of every training clip (paper 004's offline expansion), as
+    ``(dy, dx, vflip)``: content translated by ``(dy, dx)`` pixels, then flipped upside down.
+
+    The first copy is the clip itself; ``offline_shift = s`` adds ``(0, -s)``, ``(0, s)``,
+    ``(-s, 0)``, ``(s, 0)`` (the face box moved right, left, down, up), ``offline_vflip`` adds
+    ``(0, 0, True)``. Without either, the one copy ``(0, 0, False)``.
+    """
+    copies: list[Copy] = [(0, 0, False)]
+    s = config.offline_shift
+    if s > 0:
+        copies += [(0, -s, False), (0, s, False), (-s, 0, False), (s, 0, False)]
+    if config.offline_vflip:
+        copies.append((0, 0, True))
+    return copies
+
+
+def apply_offline_copies(views: dict[str, torch.Tensor], copy_index: torch.Tensor, copies: list[Copy]) -> dict[str, torch.Tensor]:
+    """Turn a batch of clips into the offline copies ``copies[copy_index[i]]`` of its samples.
+
+    Args:
+        views: view name -> batched tensor ``(B, ...)``.
+        copy_index: ``(B,)`` index into ``copies`` per sample.
+        copies: from :func:`offline_copies`.
+
+    Returns:
+        new views; translations replicate the border, the upside-down copy negates flow's v.
+    """
+    out = dict(views)
+    names = [n for n in out if n in AUGMENTED_VIEWS]
+    if not names or len(copies) == 1:
+        return out
+    offsets = torch.tensor([copies[int(c)][:2] for c in copy_index], dtype=torch.long)
+    pad = int(offsets.abs().max())
+    if pad > 0:
+        for name in names:
+            out[name] = _shift(out[name], pad - offsets, pad)
+    upside_down = torch.tensor([copies[int(c)][2] for c in copy_index])
+    if upside_down.any():
+        _flip(out, names, upside_down, component=1, axis=-2)
     return out
 
 

@@ -7,6 +7,9 @@ trains a fresh model from the run seed, selects it without looking at the test s
 *training* subjects), and writes the fold's predictions. A run directory that already holds a
 fold's predictions resumes after it.
 
+``folds: leave-one-sample-out`` in a config (paper 004's Eq. 4.5) makes one fold per clip
+instead; that scheme is not subject-independent and ``metrics.json`` says so under ``folds``.
+
 Run directory (the contract with metrics and reports)::
 
     runs/<name>/config.yaml         fully resolved config + protocol
@@ -35,7 +38,7 @@ from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
 from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
-from merkit.errors import ConfigError, LeakageError
+from merkit.errors import ConfigError, LeakageError, check_choice
 from merkit.eval.metrics import compute_metrics, unweighted_f1
 from merkit.eval.reports import plot_confusion_matrix
 from merkit.models.registry import create
@@ -48,12 +51,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Fold:
-    """One LOSO fold: the test group and the sample positions of each part."""
+    """One fold: the test group and the sample positions of each part.
+
+    ``subject_independent`` is False for leave-one-sample-out folds, whose training part holds
+    the test subject's other clips (then only the test clip itself is kept out of training).
+    """
 
     name: str
     test_group: str
     train_index: np.ndarray
     test_index: np.ndarray
+    subject_independent: bool = True
 
 
 def fold_name(group: str, single_dataset: bool) -> str:
@@ -79,6 +87,55 @@ def loso_folds(samples: Sequence[Sample]) -> list[Fold]:
         assert_disjoint([samples[i] for i in train], [samples[i] for i in test])
         folds.append(Fold(fold_name(group, single), group, train, test))
     return folds
+
+
+def sample_folds(samples: Sequence[Sample]) -> list[Fold]:
+    """Leave-one-sample-out: one fold per clip, in sample-id order (paper 004, Eq. 4.5).
+
+    NOT subject-independent: the test subject's other clips are in the training part, so a
+    model may recognise the person rather than the expression. Only the test clip is kept out.
+
+    Raises:
+        LeakageError: a clip id occurs twice (it would be in training and test at once).
+    """
+    ids = [s.sample_id for s in samples]
+    if len(set(ids)) != len(ids):
+        raise LeakageError(f"sample ids occur more than once: {sorted({i for i in ids if ids.count(i) > 1})[:5]}")
+    single = len({s.dataset for s in samples}) == 1
+    folds = []
+    for position in sorted(range(len(samples)), key=lambda i: ids[i]):
+        sample = samples[position]
+        name = fold_name(f"{sample.dataset}/{sample.subject}-{sample.clip_id}", single)
+        train = np.array([i for i in range(len(samples)) if i != position], dtype=np.int64)
+        folds.append(Fold(name, sample.sample_id, train, np.array([position]), subject_independent=False))
+    if len({f.name for f in folds}) != len(folds):  # two ids that differ only in characters a folder cannot hold
+        folds = [Fold(f"{k:05d}-{f.name}", f.test_group, f.train_index, f.test_index, False) for k, f in enumerate(folds)]
+    return folds
+
+
+FOLD_SCHEMES = {
+    "loso": "leave-one-subject-out: one fold per subject; no subject is in training and test (subject-independent)",
+    "leave-one-sample-out": "one fold per clip, the other clips of the same subject train (paper 004's Eq. 4.5); "
+                            "NOT subject-independent: scores are not comparable with LOSO",
+}
+
+
+def make_folds(samples: Sequence[Sample], scheme: str = "loso") -> list[Fold]:
+    """The folds of ``scheme`` (``loso`` or ``leave-one-sample-out``).
+
+    Raises:
+        ConfigError: an unknown scheme.
+    """
+    check_choice("fold scheme", scheme, FOLD_SCHEMES)
+    return loso_folds(samples) if scheme == "loso" else sample_folds(samples)
+
+
+def _assert_fold_disjoint(fold: Fold, train: Sequence[Sample], test: Sequence[Sample]) -> None:
+    """Subject-independent folds share no subject; leave-one-sample-out folds share no clip."""
+    if fold.subject_independent:
+        assert_disjoint(train, test)
+    elif {s.sample_id for s in train} & {s.sample_id for s in test}:
+        raise LeakageError(f"fold {fold.name}: its test clip is also a training clip")
 
 
 def assert_disjoint(train: Sequence[Sample], test: Sequence[Sample]) -> None:
@@ -173,8 +230,9 @@ def run_loso(
     kept, arrays = builder.build(list(samples), progress=(lambda d, t: on_progress("views", d, t)) if on_progress else None)
     views = to_tensors(arrays)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
-    folds = loso_folds(kept)
-    log.info("LOSO: %d samples, %d folds, model %s, selection %s", len(kept), len(folds), config.model_name, config.selection.policy)
+    folds = make_folds(kept, config.folds)
+    log.info("%s: %d samples, %d folds, model %s, selection %s", config.folds, len(kept), len(folds), config.model_name,
+             config.selection.policy)
     jobs = [(number, fold, kept, views, labels, classes, config, run_dir / "folds" / fold.name)
             for number, fold in enumerate(folds)]
     if fold_workers > 1 and len(folds) > 1:
@@ -189,6 +247,8 @@ def run_loso(
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     metrics = compute_metrics(predictions, classes)
     metrics["selection"] = selection_description(config)
+    metrics["folds"] = {"scheme": config.folds, "subject_independent": config.folds == "loso",
+                        "description": FOLD_SCHEMES[config.folds]}
     metrics["skipped"] = [*skipped, *builder.skipped]
     metrics["fixes"] = [fix.as_dict() for fix in fixes]
     metrics["apex_policy"] = config.views.apex_policy
@@ -312,7 +372,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
         _check_reusable(fold_dir, lambda recorded: recorded == fingerprint)
         log.info("fold %s: reusing %s", fold.name, done)
         return pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
-    assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
+    _assert_fold_disjoint(fold, [samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
     seed = config.seed * 1000 + number
     model = new_model(config, classes, seed=seed)
     train_index = fold.train_index
@@ -322,7 +382,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     validate = None
     if config.selection.policy == "val-split":
         fit_index, val_index = _validation_split(samples, train_index, config.selection.val_fraction, seed)
-        assert_disjoint([samples[i] for i in val_index], [samples[i] for i in fold.test_index])
+        _assert_fold_disjoint(fold, [samples[i] for i in val_index], [samples[i] for i in fold.test_index])
         position = {int(i): k for k, i in enumerate(train_index)}
         fit_labels = train_labels[[position[int(i)] for i in fit_index]]
         val_views, val_labels = subset(views, val_index), labels[val_index].numpy()

@@ -18,7 +18,7 @@ from torch import nn
 
 from merkit.config import TrainConfig
 from merkit.models.base import MERModel, logits_of
-from merkit.train.augment import augment_batch
+from merkit.train.augment import apply_offline_copies, augment_batch, offline_copies
 
 log = logging.getLogger(__name__)
 
@@ -99,15 +99,18 @@ def fit(
     history = History()
     best_state, best_score = None, -np.inf
     n = len(labels)
+    copies = offline_copies(config.augment)  # one (the clip itself) unless offline expansion is asked for
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n * len(copies), generator=generator)
         total, seen = 0.0, 0
-        for start in range(0, n, config.batch_size):
-            index = order[start : start + config.batch_size]
+        for start in range(0, len(order), config.batch_size):
+            expanded = order[start : start + config.batch_size]
+            index = expanded % n
             if len(index) < 2 and n >= 2:  # BatchNorm needs two samples: a lone last sample sits this epoch out
                 continue
-            batch = augment_batch(subset(views, index), config.augment, generator)
+            batch = apply_offline_copies(subset(views, index), expanded // n, copies)
+            batch = augment_batch(batch, config.augment, generator)
             with _autocast(config):
                 output = model(batch)
                 loss = model.loss(output, labels[index])

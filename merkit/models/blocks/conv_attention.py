@@ -21,12 +21,39 @@ Kong, You, Lv, "3D Micro-Expression Recognition Based on Adaptive Dynamic Vision
 Choice (the paper is silent): Eq. 1 writes a 2D convolution over a "token graph" while the
 tokens come from a video. ``projection="2d"`` (default, literal) applies the depthwise ``s x s``
 convolution to every time slice of the ``(T', H', W')`` map; ``projection="3d"`` uses an
-``s x s x s`` depthwise kernel over time too. Attention itself is always joint over all
-space-time tokens.
+``s x s x s`` depthwise kernel over time too.
+
+The three attentions of the paper's conclusion ("mixed attention, factorial self-attention, and
+dot product self-attention based on AU coding ... in the depth space dimension, time dimension,
+and face AU dimension, respectively") and Sec. 3.2.3's dropping of low-attention blocks:
+
+* **Which tokens attend to which** (``grouping`` of :class:`ConvAttention`): ``joint`` (every
+  space-time token, CvT), ``frame`` (the tokens of one time step: spatial attention) or
+  ``position`` (the tokens of one spatial position over time: temporal attention). A block with
+  ``attention="factorised"`` runs a ``frame`` then a ``position`` attention, each with its own
+  residual, as ViViT's factorised encoder block ("factorial self-attention", time dimension);
+  its temporal attention uses unsqueezed keys (``kv_stride`` 1) so every position keeps its own.
+  The class token always attends to every token (it summarises the clip), and every token may
+  attend to the class token.
+* **Mixed attention** (depth + space): a stage may carry several *streams* (texture and depth)
+  on the same token grid. Each stream has its own Eq. 2 embedding and position embedding, the
+  projections run per stream, and attention runs over the tokens of all streams together, so a
+  texture token attends to the depth tokens of the same frame (``frame``) or clip (``joint``).
+* **Dropping low-attention blocks** (``keep_ratio`` < 1): in every ``joint`` or ``frame``
+  attention the class token's attention to the key blocks (softmax over all keys, averaged over
+  heads: "the attention weight of each image block is learned by using this category label")
+  ranks them; only the ``ceil(keep_ratio * keys)`` highest stay visible to the queries of that
+  attention, the rest are discarded from it (masked; the map keeps its shape, because the next
+  depthwise projection needs every position). Applied in training and evaluation alike, so the
+  test-time attention reads what training taught it to read. ``position`` attention keeps all
+  keys (a position's own history).
+* The AU-based dot-product attention lives in :mod:`merkit.models.madv_net` (it joins the AU
+  stream to the video tokens).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -38,6 +65,8 @@ from merkit.models.blocks.transformer import DropPath, FeedForward, LearnedPosit
 
 Grid = tuple[int, int, int]
 PROJECTIONS = ("2d", "3d")
+GROUPINGS = ("joint", "frame", "position")
+ATTENTIONS = ("joint", "factorised")
 
 
 def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -143,60 +172,156 @@ class ConvAttention(nn.Module):
         dim: token width ``D`` (divisible by ``num_heads``).
         num_heads: attention heads.
         kernel: ``s`` of the depthwise projections.
-        kv_stride: spatial stride of the key and value projections.
+        kv_stride: spatial stride of the key and value projections (must be 1 for ``position``).
         projection: ``"2d"`` or ``"3d"`` (see :class:`ConvProjection`).
         qkv_bias: bias of the pointwise projections.
         attention_dropout: dropout on the attention weights (training only).
+        grouping: ``"joint"``, ``"frame"`` or ``"position"`` (see the module docstring).
+        keep_ratio: fraction of the key blocks kept visible, ranked by the class token's
+            attention (1: no dropping; not with ``position``).
 
-    Shapes: ``forward(tokens (B, 1 + N, D), grid (T, H, W))`` with ``N = T H W`` and the class
-    token first; returns ``(B, 1 + N, D)``.
+    Shapes: ``forward(tokens (B, 1 + S N, D), grid (T, H, W), streams=S)`` with ``N = T H W``,
+    the class token first and then the ``N`` tokens of each stream in ``(t, h, w)`` order;
+    returns ``(B, 1 + S N, D)``. After a forward with ``keep_ratio`` < 1, :attr:`last_kept`
+    holds the ``(B, S N_k)`` boolean mask of the key blocks that stayed visible.
     """
 
     def __init__(self, dim: int, num_heads: int, kernel: int = 3, kv_stride: int = 1, projection: str = "2d",
-                 qkv_bias: bool = True, attention_dropout: float = 0.0):
+                 qkv_bias: bool = True, attention_dropout: float = 0.0, grouping: str = "joint", keep_ratio: float = 1.0):
         super().__init__()
         if dim % num_heads != 0:
             raise ConfigError(f"convolutional attention: dim {dim} is not divisible by num_heads {num_heads}")
+        check_choice("convolutional attention: grouping", grouping, GROUPINGS)
+        if not 0.0 < keep_ratio <= 1.0:
+            raise ConfigError(f"convolutional attention: keep_ratio must be in (0, 1], got {keep_ratio}")
+        if grouping == "position" and (kv_stride != 1 or keep_ratio != 1.0):
+            raise ConfigError("temporal ('position') attention needs kv_stride 1 and keeps every key (keep_ratio 1)")
         self.num_heads = num_heads
+        self.grouping = grouping
+        self.keep_ratio = float(keep_ratio)
         self.query = ConvProjection(dim, kernel, 1, projection, qkv_bias)
         self.key = ConvProjection(dim, kernel, kv_stride, projection, qkv_bias)
         self.value = ConvProjection(dim, kernel, kv_stride, projection, qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.attention_dropout = attention_dropout
+        self.last_kept: torch.Tensor | None = None
 
-    def forward(self, tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
-        batch, length, dim = tokens.shape
-        cls, patches = tokens[:, :1], tokens[:, 1:]
-        token_map = patches.transpose(1, 2).reshape(batch, dim, *grid)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (G, L, D) -> (G, heads, L, d)
+        return x.unflatten(2, (self.num_heads, x.shape[-1] // self.num_heads)).transpose(1, 2)
 
-        def heads(x: torch.Tensor) -> torch.Tensor:  # (B, L, D) -> (B, heads, L, d)
-            return x.unflatten(2, (self.num_heads, dim // self.num_heads)).transpose(1, 2)
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:  # (G, heads, L, d) -> (G, L, D)
+        return x.transpose(1, 2).flatten(2)
 
-        q = heads(self.query(token_map, cls))
-        k = heads(self.key(token_map, cls))
-        v = heads(self.value(token_map, cls))
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor | None) -> torch.Tensor:
+        """``(G, L, D)`` queries over ``(G, L_k, D)`` keys/values; ``visible`` ``(G, L_k)`` or None."""
+        mask = None if visible is None else visible[:, None, None, :]
         dropout = self.attention_dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        return self.proj(out.transpose(1, 2).reshape(batch, length, dim))
+        out = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v), attn_mask=mask,
+                                             dropout_p=dropout)
+        return self._merge(out)
+
+    def class_attention(self, q_cls: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """The class token's attention to every patch key, averaged over heads.
+
+        Args:
+            q_cls: ``(B, 1, D)`` class-token query; keys: ``(B, 1 + M, D)`` keys, class token first.
+
+        Returns:
+            ``(B, M)`` weights of the patch keys (the class key's share left out).
+        """
+        scale = (q_cls.shape[-1] // self.num_heads) ** -0.5
+        scores = (self._heads(q_cls) @ self._heads(keys).transpose(-2, -1)) * scale  # (B, heads, 1, 1 + M)
+        return torch.softmax(scores.float(), dim=-1).mean(dim=1)[:, 0, 1:]
+
+    def forward(self, tokens: torch.Tensor, grid: Grid, streams: int = 1) -> torch.Tensor:
+        batch, length, dim = tokens.shape
+        t, h, w = grid
+        cls, patches = tokens[:, :1], tokens[:, 1:]
+        token_maps = patches.reshape(batch * streams, t, h, w, dim).permute(0, 4, 1, 2, 3)  # (B S, D, T, H, W)
+        q_p, k_p, v_p = (projection(token_maps) for projection in (self.query, self.key, self.value))
+        q_c, k_c, v_c = (projection.pointwise(cls) for projection in (self.query, self.key, self.value))
+        n_q, n_k = q_p.shape[1], k_p.shape[1]
+        per_frame_k = n_k // t
+        # (B S, N, D) -> (B, S N, D) in stream order
+        q_p, k_p, v_p = (x.reshape(batch, streams * x.shape[1], dim) for x in (q_p, k_p, v_p))
+        keys, values = torch.cat([k_c, k_p], dim=1), torch.cat([v_c, v_p], dim=1)
+
+        visible = None
+        if self.keep_ratio < 1.0:
+            weights = self.class_attention(q_c, keys)  # (B, S N_k)
+            keep = max(1, math.ceil(self.keep_ratio * weights.shape[1]))
+            kept = torch.zeros_like(weights, dtype=torch.bool).scatter_(1, weights.topk(keep, dim=1).indices, True)
+            self.last_kept = kept.detach()
+            visible = torch.cat([kept.new_ones(batch, 1), kept], dim=1)
+        cls_out = self._attend(q_c, keys, values, visible)  # the class token reads every (kept) block
+
+        if self.grouping == "joint":
+            patch_out = self._attend(q_p, keys, values, visible)
+        else:
+            if self.grouping == "frame":  # groups (b, t): the S streams' tokens of one time step
+                def group(x: torch.Tensor, per_frame: int) -> torch.Tensor:
+                    x = x.reshape(batch, streams, t, per_frame, -1).transpose(1, 2)  # (B, T, S, n, ...)
+                    return x.reshape(batch * t, streams * per_frame, x.shape[-1])
+
+                def ungroup(x: torch.Tensor) -> torch.Tensor:
+                    x = x.reshape(batch, t, streams, h * w, dim).transpose(1, 2)
+                    return x.reshape(batch, streams * n_q, dim)
+
+                size_q, size_k, groups = h * w, per_frame_k, t
+            else:  # "position", groups (b, s, h, w): one position over time
+                def group(x: torch.Tensor, per_frame: int) -> torch.Tensor:
+                    x = x.reshape(batch * streams, t, per_frame, -1).transpose(1, 2)  # (B S, n, T, ...)
+                    return x.reshape(batch * streams * per_frame, t, x.shape[-1])
+
+                def ungroup(x: torch.Tensor) -> torch.Tensor:
+                    x = x.reshape(batch * streams, h * w, t, dim).transpose(1, 2)
+                    return x.reshape(batch, streams * n_q, dim)
+
+                size_q, size_k, groups = h * w, per_frame_k, streams * h * w
+            q_g, k_g, v_g = group(q_p, size_q), group(k_p, size_k), group(v_p, size_k)
+            k_g = torch.cat([k_c.repeat_interleave(groups, dim=0), k_g], dim=1)
+            v_g = torch.cat([v_c.repeat_interleave(groups, dim=0), v_g], dim=1)
+            visible_g = None
+            if visible is not None:  # only "frame" attention drops blocks
+                kept_g = group(visible[:, 1:, None], size_k)[..., 0]
+                visible_g = torch.cat([kept_g.new_ones(kept_g.shape[0], 1), kept_g], dim=1)
+            patch_out = ungroup(self._attend(q_g, k_g, v_g, visible_g))
+        return self.proj(torch.cat([cls_out, patch_out], dim=1))
 
 
 class ConvTransformerBlock(nn.Module):
     """Pre-norm block ``x + Attn(LN x)``, ``x + MLP(LN x)`` with convolutional-projection attention.
 
-    Shapes: ``forward(tokens (B, 1 + N, D), grid (T, H, W)) -> (B, 1 + N, D)``.
+    ``attention="joint"``: one attention over all space-time tokens. ``"factorised"``: a spatial
+    (``frame``) attention, then a temporal (``position``, unsqueezed keys) attention, each with
+    its own pre-norm residual, then the MLP. ``keep_ratio`` drops low-attention key blocks in
+    the joint or spatial attention (see the module docstring).
+
+    Shapes: ``forward(tokens (B, 1 + S N, D), grid (T, H, W), streams=S) -> (B, 1 + S N, D)``.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, kernel: int = 3, kv_stride: int = 1,
-                 projection: str = "2d", qkv_bias: bool = True, dropout: float = 0.0, drop_path: float = 0.0):
+                 projection: str = "2d", qkv_bias: bool = True, dropout: float = 0.0, drop_path: float = 0.0,
+                 attention: str = "joint", keep_ratio: float = 1.0):
         super().__init__()
+        check_choice("transformer block: attention", attention, ATTENTIONS)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
-        self.attention = ConvAttention(dim, num_heads, kernel, kv_stride, projection, qkv_bias)
+        grouping = "joint" if attention == "joint" else "frame"
+        self.attention = ConvAttention(dim, num_heads, kernel, kv_stride, projection, qkv_bias, grouping=grouping,
+                                       keep_ratio=keep_ratio)
+        if attention == "factorised":
+            self.temporal_norm = nn.LayerNorm(dim, eps=1e-6)
+            self.temporal_attention = ConvAttention(dim, num_heads, kernel, 1, projection, qkv_bias, grouping="position")
+        else:
+            self.temporal_norm, self.temporal_attention = None, None
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = FeedForward(dim, int(dim * mlp_ratio), dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, tokens: torch.Tensor, grid: Grid) -> torch.Tensor:
-        tokens = tokens + self.drop_path(self.attention(self.norm1(tokens), grid))
+    def forward(self, tokens: torch.Tensor, grid: Grid, streams: int = 1) -> torch.Tensor:
+        tokens = tokens + self.drop_path(self.attention(self.norm1(tokens), grid, streams))
+        if self.temporal_attention is not None:
+            tokens = tokens + self.drop_path(self.temporal_attention(self.temporal_norm(tokens), grid, streams))
         return tokens + self.drop_path(self.mlp(self.norm2(tokens)))
 
 
@@ -204,7 +329,8 @@ class ConvTransformerStage(nn.Module):
     """One level of the MADV-Transformer: Eq. 2 embedding, Eq. 13 tokens, Eq. 16 blocks.
 
     Args:
-        in_channels: channels of the input video / previous token map.
+        in_channels: channels of the input video / previous token map; a sequence gives one
+            stream per entry (mixed attention: texture and depth), each with its own embedding.
         dim: token width ``D`` of this stage.
         input_grid: ``(T, H, W)`` of the input (fixes the position embedding's length).
         depth: number of blocks.
@@ -213,21 +339,27 @@ class ConvTransformerStage(nn.Module):
             :class:`VideoToTokens`.
         drop_path: per-block stochastic-depth probabilities (``depth`` values) or one value.
         **block_options: ``mlp_ratio``, ``kernel``, ``kv_stride``, ``projection``, ``qkv_bias``,
-            ``dropout`` of :class:`ConvTransformerBlock`.
+            ``dropout``, ``attention``, ``keep_ratio`` of :class:`ConvTransformerBlock`.
 
-    Shapes: ``forward(x (B, C, T, H, W))`` returns ``(cls (B, D), token_map (B, D, T', H', W'),
-    embedded (B, D, T', H', W'))``: the class token after the last block (layer-normalised), the
-    patch tokens after the last block as a map, and the Eq. 2 embedding before the blocks.
+    Shapes: ``forward(x (B, sum(C_s), T, H, W))`` (the streams stacked along channels) returns
+    ``(cls (B, D), token_map (B, S D, T', H', W'), embedded (B, S D, T', H', W'))``: the class
+    token after the last block (layer-normalised, one for all streams), the patch tokens after
+    the last block as maps and the Eq. 2 embeddings before the blocks, streams stacked along
+    channels.
 
     Raises:
         ConfigError: the embedding leaves an empty token map.
     """
 
-    def __init__(self, in_channels: int, dim: int, input_grid: Grid, depth: int, num_heads: int,
+    def __init__(self, in_channels: int | Sequence[int], dim: int, input_grid: Grid, depth: int, num_heads: int,
                  embed_kernel: tuple[int, int] = (3, 3), embed_stride: tuple[int, int] = (1, 1),
                  embed_pool: tuple[int, int] = (1, 1), drop_path: float | Sequence[float] = 0.0, **block_options):
         super().__init__()
-        self.embed = VideoToTokens(in_channels, dim, embed_kernel, embed_stride, embed_pool)
+        channels = [in_channels] if isinstance(in_channels, int) else [int(c) for c in in_channels]
+        self.stream_channels = channels
+        self.embed = VideoToTokens(channels[0], dim, embed_kernel, embed_stride, embed_pool)
+        self.stream_embeds = nn.ModuleList(VideoToTokens(c, dim, embed_kernel, embed_stride, embed_pool)
+                                           for c in channels[1:])
         self.input_grid = tuple(input_grid)
         self.grid = self.embed.output_grid(self.input_grid)
         if min(self.grid) < 1:
@@ -236,7 +368,7 @@ class ConvTransformerStage(nn.Module):
                               "use more frames, a larger image or less pooling")
         rates = [float(drop_path)] * depth if isinstance(drop_path, (int, float)) else list(drop_path)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
-        self.position = LearnedPositionEmbedding(1 + self.num_tokens, dim)
+        self.position = LearnedPositionEmbedding(1 + self.streams * self.num_tokens, dim)
         self.blocks = nn.ModuleList(ConvTransformerBlock(dim, num_heads, drop_path=rates[i], **block_options)
                                     for i in range(depth))
         self.norm = nn.LayerNorm(dim, eps=1e-6)
@@ -249,19 +381,28 @@ class ConvTransformerStage(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        """Patch tokens ``T' H' W'`` (without the class token)."""
+        """Patch tokens ``T' H' W'`` of one stream (without the class token)."""
         t, h, w = self.grid
         return t * h * w
 
+    @property
+    def streams(self) -> int:
+        """``S``, the token streams sharing this stage (1, or 2 for mixed texture + depth)."""
+        return len(self.stream_channels)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if tuple(x.shape[2:]) != self.input_grid or x.shape[1] != self.embed.in_channels:
-            raise ModelInputError(f"transformer stage expects (B, {self.embed.in_channels}, {', '.join(map(str, self.input_grid))}), "
+        channels = sum(self.stream_channels)
+        if tuple(x.shape[2:]) != self.input_grid or x.shape[1] != channels:
+            raise ModelInputError(f"transformer stage expects (B, {channels}, {', '.join(map(str, self.input_grid))}), "
                                   f"got {tuple(x.shape)}")
-        embedded = self.embed(x)
-        batch, dim = embedded.shape[:2]
-        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), embedded.flatten(2).transpose(1, 2)], dim=1)
+        inputs = torch.split(x, self.stream_channels, dim=1)
+        embedded = [embed(part) for embed, part in zip([self.embed, *self.stream_embeds], inputs)]
+        batch, dim = embedded[0].shape[:2]
+        patches = [e.flatten(2).transpose(1, 2) for e in embedded]
+        tokens = torch.cat([self.cls_token.expand(batch, -1, -1), *patches], dim=1)
         tokens = self.position(tokens)
         for block in self.blocks:
-            tokens = block(tokens, self.grid)
-        token_map = tokens[:, 1:].transpose(1, 2).reshape(batch, dim, *self.grid)
-        return self.norm(tokens[:, 0]), token_map, embedded
+            tokens = block(tokens, self.grid, self.streams)
+        maps = tokens[:, 1:].reshape(batch, self.streams, self.num_tokens, dim)
+        token_map = maps.permute(0, 1, 3, 2).reshape(batch, self.streams * dim, *self.grid)
+        return self.norm(tokens[:, 0]), token_map, torch.cat(embedded, dim=1)
