@@ -5,7 +5,8 @@ Typical use::
     from merkit.api import prepare_run
     from merkit.train.loso import run_loso
     run = prepare_run(dataset="casme2", root="/data/CASME2", model="tsfmicro")
-    metrics = run_loso(run.samples, run.protocol, run.config, run.run_dir, cache_dir=".merkit-cache")
+    metrics = run_loso(run.samples, run.protocol, run.config, run.run_dir, cache_dir=".merkit-cache",
+                       skipped=run.skipped, fixes=run.fixes, notes=run.notes)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class PreparedRun:
         samples: labelled samples. protocol: the label protocol. config: the resolved config.
         run_dir: where the run is written. notes: adjustments merkit made (e.g. a fallback
         variant for a release lacking a view). skipped: annotation rows the loader skipped.
+        fixes: repairs the loader made to annotation rows. (Pass the last three to
+        :func:`~merkit.train.loso.run_loso`, which records them in the run.)
     """
 
     samples: list[Sample]
@@ -52,6 +55,7 @@ class PreparedRun:
     run_dir: Path
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    fixes: list[str] = field(default_factory=list)
 
 
 def prepare_run(
@@ -104,7 +108,7 @@ def prepare_run(
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={
         "name": dataset, "protocol": proto.name, "root": str(root) if root is not None else None})})
     run_dir = Path(out) if out is not None else Path("runs") / f"{dataset}-{cfg.model_name}"
-    return PreparedRun(samples, proto, cfg, run_dir, notes=notes, skipped=list(result.skipped))
+    return PreparedRun(samples, proto, cfg, run_dir, notes=notes, skipped=list(result.skipped), fixes=list(result.fixes))
 
 
 def default_config_name(model: str, dataset: str) -> str:

@@ -21,7 +21,7 @@ console = Console()
 
 
 def _fail(err: MerkitError) -> None:
-    console.print(f"[bold red]error[/]: {err}")
+    console.print(f"[bold red]error[/]: {err}", soft_wrap=True, highlight=False)  # one line, whatever the width
     raise typer.Exit(code=2)
 
 
@@ -48,7 +48,7 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
-def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1) -> dict:
+def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, **recorded) -> dict:
     from merkit.train.loso import run_loso
 
     with _progress() as progress:
@@ -61,7 +61,7 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
             progress.update(task, description=f"{config.model_name}: fold {name}", completed=number - 1, total=total)
 
         return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
-                        fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress)
+                        fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress, **recorded)
 
 
 @app.command()
@@ -80,7 +80,10 @@ def train(
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
     pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
-    skip_bad: bool = typer.Option(False, help="skip malformed annotation rows instead of failing (recorded)"),
+    skip_bad: bool = typer.Option(False, help="skip malformed annotation rows and samples whose views fail (an "
+                                  "unreadable frame ...) instead of stopping; recorded in metrics.json and log.txt"),
+    allow_pretrain_overlap: bool = typer.Option(False, help="run folds whose test subject --pretrained was trained on "
+                                                "(refused otherwise); the run is labelled leaking"),
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory."""
     from merkit.api import prepare_run
@@ -95,12 +98,18 @@ def train(
         for line in run.skipped:
             console.print(f"[yellow]skipped[/] {line}")
         cfg, run_dir = run.config, run.run_dir
-        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers)
+        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers,
+                                     on_error="skip" if skip_bad else "raise", skipped=run.skipped, fixes=run.fixes,
+                                     notes=run.notes, allow_pretrain_overlap=allow_pretrain_overlap)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results
 
-    console.print(format_results({cfg.model_name: metrics}))
+    console.print(format_results({metrics["label"]: metrics}))
+    for line in metrics["skipped"][len(run.skipped):]:
+        console.print(f"[yellow]skipped[/] {line}")
+    if metrics["pretrain"] and metrics["pretrain"]["leaking"]:
+        console.print(f"[red]leaking[/]: test subjects seen in pre-training: {', '.join(metrics['pretrain']['overlap'])}")
     if len(metrics.get("per_dataset", {})) > 1:
         table = Table(title="per source dataset")
         for col in ("dataset", "n", "ACC", "UF1", "UAR"):
@@ -139,7 +148,8 @@ def pretrain(
 
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a run directory holding predictions.csv")) -> None:
-    """Recompute metrics.json and confusion_matrix.png from a run's predictions.csv."""
+    """Recompute metrics.json and confusion_matrix.png from a run's predictions.csv and run facts
+    (the evaluation training ran: evaluating again changes nothing)."""
     from merkit.eval.metrics import evaluate_run
     from merkit.eval.reports import format_results
 
@@ -147,7 +157,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run directory holding p
         metrics = evaluate_run(run_dir)
     except MerkitError as err:
         _fail(err)
-    console.print(format_results({run_dir.name: metrics}))
+    console.print(format_results({metrics.get("label", run_dir.name): metrics}))
 
 
 @app.command()

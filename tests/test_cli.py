@@ -93,13 +93,23 @@ def test_pretrain_then_fine_tune_starts_every_fold_from_the_first_stage(synth_ro
            "--epochs", 2, "--out", tmp_path / "stage1", "--cache", tmp_path / "cache")
     stage1 = torch.load(tmp_path / "stage1" / "model.pt", weights_only=True)
     assert stage1["classes"] == ["negative", "positive", "surprise"]
-    invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
-           "--pretrained", tmp_path / "stage1" / "model.pt", "--out", tmp_path / "run", "--cache", tmp_path / "cache")
+    assert stage1["trained_on"]["subjects"] == [f"synthme/sub0{i}" for i in range(1, 5)]
+    fine_tune = ["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
+                 "--pretrained", tmp_path / "stage1" / "model.pt", "--out", tmp_path / "run", "--cache", tmp_path / "cache"]
+    # every test subject was seen in pre-training: refused (it used to run without a word) ...
+    refused = runner.invoke(app, [str(a) for a in fine_tune])
+    assert refused.exit_code == 2 and "pre-trained on 4 of this run's test subjects" in " ".join(refused.output.split())
+    assert not (tmp_path / "run").exists()
+    # ... or run on request, labelled leaking
+    output = invoke(*fine_tune, "--allow-pretrain-overlap")
+    assert "leaking" in output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["pretrain"]["leaking"] and len(metrics["pretrain"]["overlap"]) == 4
+    assert metrics["label"].endswith("[pre-training leak]")
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "stage1/model.pt" in config
-    with pytest.raises(Exception):
-        invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
-               "--pretrained", tmp_path / "missing.pt", "--out", tmp_path / "run2")
+    missing = runner.invoke(app, [str(a) for a in [*fine_tune[:-5], tmp_path / "missing.pt", "--out", tmp_path / "run2"]])
+    assert missing.exit_code == 2 and "not found" in missing.output
 
 
 def test_user_mistakes_get_a_message_not_a_traceback(synth_root, tmp_path):

@@ -13,12 +13,13 @@ pooled LOSO run (all folds together, the MEGC convention) every class normally h
 the averages run over all C classes.
 
 :func:`compute_metrics` turns a predictions table (the ``predictions.csv`` the LOSO runner
-writes) into the ``metrics.json`` dictionary; :func:`evaluate_run` recomputes and rewrites the
-metrics of a run directory from its saved predictions.
+writes) into the ``metrics.json`` dictionary; :func:`evaluate_run` is the one evaluation of a
+run directory (training calls it, and so does ``merkit evaluate``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -30,8 +31,8 @@ import pandas as pd
 import yaml
 from numpy.typing import ArrayLike
 
-from merkit.errors import ConfigError, MetricsError
-from merkit.eval.reports import plot_confusion_matrix
+from merkit.errors import ConfigError, MetricsError, OutputError
+from merkit.eval.reports import confusion_matrix_png
 
 logger = logging.getLogger(__name__)
 
@@ -340,56 +341,112 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return table
 
 
+#: decimals of the probabilities in a predictions file: the same text whether the table is
+#: written from a fresh fold (float32) or from a reused fold's file (float64)
+PROBABILITY_FORMAT = "%.6g"
+
+
+def write_predictions(table: pd.DataFrame, path: str | Path) -> str:
+    """Write a predictions table as CSV, atomically, with one number format.
+
+    Args:
+        table: columns :data:`PREDICTION_COLUMNS` then ``p_<class>`` probabilities.
+        path: the CSV file to write.
+
+    Returns:
+        The SHA-1 of the bytes written (a finished fold records it to verify the file on resume).
+    """
+    path = Path(path)
+    text = table.to_csv(index=False, float_format=PROBABILITY_FORMAT, lineterminator="\n")
+    data = text.encode("utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return hashlib.sha1(data).hexdigest()
+
+
+#: the file in a run directory where training records its run facts (see :func:`evaluate_run`)
+RUN_FACTS_FILE = "run.json"
+
+
+def read_run_facts(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run facts training recorded in ``run_dir/run.json`` (None when there is none).
+
+    Raises:
+        MetricsError: the file is not a JSON object.
+    """
+    path = Path(run_dir) / RUN_FACTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        facts = None
+    if not isinstance(facts, dict):
+        raise MetricsError(f"{path}: expected a JSON object (the run facts training wrote)")
+    return facts
+
+
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
-    """Recompute a run's metrics from its saved predictions and rewrite its report files.
+    """Compute a run's metrics from its saved predictions and write its report files.
 
-    Reads ``run_dir/predictions.csv`` and the class names from ``protocol.classes`` of
-    ``run_dir/config.yaml``; writes ``run_dir/metrics.json`` and
-    ``run_dir/confusion_matrix.png``. The ``selection`` entry (how the runner chose
-    epochs/checkpoints) is kept from the existing ``metrics.json``, else taken from the
-    config's ``selection``, else left out.
+    The one evaluation of a run directory: training calls it after writing the predictions and
+    the run facts, and ``merkit evaluate`` calls it again. Its inputs are
+    ``predictions.csv``, ``config.yaml`` (``protocol.classes``) and ``run.json`` (the run facts
+    training recorded: model label, selection, apex policy, skipped samples and rows, loader
+    fixes, notes, pre-training overlap), never its own outputs, so evaluating again writes the
+    same ``metrics.json`` and ``confusion_matrix.png`` (files whose content is unchanged are not
+    rewritten). Without ``run.json`` (predictions made elsewhere) the facts are the config's
+    ``selection`` (when it has one) and the folder name as the label.
 
-    Parameters
-    ----------
-    run_dir : str or Path
-        A run directory (``runs/<name>/``).
+    Args:
+        run_dir: a run directory (``runs/<name>/``).
 
-    Returns
-    -------
-    dict
-        The metrics written (see :func:`compute_metrics`), plus ``selection`` when known.
+    Returns:
+        The metrics written: :func:`compute_metrics`'s dict plus the run facts.
 
-    Raises
-    ------
-    ConfigError
-        ``config.yaml`` is missing or lacks a ``protocol.classes`` list.
-    MetricsError
-        ``predictions.csv`` is missing or malformed, or an existing ``metrics.json`` is not a
-        JSON object.
+    Raises:
+        ConfigError: ``config.yaml`` is missing or lacks a ``protocol.classes`` list.
+        MetricsError: ``predictions.csv`` is missing or malformed, ``run.json`` is not a JSON
+            object or repeats a computed key.
+        OutputError: a report file differs and cannot be written (read-only run directory).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(f"{config_path}: run config not found")
-    config = yaml.safe_load(config_path.read_text())
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path}: not valid YAML ({err})") from None
     protocol = config.get("protocol") if isinstance(config, dict) else None
     classes = protocol.get("classes") if isinstance(protocol, dict) else None
     if not isinstance(classes, list) or not classes:
         raise ConfigError(f"{config_path}: expected 'protocol.classes' to be a non-empty list of class names")
 
     metrics = compute_metrics(read_predictions(run_dir / "predictions.csv"), classes)
-    metrics_path = run_dir / "metrics.json"
-    selection = config.get("selection")
-    if metrics_path.is_file():
-        try:
-            selection = json.loads(metrics_path.read_text()).get("selection", selection)
-        except (json.JSONDecodeError, AttributeError):
-            raise MetricsError(f"{metrics_path}: expected a JSON object (the run's previous metrics)") from None
-    if selection is not None:
-        metrics["selection"] = selection
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["classes"],
-                          run_dir / "confusion_matrix.png", title=run_dir.name)
+    facts = read_run_facts(run_dir)
+    if facts is None:
+        facts = {"selection": config["selection"]} if config.get("selection") is not None else {}
+        label = run_dir.name
+    else:
+        label = str(facts.get("label", run_dir.name))
+    clashing = sorted(set(facts) & set(metrics))
+    if clashing:
+        raise MetricsError(f"{run_dir / RUN_FACTS_FILE}: run facts repeat computed metrics {clashing}")
+    metrics.update(facts)
+    _write_if_changed(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    _write_if_changed(run_dir / "confusion_matrix.png",
+                      confusion_matrix_png(np.array(metrics["confusion_matrix"]), metrics["classes"], title=label))
     logger.info("%s: ACC %.4f UF1 %.4f UAR %.4f over %d samples", run_dir, metrics["acc"], metrics["uf1"],
                 metrics["uar"], metrics["n_samples"])
     return metrics
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        return
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the report ({err.strerror or err})") from None

@@ -6,6 +6,7 @@ nothing needs a display.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,13 @@ from numpy.typing import ArrayLike
 from rich.table import Table
 
 from merkit.errors import MetricsError
+
+
+def confusion_matrix_png(cm: ArrayLike, classes: Sequence[str], title: str | None = None) -> bytes:
+    """The PNG bytes of :func:`plot_confusion_matrix`'s figure (the same input gives the same bytes)."""
+    buffer = io.BytesIO()
+    _confusion_figure(cm, classes, title).savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
 
 
 def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Path,
@@ -45,6 +53,13 @@ def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Pat
     MetricsError
         ``cm`` is not square, does not match ``classes``, or holds negative counts.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(confusion_matrix_png(cm, classes, title))
+    return path
+
+
+def _confusion_figure(cm: ArrayLike, classes: Sequence[str], title: str | None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -75,10 +90,7 @@ def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Pat
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def format_results(metrics_by_model: Mapping[str, Mapping[str, Any]]) -> Table:
