@@ -206,3 +206,24 @@ def test_interpolate_sampling_resamples_the_whole_course(synth_samples):
     assert int(views["apex_index"]) == round(course.apex * 4 / (len(course.frames) - 1))
     with pytest.raises(PreprocessError, match="interpolate"):
         build_views(sample, [ViewSpec("au", (0, 0), length=5)], ViewsConfig(sampling="interpolate", au="synthme"))
+
+
+def test_a_truncated_jpeg_is_refused_naming_the_file(tmp_path):
+    """libjpeg decodes a JPEG cut in half as a half-grey image without an error."""
+    import cv2
+
+    from merkit.data.sample import read_image
+    from merkit.errors import MissingFramesError
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    whole, padded, cut = tmp_path / "whole.jpg", tmp_path / "padded.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(data)
+    padded.write_bytes(data + b"\x00" * 16)  # padding after the end-of-image marker is harmless
+    cut.write_bytes(data[: len(data) // 2])
+    assert read_image(whole).shape == (32, 32, 3)
+    np.testing.assert_array_equal(read_image(padded), read_image(whole))
+    with pytest.raises(MissingFramesError, match="cut.jpg: truncated JPEG"):
+        read_image(cut)
+    with pytest.raises(MissingFramesError, match="absent.jpg: missing"):
+        read_image(tmp_path / "absent.jpg")

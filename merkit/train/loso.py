@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,9 +39,10 @@ import torch
 from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
 from merkit.data.sample import Sample
-from merkit.errors import ConfigError, LeakageError, MetricsError, OutputError
+from merkit.errors import ConfigError, LeakageError, MetricsError
 from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, unweighted_f1, write_predictions
 from merkit.models.registry import create, input_spec
+from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.trainer import History, fit, predict_proba, subset, to_tensors
 from merkit.views import CHANNEL_VIEWS, VIEWS
@@ -184,6 +184,8 @@ def run_loso(
     settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
+    if cache_dir is not None:
+        make_output_dir(cache_dir, "view cache")
     make_output_dir(run_dir, "run directory")
     _attach_log(run_dir)
     dump_config(config, run_dir / "config.yaml", extra={
@@ -229,23 +231,6 @@ def run_loso(
     metrics = evaluate_run(run_dir)
     log.info("done: acc %.4f uf1 %.4f uar %.4f", metrics["acc"], metrics["uf1"], metrics["uar"])
     return metrics
-
-
-def make_output_dir(path: Path, what: str) -> None:
-    """Create the output folder ``path`` (and its parents), or say in one line why it cannot be.
-
-    Raises:
-        OutputError: a file is in the way, or the folder cannot be created or written.
-    """
-    for part in (path, *path.parents):
-        if part.exists() and not part.is_dir():
-            raise OutputError(f"{path}: {part} is a file; a {what} must be a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{path}: cannot create the {what} ({err.strerror or err})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: the {what} is not writable")
 
 
 def pretrain_overlap(config: RunConfig, samples: Sequence[Sample], *, allow: bool) -> dict | None:
@@ -320,6 +305,8 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     classes = list(protocol.classes)
     specs = input_spec(config.model_name, **config.model_kwargs)
     check_views_config(specs, config)
+    if cache_dir is not None:
+        make_output_dir(cache_dir, "view cache")
     make_output_dir(out, "pre-training folder")
     model = new_model(config, classes, seed=config.seed)
     kept, arrays = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
