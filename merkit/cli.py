@@ -14,8 +14,10 @@ from rich.table import Table
 from merkit.errors import MerkitError, check_choice
 from merkit.views import VIEW_NAMES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")
-datasets_app = typer.Typer(no_args_is_help=True, help="Dataset loaders: list them, inspect a copy on disk.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Facial micro-expression recognition toolkit.")
+datasets_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Dataset loaders: list them, inspect a copy on disk.")
 app.add_typer(datasets_app, name="datasets")
 console = Console()
 
@@ -68,8 +70,8 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
 def train(
     dataset: str = typer.Option(..., help="dataset name (see `merkit datasets list`)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    model: Optional[str] = typer.Option(None, help="model name; config: configs/<model>-<dataset>.yaml if it exists, else <model>-cpu.yaml (or --config)"),
-    config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
+    model: Optional[str] = typer.Option(None, help="model name (see `merkit models`); config: <model>-<dataset> if merkit ships one, else <model>-cpu (or --config)"),
+    config: Optional[str] = typer.Option(None, help="config: a YAML file, or the name of a config merkit ships (merkit/configs/)"),
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>)"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
@@ -124,8 +126,8 @@ def train(
 def pretrain(
     dataset: str = typer.Option(..., help="dataset to pre-train on (every subject; nothing is evaluated)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    model: Optional[str] = typer.Option(None, help="model name; config: configs/<model>-<dataset>.yaml if it exists, else <model>-cpu.yaml (or --config)"),
-    config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
+    model: Optional[str] = typer.Option(None, help="model name (see `merkit models`); config: <model>-<dataset> if merkit ships one, else <model>-cpu (or --config)"),
+    config: Optional[str] = typer.Option(None, help="config: a YAML file, or the name of a config merkit ships (merkit/configs/)"),
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Path = typer.Option(..., help="folder for model.pt, config.yaml, history.json"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
@@ -262,8 +264,8 @@ def datasets_list() -> None:
 
     for name, info in all_datasets().items():
         console.rule(f"[bold]{name}[/]" + ("  (licensed)" if info.licensed else ""))
-        console.print(f"protocols: {', '.join(info.protocols)}")
-        console.print(info.layout)
+        console.print(f"protocols: {', '.join(info.protocols)}", soft_wrap=True)
+        console.print(info.layout, soft_wrap=True, markup=False, highlight=False)  # laid-out lines, never re-wrapped
 
 
 @datasets_app.command("inspect")

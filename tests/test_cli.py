@@ -216,3 +216,18 @@ def test_preprocess_views_take_the_settings_of_a_config():
         preprocess_specs(views="flow", model="logreg", config=None, dataset="synthme")
     with pytest.raises(ConfigError, match="give --views"):
         preprocess_specs(views=None, model=None, config=None, dataset="synthme")
+
+
+def test_help_and_dataset_layouts_are_not_cut_at_80_columns():
+    """Help texts used to end in '$MERKIT_<DATASE…' and `datasets list` wrapped mid-sentence."""
+    from merkit.data.registry import all_datasets
+
+    narrow = CliRunner(env={"COLUMNS": "80"})
+    text = narrow.invoke(app, ["train", "--help"]).output
+    assert "…" not in text and "$MERKIT_<DATASET>_ROOT" in text
+    for command in (["demo"], ["preprocess"], ["pretrain"], ["synth"], ["evaluate"], ["datasets", "inspect"]):
+        assert "…" not in narrow.invoke(app, [*command, "--help"]).output, command
+    listing = narrow.invoke(app, ["datasets", "list"]).output
+    for info in all_datasets().values():
+        for line in info.layout.splitlines():
+            assert line in listing, line

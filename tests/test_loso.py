@@ -61,6 +61,8 @@ def test_run_directory_contract_and_resume(synth_samples, tmp_path):
     for key in ("acc", "uf1", "uar", "macro_f1", "per_class", "per_dataset", "per_subject_mean", "n_folds", "n_samples", "selection"):
         assert key in saved
     assert saved["selection"]["policy"] == "last" and saved["n_folds"] == 4
+    log = (run / "log.txt").read_text()  # it used to say "best epoch 3" while history.json says none
+    assert "fold sub01: 5 test samples" in log and "model of the last epoch (3)" in log and "best epoch" not in log
     for fold in ("sub01", "sub02", "sub03", "sub04"):
         assert (run / "folds" / fold / "model.pt").is_file()
     # resume: a completed fold is reused, not retrained (its files stay as they were)
@@ -103,6 +105,8 @@ def test_val_split_selection_is_recorded(synth_samples, tmp_path):
     assert metrics["selection"]["policy"] == "val-split"
     history = json.loads((tmp_path / "run" / "folds" / "sub01" / "history.json").read_text())
     assert len(history["val_uf1"]) == 3 and 1 <= history["best_epoch"] <= 3
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "fold sub01: 5 test samples, acc" in log and f"model of epoch {history['best_epoch']} (best validation UF1)" in log
 
 
 @pytest.fixture(scope="module")

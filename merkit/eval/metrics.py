@@ -12,6 +12,14 @@ present in ``y_true`` but never predicted counts with recall = precision = F1 = 
 pooled LOSO run (all folds together, the MEGC convention) every class normally has support, so
 the averages run over all C classes.
 
+UF1 and macro-F1
+----------------
+``metrics.json`` holds two F1 summaries. ``uf1`` is the MEGC unweighted F1: the mean of the
+per-class F1 scores. ``macro_f1`` is MADV-Net's macro-F1 (its Eqs. 28-30): the harmonic mean of
+macro precision and macro recall. They differ whenever the classes' precision and recall are
+unbalanced, and macro-F1 is never smaller than UF1 (the harmonic mean is concave). Compare a
+result with a paper's number under the definition that paper uses.
+
 :func:`compute_metrics` turns a predictions table (the ``predictions.csv`` the LOSO runner
 writes) into the ``metrics.json`` dictionary; :func:`evaluate_run` is the one evaluation of a
 run directory (training calls it, and so does ``merkit evaluate``).
@@ -139,22 +147,15 @@ def _summary(cm: np.ndarray) -> dict[str, float]:
 def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> np.ndarray:
     """Confusion matrix, rows = true class, columns = predicted class.
 
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (N,)
-        Class indices in ``[0, C)`` or class names.
-    classes : sequence of str or int
-        The protocol's classes in index order, or their number C.
+    Args:
+        y_true, y_pred: ``(N,)`` class indices in ``[0, C)`` or class names.
+        classes: the protocol's classes in index order, or their number C.
 
-    Returns
-    -------
-    ndarray of shape (C, C), int64
-        ``cm[i, j]`` counts samples of true class i predicted as j.
+    Returns:
+        ``(C, C)`` int64 counts: ``cm[i, j]`` counts samples of true class i predicted as j.
 
-    Raises
-    ------
-    MetricsError
-        Empty input, different lengths, or a label that is not one of the classes.
+    Raises:
+        MetricsError: empty input, different lengths, or a label that is not one of the classes.
     """
     return _confusion(*_validated(y_true, y_pred, classes))
 
@@ -164,9 +165,8 @@ def accuracy(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> float:
 
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]
+    Returns:
+        A float in [0, 1].
     """
     true_index, pred_index, _ = _validated(y_true, y_pred, classes)
     return float(np.mean(true_index == pred_index))
@@ -177,10 +177,8 @@ def per_class_accuracy(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -
 
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    ndarray of shape (C,), float64
-        ``TP_c / support_c``; NaN for a class absent from ``y_true``.
+    Returns:
+        ``(C,)`` float64 ``TP_c / support_c``; NaN for a class absent from ``y_true``.
     """
     return _per_class_scores(confusion_matrix(y_true, y_pred, classes))["recall"]
 
@@ -190,9 +188,8 @@ def unweighted_average_recall(y_true: ArrayLike, y_pred: ArrayLike, classes: Cla
 
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]
+    Returns:
+        A float in [0, 1].
     """
     return _summary(confusion_matrix(y_true, y_pred, classes))["uar"]
 
@@ -203,9 +200,8 @@ def unweighted_f1(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> flo
     Equals scikit-learn's ``f1_score(average="macro", labels=<classes present in y_true>)``.
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]
+    Returns:
+        A float in [0, 1].
     """
     return _summary(confusion_matrix(y_true, y_pred, classes))["uf1"]
 
@@ -218,9 +214,8 @@ def macro_f1_hm(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> float
     ``zero_division=0``). Unlike UF1 this is not the mean of per-class F1 scores and is never
     smaller than it. Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]; 0 when macro precision and macro recall are both 0.
+    Returns:
+        A float in [0, 1]; 0 when macro precision and macro recall are both 0.
     """
     return _summary(confusion_matrix(y_true, y_pred, classes))["macro_f1"]
 
@@ -237,29 +232,21 @@ def compute_metrics(predictions: pd.DataFrame, classes: Classes) -> dict[str, An
     and then averaged with equal weight per subject; a subject is identified by
     ``(dataset, subject)`` since subject ids are only unique within a dataset.
 
-    Parameters
-    ----------
-    predictions : DataFrame
-        One row per test sample with columns ``sample_id, dataset, subject, fold, y_true,
-        y_pred`` (labels as class indices or names); extra columns (``p_<class>``
-        probabilities) are ignored.
-    classes : sequence of str or int
-        The protocol's classes in index order, or their number C.
+    Args:
+        predictions: one row per test sample with columns ``sample_id, dataset, subject, fold, y_true,
+            y_pred`` (labels as class indices or names); extra columns (``p_<class>`` probabilities) are
+            ignored.
+        classes: the protocol's classes in index order, or their number C.
 
-    Returns
-    -------
-    dict with keys
-        ``acc, uf1, uar, macro_f1`` (pooled floats); ``per_class``: ``{class: {"recall",
-        "f1", "support"}}`` (recall and F1 None without support); ``per_dataset``:
-        ``{dataset: {"acc", "uf1", "uar", "n_samples"}}``; ``per_subject_mean``: ``{"acc",
-        "uf1", "uar"}``; ``n_folds``; ``n_samples``; ``confusion_matrix`` (C x C nested
-        list, rows true); ``classes`` (list of names).
+    Returns:
+        A dict with keys ``acc, uf1, uar, macro_f1`` (pooled floats); ``per_class``: ``{class: {"recall",
+            "f1", "support"}}`` (recall and F1 None without support); ``per_dataset``: ``{dataset: {"acc",
+            "uf1", "uar", "n_samples"}}``; ``per_subject_mean``: ``{"acc", "uf1", "uar"}``; ``n_folds``;
+            ``n_samples``; ``confusion_matrix`` (C x C nested list, rows true); ``classes`` (list of names).
 
-    Raises
-    ------
-    MetricsError
-        A required column is missing, the table is empty, a sample id repeats, or a label is
-        not one of the classes (the message gives the row position).
+    Raises:
+        MetricsError: a required column is missing, the table is empty, a sample id repeats, or a label is not
+            one of the classes (the message gives the row position).
     """
     missing = [column for column in PREDICTION_COLUMNS if column not in predictions.columns]
     if missing:
@@ -309,22 +296,16 @@ def compute_metrics(predictions: pd.DataFrame, classes: Classes) -> dict[str, An
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """Read a ``predictions.csv``, keeping ids as strings (subject ``"01"`` stays ``"01"``).
 
-    Parameters
-    ----------
-    path : str or Path
-        The CSV file.
+    Args:
+        path: the CSV file.
 
-    Returns
-    -------
-    DataFrame
-        Columns ``sample_id, dataset, subject, fold`` as str; ``y_true, y_pred`` as read
-        (indices or names); any ``p_<class>`` probability columns.
+    Returns:
+        A DataFrame: columns ``sample_id, dataset, subject, fold`` as str; ``y_true, y_pred`` as read (indices
+            or names); any ``p_<class>`` probability columns.
 
-    Raises
-    ------
-    MetricsError
-        The file does not exist, lacks a required column, or has an empty cell in one
-        (the message names the file, the column and the CSV line).
+    Raises:
+        MetricsError: the file does not exist, lacks a required column, or has an empty cell in one (the
+            message names the file, the column and the CSV line).
     """
     path = Path(path)
     if not path.is_file():

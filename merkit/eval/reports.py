@@ -32,26 +32,17 @@ def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Pat
     Row normalisation makes each cell's colour the fraction of its true class, so the diagonal
     shows per-class recall regardless of class imbalance. A row without samples stays blank.
 
-    Parameters
-    ----------
-    cm : array-like of shape (C, C)
-        Counts, rows = true class, columns = predicted class.
-    classes : sequence of str, length C
-        Class names in index order.
-    path : str or Path
-        Output file; parent directories are created.
-    title : str, optional
-        Figure title.
+    Args:
+        cm: ``(C, C)`` counts, rows = true class, columns = predicted class.
+        classes: the C class names in index order.
+        path: output file; parent directories are created.
+        title: figure title (None: none).
 
-    Returns
-    -------
-    Path
+    Returns:
         ``path``.
 
-    Raises
-    ------
-    MetricsError
-        ``cm`` is not square, does not match ``classes``, or holds negative counts.
+    Raises:
+        MetricsError: ``cm`` is not square, does not match ``classes``, or holds negative counts.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -96,21 +87,15 @@ def _confusion_figure(cm: ArrayLike, classes: Sequence[str], title: str | None):
 def format_results(metrics_by_model: Mapping[str, Mapping[str, Any]]) -> Table:
     """A rich table comparing runs: model, ACC, UF1, UAR and number of test samples.
 
-    Parameters
-    ----------
-    metrics_by_model : mapping of str to dict
-        Row label (model or run name) -> its ``metrics.json`` dictionary.
+    Args:
+        metrics_by_model: row label (model or run name) -> its ``metrics.json`` dictionary.
 
-    Returns
-    -------
-    rich.table.Table
-        One row per entry, in the mapping's order; scores as fractions with four decimals,
-        as in ``metrics.json``.
+    Returns:
+        A rich ``Table``: one row per entry, in the mapping's order; scores as fractions with four decimals,
+            as in ``metrics.json``.
 
-    Raises
-    ------
-    MetricsError
-        An entry lacks one of ``acc``, ``uf1``, ``uar``, ``n_samples``.
+    Raises:
+        MetricsError: an entry lacks one of ``acc``, ``uf1``, ``uar``, ``n_samples``.
     """
     table = Table(title="LOSO results (pooled over folds)")
     table.add_column("model")
