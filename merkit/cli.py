@@ -19,11 +19,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 datasets_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                            help="Dataset loaders: list them, inspect a copy on disk.")
 app.add_typer(datasets_app, name="datasets")
-console = Console()
+console = Console(soft_wrap=True)  # lines (paths, messages) are never re-wrapped at the terminal width
 
 
 def _fail(err: MerkitError) -> None:
-    console.print(f"[bold red]error[/]: {err}", soft_wrap=True, highlight=False)  # one line, whatever the width
+    console.print(f"[bold red]error[/]: {err}", highlight=False)  # one line, whatever the width
     raise typer.Exit(code=2)
 
 
@@ -264,8 +264,8 @@ def datasets_list() -> None:
 
     for name, info in all_datasets().items():
         console.rule(f"[bold]{name}[/]" + ("  (licensed)" if info.licensed else ""))
-        console.print(f"protocols: {', '.join(info.protocols)}", soft_wrap=True)
-        console.print(info.layout, soft_wrap=True, markup=False, highlight=False)  # laid-out lines, never re-wrapped
+        console.print(f"protocols: {', '.join(info.protocols)}")
+        console.print(info.layout, markup=False, highlight=False)
 
 
 @datasets_app.command("inspect")
