@@ -75,8 +75,8 @@ def prepare_run(
 ) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
 
-    Without ``config`` the model's ``configs/<model>-<dataset>.yaml`` is used when it exists,
-    else its reduced ``configs/<model>-cpu.yaml``.
+    Without ``config`` the shipped config ``<model>-<dataset>`` is used when merkit has one,
+    else the model's reduced ``<model>-cpu``.
 
     Raises:
         ConfigError: neither ``model`` nor ``config`` given, they disagree, an unknown model
@@ -118,7 +118,7 @@ def prepare_run(
 
 
 def default_config_name(model: str, dataset: str) -> str:
-    """``configs/<model>-<dataset>.yaml`` when it exists, else the reduced ``<model>-cpu``."""
+    """The shipped config ``<model>-<dataset>`` when it exists, else the reduced ``<model>-cpu``."""
     try:
         find_config(f"{model}-{dataset}")
         return f"{model}-{dataset}"

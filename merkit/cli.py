@@ -97,6 +97,8 @@ def train(
             on_error="skip" if skip_bad else "raise")
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
+        for line in run.fixes:
+            console.print(f"[cyan]fix[/] {line}")
         for line in run.skipped:
             console.print(f"[yellow]skipped[/] {line}")
         cfg, run_dir = run.config, run.run_dir
