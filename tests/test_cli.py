@@ -142,7 +142,7 @@ def test_user_mistakes_get_a_message_not_a_traceback(synth_root, tmp_path):
         (["train", "--dataset", "synthme", "--root", synth_root, "--config", big, "--out", tmp_path / "r2"],
          "model 'logreg': option 'image_size': Input should be a valid integer, unable to parse string as an integer, got 'big'"),
         (["train", "--dataset", "synthme", "--root", synth_root, "--model", "nosuch", "--out", tmp_path / "r3"],
-         "unknown model 'nosuch'; available models: atm-gcn, logreg, madv-net"),
+         "unknown model 'nosuch'; available models: atm-gcn, htnet, logreg, madv-net"),
         (["preprocess", "--dataset", "synthme", "--root", synth_root, "--model", "nosuch"], "available models: atm-gcn"),
         ([*train[:4], broken, *train[5:], "--out", tmp_path / "r4"], "synthme.json: malformed SynthME record"),
         (["datasets", "inspect", "synthme", "--root", broken], "synthme.json: malformed SynthME record"),

@@ -165,13 +165,16 @@ def test_evaluate_twice_changes_nothing_training_wrote(synth_samples, tmp_path):
     """`merkit evaluate` used to rewrite metrics.json without skipped/apex_policy and relabel the model."""
     from merkit.eval.metrics import evaluate_run
 
+    from merkit.data.repairs import Fix
+
     run = tmp_path / "run"
+    fix = Fix("CASME2.xlsx", 3, "synthme/sub01/EP01", "apex", 0, None, "apex-zero", "apex 0 read as missing")
     metrics = run_loso(synth_samples, get_protocol("casme2-5"), config_from_dict(LOGREG), run,
-                       skipped=["CASME2.xlsx, row 7: bad onset"], fixes=["row 3: apex 0 read as missing"])
+                       skipped=["CASME2.xlsx, row 7: bad onset"], fixes=[fix])
     files = ("metrics.json", "confusion_matrix.png", "predictions.csv")
     written = {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files}
     assert metrics["label"] == "logreg LOSO (casme2-5)" and metrics["apex_policy"] == "annotated-or-middle"
-    assert metrics["skipped"] == ["CASME2.xlsx, row 7: bad onset"] and metrics["fixes"] == ["row 3: apex 0 read as missing"]
+    assert metrics["skipped"] == ["CASME2.xlsx, row 7: bad onset"] and metrics["fixes"] == [fix.as_dict()]
     assert json.loads((run / "metrics.json").read_text()) == metrics
     for _ in range(2):
         assert evaluate_run(run) == metrics
@@ -181,7 +184,7 @@ def test_evaluate_twice_changes_nothing_training_wrote(synth_samples, tmp_path):
     assert evaluate_run(run) == metrics
     assert {name: (run / name).read_bytes() for name in files} == {name: data for name, (data, _) in written.items()}
     log = (run / "log.txt").read_text()
-    assert "skipped: CASME2.xlsx, row 7: bad onset" in log and "fix: row 3: apex 0 read as missing" in log
+    assert "skipped: CASME2.xlsx, row 7: bad onset" in log and f"annotation fix: {fix}" in log
 
 
 def test_skip_bad_skips_an_unreadable_frame_and_records_it(synth_root, tmp_path):

@@ -38,6 +38,7 @@ import torch
 
 from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
+from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
 from merkit.errors import ConfigError, LeakageError, MetricsError
 from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, unweighted_f1, write_predictions
@@ -126,8 +127,8 @@ def run_loso(
     on_fold: Callable[[int, int, str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_error: str = "raise",
+    fixes: Sequence[Fix] = (),
     skipped: Sequence[str] = (),
-    fixes: Sequence[str] = (),
     notes: Sequence[str] = (),
     allow_pretrain_overlap: bool = False,
 ) -> dict:
@@ -158,9 +159,12 @@ def run_loso(
         on_progress: callback ``(stage, done, total)`` during preprocessing.
         on_error: ``raise`` on a sample whose views cannot be built (an unreadable frame ...),
             or ``skip`` it; skipped samples are recorded in ``metrics.json`` and ``log.txt``.
-        skipped: annotation rows the loader skipped (``PreparedRun.skipped``), recorded.
-        fixes: repairs the loader made (``PreparedRun.fixes``), recorded.
-        notes: adjustments made to the run (``PreparedRun.notes``), recorded.
+        fixes: the loader's recorded changes to annotation rows (``PreparedRun.fixes``),
+            written to ``metrics.json`` (``fixes``) and ``log.txt``.
+        skipped: annotation rows and samples left out before the run (``PreparedRun.skipped``),
+            written to ``metrics.json`` (``skipped``, before the samples the views skipped) and
+            ``log.txt``.
+        notes: adjustments made to the run (``PreparedRun.notes``), recorded likewise.
         allow_pretrain_overlap: run folds whose test subject the ``config.pretrained``
             checkpoint was trained on, labelling the run as leaking, instead of refusing.
 
@@ -183,7 +187,7 @@ def run_loso(
     pretrain = pretrain_overlap(config, samples, allow=allow_pretrain_overlap)
     settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
-        _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
+        check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
     if cache_dir is not None:
         make_output_dir(cache_dir, "view cache")
     make_output_dir(run_dir, "run directory")
@@ -192,9 +196,12 @@ def run_loso(
         "protocol": {"name": protocol.name, "classes": classes},
         "input_spec": [s.__dict__ | {"size": list(s.size)} for s in specs],
     })
-    for kind, lines in (("fix", fixes), ("note", notes), ("skipped", skipped)):
-        for line in lines:
-            log.warning("%s: %s", kind, line)
+    for fix in fixes:
+        log.info("annotation fix: %s", fix)
+    for line in notes:
+        log.warning("note: %s", line)
+    for line in skipped:
+        log.warning("skipped: %s", line)
     if pretrain is not None and pretrain["leaking"]:
         log.warning("pre-training leak: %s saw the test subjects %s (allowed by the caller; the run is labelled leaking)",
                     pretrain["checkpoint"], ", ".join(pretrain["overlap"]))
@@ -223,7 +230,7 @@ def run_loso(
         "selection": selection_description(config),
         "apex_policy": config.views.apex_policy,
         "skipped": [*skipped, *builder.skipped],
-        "fixes": list(fixes),
+        "fixes": [fix.as_dict() for fix in fixes],
         "notes": list(notes),
         "pretrain": pretrain,
     }
@@ -359,7 +366,7 @@ def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tenso
     }
 
 
-def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> dict:
+def check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> dict:
     """The fingerprint a finished fold in ``fold_dir`` records; raise unless it ``matches``."""
     recorded_path = fold_dir / "fold.json"
     try:
@@ -391,6 +398,44 @@ def _verify_fold(done: Path, recorded: dict) -> tuple[pd.DataFrame | None, str]:
     return table, ""
 
 
+def reuse_finished_fold(fold_dir: Path, fingerprint: dict, name: str) -> pd.DataFrame | None:
+    """The predictions of the finished fold in ``fold_dir`` if they can be reused, else None.
+
+    A fold is finished when its ``predictions.csv`` exists. It is reused when its ``fold.json``
+    records ``fingerprint`` (the settings and clips it was trained for) and the predictions are
+    the ones written when it finished (checksum, row count, test clips); otherwise the damaged
+    predictions are removed (with a warning in the log) and the fold is to be trained again.
+
+    Raises:
+        ConfigError: the fold records another fingerprint (another run's fold).
+    """
+    done = fold_dir / "predictions.csv"
+    if not done.is_file():
+        return None
+    recorded = check_reusable(fold_dir, lambda r: {k: v for k, v in r.items() if k != "predictions_sha1"} == fingerprint)
+    table, problem = _verify_fold(done, recorded)
+    if table is not None:
+        log.info("fold %s: reusing %s", name, done)
+        return table
+    log.warning("fold %s: %s; training it again", name, problem)
+    done.unlink()
+    return None
+
+
+def write_finished_fold(fold_dir: Path, table: pd.DataFrame, fingerprint: dict) -> pd.DataFrame:
+    """Write a fold's predictions and ``fold.json`` (``fingerprint`` + the predictions' checksum).
+
+    ``fold.json`` is written first; the fold counts as finished once ``predictions.csv`` is
+    renamed into place. Returns the predictions as read back (the same frame a resumed run gets).
+    """
+    done = fold_dir / "predictions.csv"
+    staged = fold_dir / "predictions.staged.csv"
+    checksum = write_predictions(table, staged)
+    (fold_dir / "fold.json").write_text(json.dumps({**fingerprint, "predictions_sha1": checksum}))
+    staged.replace(done)
+    return read_predictions(done)
+
+
 def trained_on(samples: Sequence[Sample]) -> dict[str, list[str]]:
     """What a checkpoint records about its training data: sample ids and subject groups."""
     return {"samples": sorted(s.sample_id for s in samples), "subjects": sorted({s.group for s in samples})}
@@ -398,16 +443,10 @@ def trained_on(samples: Sequence[Sample]) -> dict[str, list[str]]:
 
 def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels: torch.Tensor, classes: list[str],
               config: RunConfig, fold_dir: Path) -> pd.DataFrame:
-    done = fold_dir / "predictions.csv"
     fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)
-    if done.is_file():
-        recorded = _check_reusable(fold_dir, lambda r: {k: v for k, v in r.items() if k != "predictions_sha1"} == fingerprint)
-        table, problem = _verify_fold(done, recorded)
-        if table is not None:
-            log.info("fold %s: reusing %s", fold.name, done)
-            return table
-        log.warning("fold %s: %s; training it again", fold.name, problem)
-        done.unlink()
+    reused = reuse_finished_fold(fold_dir, fingerprint, fold.name)
+    if reused is not None:
+        return reused
     assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
     seed = config.seed * 1000 + number
     model = new_model(config, classes, seed=seed)
@@ -445,16 +484,12 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     })
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]
-    # the fold is finished when predictions.csv exists; fold.json (with its checksum) comes first
-    staged = fold_dir / "predictions.staged.csv"
-    checksum = write_predictions(table, staged)
-    (fold_dir / "fold.json").write_text(json.dumps({**fingerprint, "predictions_sha1": checksum}))
-    staged.replace(done)
+    written = write_finished_fold(fold_dir, table, fingerprint)
     selected = (f"epoch {history.best_epoch} (best validation UF1)" if history.best_epoch is not None
                 else f"the last epoch ({config.train.epochs})")
     log.info("fold %s: %d test samples, acc %.3f, model of %s", fold.name, len(table),
              float((table.y_true == table.y_pred).mean()), selected)
-    return read_predictions(done)
+    return written
 
 
 def _attach_log(run_dir: Path) -> None:
