@@ -5,7 +5,8 @@ Typical use::
     from merkit.api import prepare_run
     from merkit.train.loso import run_loso
     run = prepare_run(dataset="casme2", root="/data/CASME2", model="tsfmicro")
-    metrics = run_loso(run.samples, run.protocol, run.config, run.run_dir, cache_dir=".merkit-cache")
+    metrics = run_loso(run.samples, run.protocol, run.config, run.run_dir, cache_dir=".merkit-cache",
+                       skipped=run.skipped, fixes=run.fixes, notes=run.notes)
 """
 
 from __future__ import annotations
@@ -75,19 +76,24 @@ def prepare_run(
 ) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
 
-    Without ``config`` the model's ``configs/<model>-<dataset>.yaml`` is used when it exists,
-    else its reduced ``configs/<model>-cpu.yaml``. ``on_error`` is the loader's policy
+    Without ``config`` the shipped config ``<model>-<dataset>`` is used when merkit has one,
+    else the model's reduced ``<model>-cpu``. ``on_error`` is the loader's policy
     (``repair``, ``strict`` or ``skip``, see :mod:`merkit.data.repairs`); under ``strict`` a
     sample whose emotion the protocol does not know is an error too, otherwise it is skipped
     and listed in ``skipped``.
 
     Raises:
-        ConfigError: neither ``model`` nor ``config`` given, or they disagree.
+        ConfigError: neither ``model`` nor ``config`` given, they disagree, an unknown model
+            (the message lists the models) or a model option it does not take.
         DatasetError: the dataset root is missing or malformed.
         ProtocolError: ``strict`` and an emotion the protocol does not know.
     """
+    from merkit.models.registry import input_spec, model_class
+
     if model is None and config is None:
         raise ConfigError("give --model NAME or --config FILE")
+    if model is not None:
+        model_class(model)  # an unknown name lists the models
     overrides: dict[str, Any] = {}
     if epochs is not None:
         overrides.setdefault("train", {})["epochs"] = epochs
@@ -102,6 +108,7 @@ def prepare_run(
     cfg = load_config(config if config is not None else default_config_name(model, dataset), overrides)
     if model is not None and cfg.model_name != model:
         raise ConfigError(f"config {config} builds model {cfg.model_name!r}, not {model!r}")
+    input_spec(cfg.model_name, **cfg.model_kwargs)  # the model's options, checked before any data is read
     info = get_dataset(dataset)
     proto = get_protocol(protocol or cfg.dataset.protocol or info.protocols[0])
     result = load_dataset(dataset, root, on_error=on_error)
@@ -119,7 +126,7 @@ def prepare_run(
 
 
 def default_config_name(model: str, dataset: str) -> str:
-    """``configs/<model>-<dataset>.yaml`` when it exists, else the reduced ``<model>-cpu``."""
+    """The shipped config ``<model>-<dataset>`` when it exists, else the reduced ``<model>-cpu``."""
     try:
         find_config(f"{model}-{dataset}")
         return f"{model}-{dataset}"
@@ -178,7 +185,7 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
         ConfigError: neither ``views`` nor ``model``/``config``, or both ``views`` and ``model``.
     """
     from merkit.config import ViewsConfig
-    from merkit.models.registry import input_spec
+    from merkit.models.registry import input_spec, model_class
     from merkit.views import VIEWS, ViewSpec
 
     if views is None and model is None and config is None:
@@ -186,6 +193,8 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
     if views is not None and model is not None:
         raise ConfigError("give either --views NAMES or --model, not both")
     if views is None:
+        if model is not None:
+            model_class(model)  # an unknown name lists the models
         cfg = load_config(config if config is not None else default_config_name(model, dataset))
         return input_spec(cfg.model_name, **cfg.model_kwargs), cfg.views
     views_config = load_config(config).views if config is not None else ViewsConfig()
@@ -204,11 +213,18 @@ def demo_samples(data_dir: str | Path) -> tuple[list[Sample], Protocol]:
 
     data_dir = Path(data_dir)
     stamp = data_dir / "demo.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()) != DEMO_DATA:
+    if _read_json(stamp) != DEMO_DATA:  # missing, damaged or another set: generate
         write_synthme(data_dir, **DEMO_DATA)
         stamp.write_text(json.dumps(DEMO_DATA))
     protocol = get_protocol(DEMO_PROTOCOL)
     return apply_protocol(load_dataset("synthme", data_dir).samples, protocol), protocol
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def inspect_dataset(name: str, root: str | Path | None, protocol: str | None = None, on_error: OnError = "repair",

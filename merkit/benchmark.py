@@ -39,8 +39,8 @@ import pandas as pd
 import yaml
 
 from merkit.errors import ConfigError, MetricsError
-from merkit.eval.metrics import compute_metrics, read_predictions
-from merkit.eval.reports import plot_confusion_matrix
+from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, write_predictions
+from merkit.outputs import make_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,8 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
         from merkit.train.loso import run_loso
 
         metrics = run_loso(run.samples, run.protocol, run.config, spec.run_dir, cache_dir=cache_dir, workers=workers,
-                           fold_workers=fold_workers, on_fold=fold_done, fixes=run.fixes, skipped=run.skipped)
+                           fold_workers=fold_workers, on_fold=fold_done, fixes=run.fixes, skipped=run.skipped,
+                           notes=run.notes)
     return metrics, record(True)
 
 
@@ -220,18 +221,15 @@ def write_ensemble(member_dirs: Sequence[Path], members: Sequence[str], run_dir:
         classes = member_classes
         tables.append(read_predictions(member_dir / "predictions.csv"))
     predictions = ensemble_predictions(tables, classes, [str(d) for d in member_dirs])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_output_dir(run_dir, "run directory")
     (run_dir / "config.yaml").write_text(yaml.safe_dump({
         "ensemble": {"members": list(members), "runs": [str(d) for d in member_dirs]},
         "protocol": {"name": yaml.safe_load((member_dirs[0] / "config.yaml").read_text())["protocol"]["name"],
                      "classes": classes}}, sort_keys=False))
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
-    metrics = compute_metrics(predictions, classes)
-    metrics["selection"] = ensemble_selection(members)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
-                          title=f"ensemble {' + '.join(members)}")
-    return metrics
+    write_predictions(predictions, run_dir / "predictions.csv")
+    facts = {"model": "ensemble", "label": f"ensemble {' + '.join(members)}", "selection": ensemble_selection(members)}
+    (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    return evaluate_run(run_dir)  # the one evaluation, as for run_loso and `merkit evaluate`
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:

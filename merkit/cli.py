@@ -15,14 +15,16 @@ from rich.table import Table
 from merkit.errors import ConfigError, MerkitError, check_choice
 from merkit.views import VIEW_NAMES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")
-datasets_app = typer.Typer(no_args_is_help=True, help="Dataset loaders: list them, inspect a copy on disk.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Facial micro-expression recognition toolkit.")
+datasets_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                           help="Dataset loaders: list them, inspect a copy on disk.")
 app.add_typer(datasets_app, name="datasets")
-console = Console()
+console = Console(soft_wrap=True)  # lines (paths, messages) are never re-wrapped at the terminal width
 
 
 def _fail(err: MerkitError) -> None:
-    console.print(f"[bold red]error[/]: {err}")
+    console.print(f"[bold red]error[/]: {err}", highlight=False)  # one line, whatever the width
     raise typer.Exit(code=2)
 
 
@@ -61,7 +63,7 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
-def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, fixes=(), skipped=()) -> dict:
+def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, **recorded) -> dict:
     from merkit.train.loso import run_loso
 
     with _progress() as progress:
@@ -74,16 +76,15 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
             progress.update(task, description=f"{config.model_name}: fold {name}", completed=number - 1, total=total)
 
         return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
-                        fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress, fixes=fixes,
-                        skipped=skipped)
+                        fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress, **recorded)
 
 
 @app.command()
 def train(
     dataset: str = typer.Option(..., help="dataset name (see `merkit datasets list`)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    model: Optional[str] = typer.Option(None, help="model name; config: configs/<model>-<dataset>.yaml if it exists, else <model>-cpu.yaml (or --config)"),
-    config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
+    model: Optional[str] = typer.Option(None, help="model name (see `merkit models`); config: <model>-<dataset> if merkit ships one, else <model>-cpu (or --config)"),
+    config: Optional[str] = typer.Option(None, help="config: a YAML file, or the name of a config merkit ships (merkit/configs/)"),
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>)"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
@@ -95,7 +96,11 @@ def train(
     pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
     strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
-    skip_bad: bool = typer.Option(False, help="leave inconsistent or unreadable annotation rows out (recorded) instead of repairing them"),
+    skip_bad: bool = typer.Option(False, help="leave inconsistent or unreadable annotation rows out instead of repairing "
+                                  "them, and samples whose frames cannot be read (truncated ...) instead of stopping; "
+                                  "recorded in metrics.json and log.txt"),
+    allow_pretrain_overlap: bool = typer.Option(False, help="run folds whose test subject --pretrained was trained on "
+                                                "(refused otherwise); the run is labelled leaking"),
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory.
 
@@ -117,12 +122,16 @@ def train(
         _warn_skipped(run.skipped)
         cfg, run_dir = run.config, run.run_dir
         metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers,
-                                     fixes=run.fixes, skipped=run.skipped)
+                                     on_error="skip" if skip_bad else "raise", skipped=run.skipped, fixes=run.fixes,
+                                     notes=run.notes, allow_pretrain_overlap=allow_pretrain_overlap)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results
 
-    console.print(format_results({cfg.model_name: metrics}))
+    console.print(format_results({metrics["label"]: metrics}))
+    _warn_skipped(metrics["skipped"][len(run.skipped):])  # samples whose views failed
+    if metrics["pretrain"] and metrics["pretrain"]["leaking"]:
+        console.print(f"[red]leaking[/]: test subjects seen in pre-training: {', '.join(metrics['pretrain']['overlap'])}")
     if len(metrics.get("per_dataset", {})) > 1:
         table = Table(title="per source dataset")
         for col in ("dataset", "n", "ACC", "UF1", "UAR"):
@@ -137,8 +146,8 @@ def train(
 def pretrain(
     dataset: str = typer.Option(..., help="dataset to pre-train on (every subject; nothing is evaluated)"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    model: Optional[str] = typer.Option(None, help="model name; config: configs/<model>-<dataset>.yaml if it exists, else <model>-cpu.yaml (or --config)"),
-    config: Optional[str] = typer.Option(None, help="config file or name in configs/"),
+    model: Optional[str] = typer.Option(None, help="model name (see `merkit models`); config: <model>-<dataset> if merkit ships one, else <model>-cpu (or --config)"),
+    config: Optional[str] = typer.Option(None, help="config: a YAML file, or the name of a config merkit ships (merkit/configs/)"),
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Path = typer.Option(..., help="folder for model.pt, config.yaml, history.json"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
@@ -162,7 +171,8 @@ def pretrain(
 
 @app.command()
 def evaluate(run_dir: Path = typer.Argument(..., help="a run directory holding predictions.csv")) -> None:
-    """Recompute metrics.json and confusion_matrix.png from a run's predictions.csv."""
+    """Recompute metrics.json and confusion_matrix.png from a run's predictions.csv and run facts
+    (the evaluation training ran: evaluating again changes nothing)."""
     from merkit.eval.metrics import evaluate_run
     from merkit.eval.reports import format_results
 
@@ -170,7 +180,7 @@ def evaluate(run_dir: Path = typer.Argument(..., help="a run directory holding p
         metrics = evaluate_run(run_dir)
     except MerkitError as err:
         _fail(err)
-    console.print(format_results({run_dir.name: metrics}))
+    console.print(format_results({metrics.get("label", run_dir.name): metrics}))
 
 
 @app.command()
@@ -412,7 +422,7 @@ def datasets_list() -> None:
     for name, info in all_datasets().items():
         console.rule(f"[bold]{name}[/]" + ("  (licensed)" if info.licensed else ""))
         console.print(f"protocols: {', '.join(info.protocols)}")
-        console.print(info.layout, markup=False)
+        console.print(info.layout, markup=False, highlight=False)
         if info.repairs:
             console.print("repairs (default policy):", markup=False)
             console.print(info.repairs, markup=False)

@@ -53,6 +53,10 @@ class FaceNotFoundError(PreprocessError):
     """No face was detected in a frame of a sample."""
 
 
+class OutputError(MerkitError):
+    """An output folder or file cannot be created or written (a file in the way, no permission)."""
+
+
 class ModelInputError(MerkitError):
     """A model received views that do not match its input spec."""
 

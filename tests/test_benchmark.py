@@ -11,6 +11,7 @@ from merkit import benchmark as bench
 from merkit.benchmark import ensemble_predictions, plan_runs, run_benchmark, summarise
 from merkit.cli import app
 from merkit.errors import ConfigError, MetricsError
+from merkit.eval.metrics import evaluate_run
 
 LOGREG = {"model": {"name": "logreg", "image_size": 16}, "train": {"epochs": 2, "batch_size": 8, "lr": 0.01}}
 
@@ -86,6 +87,7 @@ def test_benchmark_runs_writes_tables_and_resumes(synth_root, tmp_path, monkeypa
         assert row["selection"] == "last" and row["wall_s"] > 0
     ensemble = json.loads((out / "synthme" / "ensemble-fast+slow" / "seed0" / "metrics.json").read_text())
     assert ensemble["selection"]["policy"] == "ensemble" and ensemble["n_samples"] == 20
+    assert evaluate_run(out / "synthme" / "ensemble-fast+slow" / "seed0") == ensemble  # one writer, as for any run
     table = pd.read_csv(out / "results.csv")
     assert list(table.columns) == ["dataset", "source", "model", "seeds", "n_samples", "acc_mean", "acc_std", "uf1_mean",
                                    "uf1_std", "uar_mean", "uar_std", "selection", "wall_s"]

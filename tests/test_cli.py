@@ -1,6 +1,7 @@
 """End-to-end runs through the `merkit` command (tiny data, a couple of epochs)."""
 
 import json
+import shutil
 
 import pandas as pd
 import pytest
@@ -93,28 +94,116 @@ def test_pretrain_then_fine_tune_starts_every_fold_from_the_first_stage(synth_ro
            "--epochs", 2, "--out", tmp_path / "stage1", "--cache", tmp_path / "cache")
     stage1 = torch.load(tmp_path / "stage1" / "model.pt", weights_only=True)
     assert stage1["classes"] == ["negative", "positive", "surprise"]
-    invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
-           "--pretrained", tmp_path / "stage1" / "model.pt", "--out", tmp_path / "run", "--cache", tmp_path / "cache")
+    assert stage1["trained_on"]["subjects"] == [f"synthme/sub0{i}" for i in range(1, 5)]
+    fine_tune = ["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
+                 "--pretrained", tmp_path / "stage1" / "model.pt", "--out", tmp_path / "run", "--cache", tmp_path / "cache"]
+    # every test subject was seen in pre-training: refused (it used to run without a word) ...
+    refused = runner.invoke(app, [str(a) for a in fine_tune])
+    assert refused.exit_code == 2 and "pre-trained on 4 of this run's test subjects" in " ".join(refused.output.split())
+    assert not (tmp_path / "run").exists()
+    # ... or run on request, labelled leaking
+    output = invoke(*fine_tune, "--allow-pretrain-overlap")
+    assert "leaking" in output
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["pretrain"]["leaking"] and len(metrics["pretrain"]["overlap"]) == 4
+    assert metrics["label"].endswith("[pre-training leak]")
     config = (tmp_path / "run" / "config.yaml").read_text()
     assert "stage1/model.pt" in config
-    with pytest.raises(Exception):
-        invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
-               "--pretrained", tmp_path / "missing.pt", "--out", tmp_path / "run2")
+    missing = runner.invoke(app, [str(a) for a in [*fine_tune[:-5], tmp_path / "missing.pt", "--out", tmp_path / "run2"]])
+    assert missing.exit_code == 2 and "not found" in missing.output
+
+
+def fails_in_one_line(args, message):
+    result = runner.invoke(app, [str(a) for a in args])
+    output = result.output.strip()
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.output)
+    assert len(output.splitlines()) == 1 and output.startswith("error: "), (args, output)
+    assert message in output, (args, output)
 
 
 def test_user_mistakes_get_a_message_not_a_traceback(synth_root, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
+    train = ["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1]
+    big = tmp_path / "big.yaml"
+    big.write_text("base: logreg-cpu\nmodel: {image_size: big}\n")
+    broken = tmp_path / "broken"
+    shutil.copytree(synth_root, broken)
+    (broken / "synthme.json").write_text('{"config": {"fps": 1')  # cut short
     for args, message in [
         (["demo", "--models", "logreg, nosuch", "--data", tmp_path / "d", "--out", tmp_path / "o"], "demo model must be one of 'logreg'"),
         (["synth", "--out", afile, "--subjects", 1, "--clips-per-subject", 1], "is a file"),
-        (["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--out", afile], "is a file"),
-        (["synth", "--out", tmp_path / "s", "--seed", -1], "greater than or equal to 0"),
+        (["synth", "--out", afile / "sub", "--subjects", 1, "--clips-per-subject", 1], f"lies under {afile}, which is a file"),
+        ([*train, "--out", afile], "is a file; a run directory must be a folder"),
+        ([*train, "--out", afile / "sub"], f"lies under {afile}, which is a file; a run directory"),
+        ([*train, "--out", tmp_path / "r1", "--cache", afile], "is a file; a view cache must be a folder"),
+        (["preprocess", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--cache", afile / "c"], "view cache"),
+        (["pretrain", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--out", afile / "sub"], "pre-training folder"),
+        (["train", "--dataset", "synthme", "--root", synth_root, "--config", big, "--out", tmp_path / "r2"],
+         "model 'logreg': option 'image_size': Input should be a valid integer, unable to parse string as an integer, got 'big'"),
+        (["train", "--dataset", "synthme", "--root", synth_root, "--model", "nosuch", "--out", tmp_path / "r3"],
+         "unknown model 'nosuch'; available models: atm-gcn, htnet, logreg, madv-net"),
+        (["preprocess", "--dataset", "synthme", "--root", synth_root, "--model", "nosuch"], "available models: atm-gcn"),
+        ([*train[:4], broken, *train[5:], "--out", tmp_path / "r4"], "synthme.json: malformed SynthME record"),
+        (["datasets", "inspect", "synthme", "--root", broken], "synthme.json: malformed SynthME record"),
     ]:
-        result = runner.invoke(app, [str(a) for a in args])
-        output = " ".join(result.output.split())  # rich wraps long lines
-        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), (args, result.output)
-        assert message in output, (args, output)
+        fails_in_one_line(args, message)
+    for run in ("r1", "r2", "r3", "r4"):
+        assert not (tmp_path / run).exists(), f"{run}: a refused run left a folder behind"
+    usage = runner.invoke(app, ["synth", "--out", str(tmp_path / "s"), "--seed", "-1"])  # typer's usage message
+    assert usage.exit_code == 2 and "greater than or equal to 0" in usage.output
+
+
+@pytest.fixture
+def read_only(tmp_path):
+    """Make folders read-only for this process (chmod, or chattr +i when running as root)."""
+    import os
+    import subprocess
+
+    frozen = []
+
+    def freeze(folder):
+        folder.chmod(0o555)
+        if os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+            frozen.append(folder)
+        probe = folder / ".probe"
+        try:
+            probe.write_text("")
+        except OSError:
+            return folder
+        probe.unlink()
+        pytest.skip("cannot make a read-only folder on this machine")
+
+    yield freeze
+    for folder in frozen:
+        subprocess.run(["chattr", "-i", str(folder)], check=True)
+    for folder in tmp_path.rglob("*"):
+        if folder.is_dir():
+            folder.chmod(0o755)
+
+
+def test_read_only_run_cache_and_output_folders_get_a_message(synth_root, tmp_path, read_only):
+    run = tmp_path / "run"
+    invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1, "--out", run,
+           "--cache", tmp_path / "cache")
+    (run / "confusion_matrix.png").unlink()
+    read_only(run)
+    fails_in_one_line(["evaluate", run], "confusion_matrix.png: cannot write the report")
+    (tmp_path / "locked").mkdir()
+    locked = read_only(tmp_path / "locked")
+    fails_in_one_line(["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
+                       "--out", locked], "cannot write the run directory here")
+    fails_in_one_line(["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1,
+                       "--out", tmp_path / "run2", "--cache", locked], "cannot write the view cache here")
+    fails_in_one_line(["synth", "--out", locked / "synth"], "cannot write the SynthME folder here")
+
+
+def test_evaluate_of_a_current_read_only_run_writes_nothing_and_succeeds(synth_root, tmp_path, read_only):
+    run = tmp_path / "run"
+    invoke("train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--epochs", 1, "--out", run,
+           "--cache", tmp_path / "cache")
+    read_only(run)
+    assert "logreg LOSO (casme2-5)" in invoke("evaluate", run)
 
 
 def test_preprocess_views_take_the_settings_of_a_config():
@@ -127,3 +216,18 @@ def test_preprocess_views_take_the_settings_of_a_config():
         preprocess_specs(views="flow", model="logreg", config=None, dataset="synthme")
     with pytest.raises(ConfigError, match="give --views"):
         preprocess_specs(views=None, model=None, config=None, dataset="synthme")
+
+
+def test_help_and_dataset_layouts_are_not_cut_at_80_columns():
+    """Help texts used to end in '$MERKIT_<DATASE…' and `datasets list` wrapped mid-sentence."""
+    from merkit.data.registry import all_datasets
+
+    narrow = CliRunner(env={"COLUMNS": "80"})
+    text = narrow.invoke(app, ["train", "--help"]).output
+    assert "…" not in text and "$MERKIT_<DATASET>_ROOT" in text
+    for command in (["demo"], ["preprocess"], ["pretrain"], ["synth"], ["evaluate"], ["datasets", "inspect"]):
+        assert "…" not in narrow.invoke(app, [*command, "--help"]).output, command
+    listing = narrow.invoke(app, ["datasets", "list"]).output
+    for info in all_datasets().values():
+        for line in info.layout.splitlines():
+            assert line in listing, line

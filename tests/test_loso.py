@@ -61,19 +61,21 @@ def test_run_directory_contract_and_resume(synth_samples, tmp_path):
     for key in ("acc", "uf1", "uar", "macro_f1", "per_class", "per_dataset", "per_subject_mean", "n_folds", "n_samples", "selection"):
         assert key in saved
     assert saved["selection"]["policy"] == "last" and saved["n_folds"] == 4
+    log = (run / "log.txt").read_text()  # it used to say "best epoch 3" while history.json says none
+    assert "fold sub01: 5 test samples" in log and "model of the last epoch (3)" in log and "best epoch" not in log
     for fold in ("sub01", "sub02", "sub03", "sub04"):
         assert (run / "folds" / fold / "model.pt").is_file()
-    # resume: a completed fold is reused, not retrained (its predictions file is the source)
-    marker = run / "folds" / "sub01" / "predictions.csv"
-    table = pd.read_csv(marker, dtype={"subject": str, "fold": str})
-    table["y_pred"] = table["y_true"]
-    table.to_csv(marker, index=False)
+    # resume: a completed fold is reused, not retrained (its files stay as they were)
+    reused = run / "folds" / "sub01"
+    before = {name: ((reused / name).read_bytes(), (reused / name).stat().st_mtime_ns) for name in ("predictions.csv", "model.pt")}
+    written = (run / "predictions.csv").read_bytes()
     (run / "folds" / "sub02" / "predictions.csv").unlink()
     again = run_loso(synth_samples, protocol, config, run)
-    merged = pd.read_csv(run / "predictions.csv", dtype={"subject": str})
-    assert (merged[merged.fold == "sub01"].y_pred == merged[merged.fold == "sub01"].y_true).all()
+    assert {name: ((reused / name).read_bytes(), (reused / name).stat().st_mtime_ns) for name in before} == before
     assert (run / "folds" / "sub02" / "predictions.csv").is_file()
-    assert again["n_samples"] == metrics["n_samples"]
+    # the resumed run writes the same predictions, number formatting included, and the same metrics
+    assert (run / "predictions.csv").read_bytes() == written
+    assert again == metrics
     # a finished fold of another config (or an older run that records none) is never reused
     other = config_from_dict({**LOGREG, "train": {**LOGREG["train"], "epochs": LOGREG["train"]["epochs"] + 1}})
     with pytest.raises(ConfigError, match="folds/sub01 holds a finished fold of another run"):
@@ -103,6 +105,8 @@ def test_val_split_selection_is_recorded(synth_samples, tmp_path):
     assert metrics["selection"]["policy"] == "val-split"
     history = json.loads((tmp_path / "run" / "folds" / "sub01" / "history.json").read_text())
     assert len(history["val_uf1"]) == 3 and 1 <= history["best_epoch"] <= 3
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "fold sub01: 5 test samples, acc" in log and f"model of epoch {history['best_epoch']} (best validation UF1)" in log
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +179,89 @@ def test_leave_one_sample_out_runs_and_says_it_is_not_subject_independent(synth_
     default = run_loso(samples, protocol, config_from_dict(LOGREG), tmp_path / "loso")
     assert default["folds"] == {"scheme": "loso", "subject_independent": True,
                                 "description": default["folds"]["description"]} and default["n_folds"] == 2
+
+
+def test_a_damaged_finished_fold_is_trained_again_not_reused(synth_samples, tmp_path):
+    """A truncated fold predictions file used to be reused: the result covered 18 of 20 samples."""
+    protocol, config, run = get_protocol("casme2-5"), config_from_dict(LOGREG), tmp_path / "run"
+    metrics = run_loso(synth_samples, protocol, config, run)
+    fold_file = run / "folds" / "sub01" / "predictions.csv"
+    fold_file.write_text("".join(fold_file.read_text().splitlines(keepends=True)[:-2]))  # 3 of 5 rows left
+    older = run / "folds" / "sub02" / "fold.json"  # a fold of an older run records no checksum
+    older.write_text(json.dumps({k: v for k, v in json.loads(older.read_text()).items() if k != "predictions_sha1"}))
+    again = run_loso(synth_samples, protocol, config, run)
+    assert again["n_samples"] == len(synth_samples) and again == metrics
+    assert len(pd.read_csv(fold_file)) == 5
+    log = (run / "log.txt").read_text()
+    assert "fold sub01: predictions.csv differs from the file written when the fold finished" in log
+    assert "fold sub02: its fold.json records no checksum" in log
+
+
+def test_evaluate_twice_changes_nothing_training_wrote(synth_samples, tmp_path):
+    """`merkit evaluate` used to rewrite metrics.json without skipped/apex_policy and relabel the model."""
+    from merkit.eval.metrics import evaluate_run
+
+    from merkit.data.repairs import Fix
+
+    run = tmp_path / "run"
+    fix = Fix("CASME2.xlsx", 3, "synthme/sub01/EP01", "apex", 0, None, "apex-zero", "apex 0 read as missing")
+    metrics = run_loso(synth_samples, get_protocol("casme2-5"), config_from_dict(LOGREG), run,
+                       skipped=["CASME2.xlsx, row 7: bad onset"], fixes=[fix])
+    files = ("metrics.json", "confusion_matrix.png", "predictions.csv")
+    written = {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files}
+    assert metrics["label"] == "logreg LOSO (casme2-5)" and metrics["apex_policy"] == "annotated-or-middle"
+    assert metrics["skipped"] == ["CASME2.xlsx, row 7: bad onset"] and metrics["fixes"] == [fix.as_dict()]
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    for _ in range(2):
+        assert evaluate_run(run) == metrics
+        assert {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns) for name in files} == written
+    (run / "metrics.json").unlink()
+    (run / "confusion_matrix.png").unlink()
+    assert evaluate_run(run) == metrics
+    assert {name: (run / name).read_bytes() for name in files} == {name: data for name, (data, _) in written.items()}
+    log = (run / "log.txt").read_text()
+    assert "skipped: CASME2.xlsx, row 7: bad onset" in log and f"annotation fix: {fix}" in log
+
+
+def test_skip_bad_skips_an_unreadable_frame_and_records_it(synth_root, tmp_path):
+    """A JPEG truncated to half its size used to be decoded half grey and trained on."""
+    import shutil
+
+    from merkit.data.protocols import apply_protocol
+    from merkit.data.registry import load_dataset
+    from merkit.errors import PreprocessError
+
+    root = shutil.copytree(synth_root, tmp_path / "data")
+    samples = apply_protocol(load_dataset("synthme", root).samples, "casme2-5")
+    broken = samples[3]
+    frame = broken.frames.paths[broken.frames.position(broken.onset_frame)]
+    frame.write_bytes(frame.read_bytes()[: frame.stat().st_size // 2])
+    with pytest.raises(PreprocessError, match=f"{broken.sample_id}.*{frame.name}: truncated JPEG"):
+        run_loso(samples, get_protocol("casme2-5"), config_from_dict(LOGREG), tmp_path / "strict")
+    metrics = run_loso(samples, get_protocol("casme2-5"), config_from_dict(LOGREG), tmp_path / "run", on_error="skip")
+    assert metrics["n_samples"] == len(samples) - 1
+    assert len(metrics["skipped"]) == 1 and broken.sample_id in metrics["skipped"][0] and frame.name in metrics["skipped"][0]
+    assert f"skipped: {metrics['skipped'][0]}" in (tmp_path / "run" / "log.txt").read_text()
+
+
+def test_folds_whose_test_subject_was_pre_trained_on_are_refused_or_labelled(synth_samples, tmp_path):
+    from merkit.errors import LeakageError
+    from merkit.train.loso import train_all
+
+    protocol, config = get_protocol("casme2-5"), config_from_dict(LOGREG)
+    first_two = [s for s in synth_samples if s.subject in ("sub01", "sub02")]
+    checkpoint = train_all(first_two, protocol, config, tmp_path / "stage1")
+    fine_tune = config.model_copy(update={"pretrained": str(checkpoint)})
+    with pytest.raises(LeakageError, match="2 of this run's test subjects .synthme/sub01, synthme/sub02"):
+        run_loso(synth_samples, protocol, fine_tune, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    leaking = run_loso(synth_samples, protocol, fine_tune, tmp_path / "leaking", allow_pretrain_overlap=True)
+    assert leaking["pretrain"] == {"checkpoint": str(checkpoint), "subjects_seen": 2,
+                                   "overlap": ["synthme/sub01", "synthme/sub02"], "leaking": True}
+    others = [s for s in synth_samples if s.subject in ("sub03", "sub04")]
+    clean = run_loso(others, protocol, fine_tune, tmp_path / "clean")
+    assert clean["pretrain"]["overlap"] == [] and not clean["pretrain"]["leaking"]
+    # a fold checkpoint records its training subjects too: starting from sub01's fold model leaks sub02..sub04
+    fold_model = tmp_path / "clean" / "folds" / "sub03" / "model.pt"
+    with pytest.raises(LeakageError, match="synthme/sub04"):
+        run_loso(others, protocol, config.model_copy(update={"pretrained": str(fold_model)}), tmp_path / "again")

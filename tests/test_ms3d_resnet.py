@@ -354,27 +354,51 @@ def test_bad_options_raise_config_error() -> None:
         MultiScale3dResNet(3, head_grid=0)
 
 
+def _smooth_blob_clips(channels: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable toy batch: 6 clips of 4 frames, 16 x 16; class k is a Gaussian blob at corner
+    k on every frame, plus noise. ``(6, 4, C, 16, 16)`` clips and ``(6,)`` labels."""
+    generator = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 16), torch.linspace(-1, 1, 16), indexing="ij")
+    centres = torch.tensor([[-0.5, -0.5], [0.5, 0.5], [-0.5, 0.5]])
+    blobs = torch.stack([torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.1) for cy, cx in centres])
+    target = torch.arange(6) % 3
+    clips = blobs[target][:, None, None].expand(6, 4, channels, 16, 16)
+    return clips + 0.1 * torch.randn(6, 4, channels, 16, 16, generator=generator), target
+
+
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_training_steps_reach_every_parameter_and_decrease_loss(variant: str) -> None:
-    torch.manual_seed(0)
-    grey = {"frame_channels": 1} if variant in ("no_flow", "plain_frames") else {}
-    model = MultiScale3dResNet(3, variant=variant, base_width=8, head_hidden=16, num_frames=4, input_size=(16, 16), **grey)
-    spec = model.input_spec[0]
-    target = torch.arange(9) % 3
-    patterns = torch.randn(3, 4, spec.channels, 16, 16)
-    x = patterns[target] + 0.1 * torch.randn(9, 4, spec.channels, 16, 16)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for step in range(10):
-        loss = model.loss(model({spec.name: x}), target)
-        optimizer.zero_grad()
-        loss.backward()
-        if step == 0:
-            missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
-            assert not missing, f"no gradient for {missing}"
-        optimizer.step()
-        losses.append(float(loss.detach()))
-    assert sum(losses[-3:]) < 0.95 * sum(losses[:3]), losses
+    """Every parameter gets a gradient, and 30 Adam steps on a learnable batch lower the loss.
+
+    Robust to the CPU's floating-point path (it used to compare 3 of 10 steps with a 5 % margin,
+    which failed on another machine): the mean loss of the last 3 of 30 steps must fall below
+    0.9 of the first 3's for the median of three seeds. Measured over seeds 0-5 on the dev
+    machine: single seeds 0.002-0.96 (one no_flow seed barely learns in 30 steps, hence the
+    median), the median of any three at most 0.72. A branch without gradients fails the first
+    check; a model that does not learn stays at 1.0.
+    """
+    ratios = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        grey = {"frame_channels": 1} if variant in ("no_flow", "plain_frames") else {}
+        model = MultiScale3dResNet(3, variant=variant, base_width=4, head_hidden=8, num_frames=4, input_size=(16, 16),
+                                   **grey)
+        spec = model.input_spec[0]
+        clips, target = _smooth_blob_clips(spec.channels, seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for step in range(30):
+            loss = model.loss(model({spec.name: clips}), target)
+            optimizer.zero_grad()
+            loss.backward()
+            if step == 0:
+                missing = [n for n, p in model.named_parameters()
+                           if p.grad is None or not torch.isfinite(p.grad).all() or not p.grad.abs().sum() > 0]
+                assert not missing, f"no gradient for {missing}"
+            optimizer.step()
+            losses.append(float(loss.detach()))
+        ratios.append(sum(losses[-3:]) / sum(losses[:3]))
+    assert sorted(ratios)[1] < 0.9, ratios
 
 
 # ---------------------------------------------------------------- configs

@@ -328,3 +328,24 @@ def test_sampling_all_needs_two_frames_and_a_model_that_reads_the_mask(synth_sam
     atm = load_config("atm-gcn-cpu", {"views": {"sampling": "all"}})
     atm_model = create(atm.model_name, num_classes=5, **atm.model_kwargs)
     check_views_config(atm_model.input_spec, atm, atm_model)  # ATM-GCN reads the mask: accepted
+
+
+def test_a_truncated_jpeg_is_refused_naming_the_file(tmp_path):
+    """libjpeg decodes a JPEG cut in half as a half-grey image without an error."""
+    import cv2
+
+    from merkit.data.sample import read_image
+    from merkit.errors import MissingFramesError
+
+    image = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    data = cv2.imencode(".jpg", image)[1].tobytes()
+    whole, padded, cut = tmp_path / "whole.jpg", tmp_path / "padded.jpg", tmp_path / "cut.jpg"
+    whole.write_bytes(data)
+    padded.write_bytes(data + b"\x00" * 16)  # padding after the end-of-image marker is harmless
+    cut.write_bytes(data[: len(data) // 2])
+    assert read_image(whole).shape == (32, 32, 3)
+    np.testing.assert_array_equal(read_image(padded), read_image(whole))
+    with pytest.raises(MissingFramesError, match="cut.jpg: truncated JPEG"):
+        read_image(cut)
+    with pytest.raises(MissingFramesError, match="absent.jpg: missing"):
+        read_image(tmp_path / "absent.jpg")

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from merkit.errors import ConfigError, MetricsError
 from merkit.eval import compute_metrics, evaluate_run, format_results, plot_confusion_matrix, read_predictions
+
 CLASSES = ("negative", "positive", "surprise")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -44,15 +45,18 @@ def _write_run(run_dir, selection=None):
 def test_evaluate_run_round_trip(tmp_path):
     run_dir = tmp_path / "run"
     _write_run(run_dir, selection={"strategy": "from-config"})
-    (run_dir / "metrics.json").write_text(json.dumps({"acc": 0.0, "selection": {"strategy": "last-epoch"}}))
+    facts = {"label": "tsfmicro LOSO (casme2-3)", "selection": {"strategy": "last-epoch"}, "skipped": ["row 7"]}
+    (run_dir / "run.json").write_text(json.dumps(facts))
+    (run_dir / "metrics.json").write_text(json.dumps({"acc": 0.0, "selection": {"strategy": "stale"}}))
 
     metrics = evaluate_run(run_dir)
 
     written = json.loads((run_dir / "metrics.json").read_text())
     assert written == metrics
-    assert metrics["selection"] == {"strategy": "last-epoch"}  # the runner's entry wins over the config's
+    # the run facts training recorded win over the config's; a stale metrics.json is never read
+    assert {key: metrics[key] for key in facts} == facts
     expected = compute_metrics(read_predictions(run_dir / "predictions.csv"), CLASSES)
-    assert {key: value for key, value in metrics.items() if key != "selection"} == expected
+    assert {key: value for key, value in metrics.items() if key not in facts} == expected
     assert metrics["acc"] == pytest.approx(3 / 4)
     png = (run_dir / "confusion_matrix.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 1000

@@ -8,6 +8,7 @@ import pytest
 from merkit.config import config_from_dict
 from merkit.data.protocols import get_protocol
 from merkit.errors import ConfigError
+from merkit.eval.metrics import evaluate_run
 from merkit.train import tune
 from merkit.train.loso import run_loso
 from merkit.train.tune import apply_point, expand_grid, inner_splits, run_nested
@@ -71,6 +72,8 @@ def test_nested_run_records_grid_scheme_and_choices(synth_samples, tmp_path):
     assert all(point in expand_grid(GRID) for point in selection["chosen"].values())
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["selection"] == selection and saved["n_samples"] == len(synth_samples)
+    written = (tmp_path / "run" / "metrics.json").read_bytes()  # one writer: evaluating again changes nothing
+    assert evaluate_run(tmp_path / "run") == metrics and (tmp_path / "run" / "metrics.json").read_bytes() == written
     choice = json.loads((tmp_path / "run" / "folds" / "sub01" / "choice.json").read_text())
     assert len(choice["scores"]) == 4 and choice["point"] == selection["chosen"]["sub01"]
     best = max(choice["scores"], key=lambda s: (s["uf1"], s["uar"]))

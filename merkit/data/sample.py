@@ -116,15 +116,26 @@ class FrameSource:
 def read_image(path: str | Path, *, gray: bool = False) -> np.ndarray:
     """Read an image file as uint8 RGB (H, W, 3), or (H, W) when ``gray``.
 
+    A JPEG must end with its end-of-image marker: libjpeg decodes a truncated file without an
+    error (the missing part grey), so a file cut short is refused here instead of being read.
+
     Raises:
-        MissingFramesError: the file is missing or cannot be decoded.
+        MissingFramesError: the file is missing, truncated or cannot be decoded (the message
+            names the file).
     """
     import cv2
 
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise MissingFramesError(f"{path}: missing or unreadable ({err.strerror or err})") from None
+    if data[:2] == b"\xff\xd8" and not data.rstrip(b"\x00\r\n\t ").endswith(b"\xff\xd9"):
+        raise MissingFramesError(f"{path}: truncated JPEG (no end-of-image marker); the file is damaged or was "
+                                 "not copied completely")
     flag = cv2.IMREAD_GRAYSCALE if gray else cv2.IMREAD_COLOR
-    image = cv2.imread(str(path), flag)
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag) if data else None
     if image is None:
-        raise MissingFramesError(f"{path}: missing or not a readable image")
+        raise MissingFramesError(f"{path}: not a readable image")
     if not gray:
         image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
     return image

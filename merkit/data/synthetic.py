@@ -67,6 +67,7 @@ from merkit.data.synthme.actions import (
 )
 from merkit.data.synthme.face import REFERENCE_SIZE, FaceIdentity, ProceduralFace
 from merkit.errors import ConfigError, DatasetError, check_choice
+from merkit.outputs import make_output_dir
 
 __all__ = [
     "SynthConfig", "PRESETS", "SynthClip", "FaceGeometry", "au_displacement", "generate_clip",
@@ -655,15 +656,13 @@ def _deterministic_xlsx(rows: list[list[Any]]) -> bytes:
 
 def _prepare_out_dir(out: Path) -> None:
     """Make ``out`` ready: remove a previous SynthME output there, refuse to overwrite anything else."""
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out}: is a file; SynthME writes a folder")
+    make_output_dir(out, "SynthME folder")
     if (out / GROUND_TRUTH_FILE).is_file():
         shutil.rmtree(out / "Cropped", ignore_errors=True)
         (out / CODING_FILE).unlink(missing_ok=True)
         (out / GROUND_TRUTH_FILE).unlink()
     elif (out / "Cropped").exists() or (out / CODING_FILE).exists():
         raise DatasetError(f"{out}: holds a Cropped/ folder or coding file that SynthME did not write; choose an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def write_synthme(
@@ -700,6 +699,7 @@ def write_synthme(
     Raises:
         ConfigError: bad counts, unknown preset or field, invalid values.
         DatasetError: ``out_dir`` holds a Cropped/ folder or coding file not written by SynthME.
+        OutputError: ``out_dir`` cannot be created or written (a file in the way ...).
     """
     if subjects < 1 or clips_per_subject < 1:
         raise ConfigError(f"write_synthme: subjects and clips_per_subject must be >= 1, got {subjects}, {clips_per_subject}")

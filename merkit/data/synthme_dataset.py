@@ -26,13 +26,17 @@ def load_synthme(root: str | Path, on_error: OnError = "repair") -> LoadResult:
     """Load a folder written by :func:`~merkit.data.synthetic.write_synthme`.
 
     Raises:
-        DatasetError: ``synthme.json`` is missing (not a SynthME folder).
+        DatasetError: ``synthme.json`` is missing (not a SynthME folder) or malformed.
     """
     root = Path(root)
     record = root / "synthme.json"
     if not record.is_file():
         raise DatasetError(f"synthme: {root} holds no synthme.json; generate one with `merkit synth --out {root}`")
-    fps = float(json.loads(record.read_text())["config"]["fps"])
+    try:
+        fps = float(json.loads(record.read_text())["config"]["fps"])
+    except (ValueError, KeyError, TypeError) as err:  # JSONDecodeError is a ValueError
+        raise DatasetError(f"{record}: malformed SynthME record ({type(err).__name__}: {err}); write the folder "
+                           f"again with `merkit synth --out {root}`") from None
     result = load_casme2(root, on_error=on_error)
     samples = [
         replace(s, dataset="synthme", fps=fps, meta={**s.meta, "synthme": (str(root), int(s.subject[3:]), s.clip_id)})

@@ -12,13 +12,22 @@ present in ``y_true`` but never predicted counts with recall = precision = F1 = 
 pooled LOSO run (all folds together, the MEGC convention) every class normally has support, so
 the averages run over all C classes.
 
+UF1 and macro-F1
+----------------
+``metrics.json`` holds two F1 summaries. ``uf1`` is the MEGC unweighted F1: the mean of the
+per-class F1 scores. ``macro_f1`` is MADV-Net's macro-F1 (its Eqs. 28-30): the harmonic mean of
+macro precision and macro recall. They differ whenever the classes' precision and recall are
+unbalanced, and macro-F1 is never smaller than UF1 (the harmonic mean is concave). Compare a
+result with a paper's number under the definition that paper uses.
+
 :func:`compute_metrics` turns a predictions table (the ``predictions.csv`` the LOSO runner
-writes) into the ``metrics.json`` dictionary; :func:`evaluate_run` recomputes and rewrites the
-metrics of a run directory from its saved predictions.
+writes) into the ``metrics.json`` dictionary; :func:`evaluate_run` is the one evaluation of a
+run directory (training calls it, and so does ``merkit evaluate``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -30,8 +39,8 @@ import pandas as pd
 import yaml
 from numpy.typing import ArrayLike
 
-from merkit.errors import ConfigError, MetricsError
-from merkit.eval.reports import plot_confusion_matrix
+from merkit.errors import ConfigError, MetricsError, OutputError
+from merkit.eval.reports import confusion_matrix_png
 
 logger = logging.getLogger(__name__)
 
@@ -138,22 +147,15 @@ def _summary(cm: np.ndarray) -> dict[str, float]:
 def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> np.ndarray:
     """Confusion matrix, rows = true class, columns = predicted class.
 
-    Parameters
-    ----------
-    y_true, y_pred : array-like of shape (N,)
-        Class indices in ``[0, C)`` or class names.
-    classes : sequence of str or int
-        The protocol's classes in index order, or their number C.
+    Args:
+        y_true, y_pred: ``(N,)`` class indices in ``[0, C)`` or class names.
+        classes: the protocol's classes in index order, or their number C.
 
-    Returns
-    -------
-    ndarray of shape (C, C), int64
-        ``cm[i, j]`` counts samples of true class i predicted as j.
+    Returns:
+        ``(C, C)`` int64 counts: ``cm[i, j]`` counts samples of true class i predicted as j.
 
-    Raises
-    ------
-    MetricsError
-        Empty input, different lengths, or a label that is not one of the classes.
+    Raises:
+        MetricsError: empty input, different lengths, or a label that is not one of the classes.
     """
     return _confusion(*_validated(y_true, y_pred, classes))
 
@@ -163,9 +165,8 @@ def accuracy(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> float:
 
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]
+    Returns:
+        A float in [0, 1].
     """
     true_index, pred_index, _ = _validated(y_true, y_pred, classes)
     return float(np.mean(true_index == pred_index))
@@ -176,10 +177,8 @@ def per_class_accuracy(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -
 
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    ndarray of shape (C,), float64
-        ``TP_c / support_c``; NaN for a class absent from ``y_true``.
+    Returns:
+        ``(C,)`` float64 ``TP_c / support_c``; NaN for a class absent from ``y_true``.
     """
     return _per_class_scores(confusion_matrix(y_true, y_pred, classes))["recall"]
 
@@ -189,9 +188,8 @@ def unweighted_average_recall(y_true: ArrayLike, y_pred: ArrayLike, classes: Cla
 
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]
+    Returns:
+        A float in [0, 1].
     """
     return _summary(confusion_matrix(y_true, y_pred, classes))["uar"]
 
@@ -202,9 +200,8 @@ def unweighted_f1(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> flo
     Equals scikit-learn's ``f1_score(average="macro", labels=<classes present in y_true>)``.
     Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]
+    Returns:
+        A float in [0, 1].
     """
     return _summary(confusion_matrix(y_true, y_pred, classes))["uf1"]
 
@@ -217,9 +214,8 @@ def macro_f1_hm(y_true: ArrayLike, y_pred: ArrayLike, classes: Classes) -> float
     ``zero_division=0``). Unlike UF1 this is not the mean of per-class F1 scores and is never
     smaller than it. Parameters and raises as :func:`confusion_matrix`.
 
-    Returns
-    -------
-    float in [0, 1]; 0 when macro precision and macro recall are both 0.
+    Returns:
+        A float in [0, 1]; 0 when macro precision and macro recall are both 0.
     """
     return _summary(confusion_matrix(y_true, y_pred, classes))["macro_f1"]
 
@@ -236,29 +232,21 @@ def compute_metrics(predictions: pd.DataFrame, classes: Classes) -> dict[str, An
     and then averaged with equal weight per subject; a subject is identified by
     ``(dataset, subject)`` since subject ids are only unique within a dataset.
 
-    Parameters
-    ----------
-    predictions : DataFrame
-        One row per test sample with columns ``sample_id, dataset, subject, fold, y_true,
-        y_pred`` (labels as class indices or names); extra columns (``p_<class>``
-        probabilities) are ignored.
-    classes : sequence of str or int
-        The protocol's classes in index order, or their number C.
+    Args:
+        predictions: one row per test sample with columns ``sample_id, dataset, subject, fold, y_true,
+            y_pred`` (labels as class indices or names); extra columns (``p_<class>`` probabilities) are
+            ignored.
+        classes: the protocol's classes in index order, or their number C.
 
-    Returns
-    -------
-    dict with keys
-        ``acc, uf1, uar, macro_f1`` (pooled floats); ``per_class``: ``{class: {"recall",
-        "f1", "support"}}`` (recall and F1 None without support); ``per_dataset``:
-        ``{dataset: {"acc", "uf1", "uar", "n_samples"}}``; ``per_subject_mean``: ``{"acc",
-        "uf1", "uar"}``; ``n_folds``; ``n_samples``; ``confusion_matrix`` (C x C nested
-        list, rows true); ``classes`` (list of names).
+    Returns:
+        A dict with keys ``acc, uf1, uar, macro_f1`` (pooled floats); ``per_class``: ``{class: {"recall",
+            "f1", "support"}}`` (recall and F1 None without support); ``per_dataset``: ``{dataset: {"acc",
+            "uf1", "uar", "n_samples"}}``; ``per_subject_mean``: ``{"acc", "uf1", "uar"}``; ``n_folds``;
+            ``n_samples``; ``confusion_matrix`` (C x C nested list, rows true); ``classes`` (list of names).
 
-    Raises
-    ------
-    MetricsError
-        A required column is missing, the table is empty, a sample id repeats, or a label is
-        not one of the classes (the message gives the row position).
+    Raises:
+        MetricsError: a required column is missing, the table is empty, a sample id repeats, or a label is not
+            one of the classes (the message gives the row position).
     """
     missing = [column for column in PREDICTION_COLUMNS if column not in predictions.columns]
     if missing:
@@ -308,22 +296,16 @@ def compute_metrics(predictions: pd.DataFrame, classes: Classes) -> dict[str, An
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """Read a ``predictions.csv``, keeping ids as strings (subject ``"01"`` stays ``"01"``).
 
-    Parameters
-    ----------
-    path : str or Path
-        The CSV file.
+    Args:
+        path: the CSV file.
 
-    Returns
-    -------
-    DataFrame
-        Columns ``sample_id, dataset, subject, fold`` as str; ``y_true, y_pred`` as read
-        (indices or names); any ``p_<class>`` probability columns.
+    Returns:
+        A DataFrame: columns ``sample_id, dataset, subject, fold`` as str; ``y_true, y_pred`` as read (indices
+            or names); any ``p_<class>`` probability columns.
 
-    Raises
-    ------
-    MetricsError
-        The file does not exist, lacks a required column, or has an empty cell in one
-        (the message names the file, the column and the CSV line).
+    Raises:
+        MetricsError: the file does not exist, lacks a required column, or has an empty cell in one (the
+            message names the file, the column and the CSV line).
     """
     path = Path(path)
     if not path.is_file():
@@ -340,56 +322,112 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     return table
 
 
+#: decimals of the probabilities in a predictions file: the same text whether the table is
+#: written from a fresh fold (float32) or from a reused fold's file (float64)
+PROBABILITY_FORMAT = "%.6g"
+
+
+def write_predictions(table: pd.DataFrame, path: str | Path) -> str:
+    """Write a predictions table as CSV, atomically, with one number format.
+
+    Args:
+        table: columns :data:`PREDICTION_COLUMNS` then ``p_<class>`` probabilities.
+        path: the CSV file to write.
+
+    Returns:
+        The SHA-1 of the bytes written (a finished fold records it to verify the file on resume).
+    """
+    path = Path(path)
+    text = table.to_csv(index=False, float_format=PROBABILITY_FORMAT, lineterminator="\n")
+    data = text.encode("utf-8")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return hashlib.sha1(data).hexdigest()
+
+
+#: the file in a run directory where training records its run facts (see :func:`evaluate_run`)
+RUN_FACTS_FILE = "run.json"
+
+
+def read_run_facts(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run facts training recorded in ``run_dir/run.json`` (None when there is none).
+
+    Raises:
+        MetricsError: the file is not a JSON object.
+    """
+    path = Path(run_dir) / RUN_FACTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        facts = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        facts = None
+    if not isinstance(facts, dict):
+        raise MetricsError(f"{path}: expected a JSON object (the run facts training wrote)")
+    return facts
+
+
 def evaluate_run(run_dir: str | Path) -> dict[str, Any]:
-    """Recompute a run's metrics from its saved predictions and rewrite its report files.
+    """Compute a run's metrics from its saved predictions and write its report files.
 
-    Reads ``run_dir/predictions.csv`` and the class names from ``protocol.classes`` of
-    ``run_dir/config.yaml``; writes ``run_dir/metrics.json`` and
-    ``run_dir/confusion_matrix.png``. The ``selection`` entry (how the runner chose
-    epochs/checkpoints) is kept from the existing ``metrics.json``, else taken from the
-    config's ``selection``, else left out.
+    The one evaluation of a run directory: training calls it after writing the predictions and
+    the run facts, and ``merkit evaluate`` calls it again. Its inputs are
+    ``predictions.csv``, ``config.yaml`` (``protocol.classes``) and ``run.json`` (the run facts
+    training recorded: model label, selection, apex policy, skipped samples and rows, loader
+    fixes, notes, pre-training overlap), never its own outputs, so evaluating again writes the
+    same ``metrics.json`` and ``confusion_matrix.png`` (files whose content is unchanged are not
+    rewritten). Without ``run.json`` (predictions made elsewhere) the facts are the config's
+    ``selection`` (when it has one) and the folder name as the label.
 
-    Parameters
-    ----------
-    run_dir : str or Path
-        A run directory (``runs/<name>/``).
+    Args:
+        run_dir: a run directory (``runs/<name>/``).
 
-    Returns
-    -------
-    dict
-        The metrics written (see :func:`compute_metrics`), plus ``selection`` when known.
+    Returns:
+        The metrics written: :func:`compute_metrics`'s dict plus the run facts.
 
-    Raises
-    ------
-    ConfigError
-        ``config.yaml`` is missing or lacks a ``protocol.classes`` list.
-    MetricsError
-        ``predictions.csv`` is missing or malformed, or an existing ``metrics.json`` is not a
-        JSON object.
+    Raises:
+        ConfigError: ``config.yaml`` is missing or lacks a ``protocol.classes`` list.
+        MetricsError: ``predictions.csv`` is missing or malformed, ``run.json`` is not a JSON
+            object or repeats a computed key.
+        OutputError: a report file differs and cannot be written (read-only run directory).
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
         raise ConfigError(f"{config_path}: run config not found")
-    config = yaml.safe_load(config_path.read_text())
+    try:
+        config = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{config_path}: not valid YAML ({err})") from None
     protocol = config.get("protocol") if isinstance(config, dict) else None
     classes = protocol.get("classes") if isinstance(protocol, dict) else None
     if not isinstance(classes, list) or not classes:
         raise ConfigError(f"{config_path}: expected 'protocol.classes' to be a non-empty list of class names")
 
     metrics = compute_metrics(read_predictions(run_dir / "predictions.csv"), classes)
-    metrics_path = run_dir / "metrics.json"
-    selection = config.get("selection")
-    if metrics_path.is_file():
-        try:
-            selection = json.loads(metrics_path.read_text()).get("selection", selection)
-        except (json.JSONDecodeError, AttributeError):
-            raise MetricsError(f"{metrics_path}: expected a JSON object (the run's previous metrics)") from None
-    if selection is not None:
-        metrics["selection"] = selection
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    plot_confusion_matrix(np.array(metrics["confusion_matrix"]), metrics["classes"],
-                          run_dir / "confusion_matrix.png", title=run_dir.name)
+    facts = read_run_facts(run_dir)
+    if facts is None:
+        facts = {"selection": config["selection"]} if config.get("selection") is not None else {}
+        label = run_dir.name
+    else:
+        label = str(facts.get("label", run_dir.name))
+    clashing = sorted(set(facts) & set(metrics))
+    if clashing:
+        raise MetricsError(f"{run_dir / RUN_FACTS_FILE}: run facts repeat computed metrics {clashing}")
+    metrics.update(facts)
+    _write_if_changed(run_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    _write_if_changed(run_dir / "confusion_matrix.png",
+                      confusion_matrix_png(np.array(metrics["confusion_matrix"]), metrics["classes"], title=label))
     logger.info("%s: ACC %.4f UF1 %.4f UAR %.4f over %d samples", run_dir, metrics["acc"], metrics["uf1"],
                 metrics["uar"], metrics["n_samples"])
     return metrics
+
+
+def _write_if_changed(path: Path, data: bytes) -> None:
+    if path.is_file() and path.read_bytes() == data:
+        return
+    try:
+        path.write_bytes(data)
+    except OSError as err:
+        raise OutputError(f"{path}: cannot write the report ({err.strerror or err})") from None

@@ -6,6 +6,7 @@ nothing needs a display.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,13 @@ from rich.table import Table
 from merkit.errors import MetricsError
 
 
+def confusion_matrix_png(cm: ArrayLike, classes: Sequence[str], title: str | None = None) -> bytes:
+    """The PNG bytes of :func:`plot_confusion_matrix`'s figure (the same input gives the same bytes)."""
+    buffer = io.BytesIO()
+    _confusion_figure(cm, classes, title).savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
 def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Path,
                           title: str | None = None) -> Path:
     """Save a confusion matrix as a PNG: colours row-normalised, cells annotated with counts.
@@ -24,27 +32,25 @@ def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Pat
     Row normalisation makes each cell's colour the fraction of its true class, so the diagonal
     shows per-class recall regardless of class imbalance. A row without samples stays blank.
 
-    Parameters
-    ----------
-    cm : array-like of shape (C, C)
-        Counts, rows = true class, columns = predicted class.
-    classes : sequence of str, length C
-        Class names in index order.
-    path : str or Path
-        Output file; parent directories are created.
-    title : str, optional
-        Figure title.
+    Args:
+        cm: ``(C, C)`` counts, rows = true class, columns = predicted class.
+        classes: the C class names in index order.
+        path: output file; parent directories are created.
+        title: figure title (None: none).
 
-    Returns
-    -------
-    Path
+    Returns:
         ``path``.
 
-    Raises
-    ------
-    MetricsError
-        ``cm`` is not square, does not match ``classes``, or holds negative counts.
+    Raises:
+        MetricsError: ``cm`` is not square, does not match ``classes``, or holds negative counts.
     """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(confusion_matrix_png(cm, classes, title))
+    return path
+
+
+def _confusion_figure(cm: ArrayLike, classes: Sequence[str], title: str | None):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -75,30 +81,21 @@ def plot_confusion_matrix(cm: ArrayLike, classes: Sequence[str], path: str | Pat
     if title:
         axes.set_title(title)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    return path
+    return figure
 
 
 def format_results(metrics_by_model: Mapping[str, Mapping[str, Any]]) -> Table:
     """A rich table comparing runs: model, ACC, UF1, UAR and number of test samples.
 
-    Parameters
-    ----------
-    metrics_by_model : mapping of str to dict
-        Row label (model or run name) -> its ``metrics.json`` dictionary.
+    Args:
+        metrics_by_model: row label (model or run name) -> its ``metrics.json`` dictionary.
 
-    Returns
-    -------
-    rich.table.Table
-        One row per entry, in the mapping's order; scores as fractions with four decimals,
-        as in ``metrics.json``.
+    Returns:
+        A rich ``Table``: one row per entry, in the mapping's order; scores as fractions with four decimals,
+            as in ``metrics.json``.
 
-    Raises
-    ------
-    MetricsError
-        An entry lacks one of ``acc``, ``uf1``, ``uar``, ``n_samples``.
+    Raises:
+        MetricsError: an entry lacks one of ``acc``, ``uf1``, ``uar``, ``n_samples``.
     """
     table = Table(title="LOSO results (pooled over folds)")
     table.add_column("model")

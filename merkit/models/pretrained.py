@@ -8,6 +8,9 @@ stage's classes cannot be reused when the classes change: with another count the
 by shape; with the same count, the checkpoint's ``classes`` decide: the same names in another
 order are re-ordered, other names keep the heads' fresh initialisation. The class-indexed
 entries are the ones the model names (:meth:`~merkit.models.base.MERModel.classifier_keys`).
+
+Every checkpoint merkit writes also records the clips it was trained on (``trained_on``, read by
+:func:`read_trained_on`), so that a LOSO run refuses folds whose test subject it has seen.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ from merkit.models.base import MERModel
 log = logging.getLogger(__name__)
 
 
+def _load(checkpoint_path: str | Path) -> tuple[Path, object]:
+    path = Path(checkpoint_path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"pre-trained checkpoint {path} not found; give the model.pt of `merkit pretrain` "
+                                   "or of a finished run (runs/<name>/folds/<fold>/model.pt), or a saved state_dict")
+    try:
+        return path, torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several unrelated types for a corrupt or foreign file
+        raise ConfigError(f"{path}: not a readable torch checkpoint ({err})") from err
+
+
 def read_checkpoint(checkpoint_path: str | Path) -> tuple[dict[str, torch.Tensor], list[str] | None]:
     """The tensors of a checkpoint file (LOSO ``model.pt`` format or a plain ``state_dict``) and
     the class names it records (None for a plain ``state_dict``).
@@ -32,19 +46,30 @@ def read_checkpoint(checkpoint_path: str | Path) -> tuple[dict[str, torch.Tensor
         WeightsNotFoundError: the file does not exist.
         ConfigError: the file is not a torch checkpoint holding a state dict.
     """
-    path = Path(checkpoint_path)
-    if not path.is_file():
-        raise WeightsNotFoundError(f"pre-trained checkpoint {path} not found; give the model.pt of a finished run "
-                                   "(runs/<name>/folds/<fold>/model.pt) or a saved state_dict")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several unrelated types for a corrupt or foreign file
-        raise ConfigError(f"{path}: not a readable torch checkpoint ({err})") from err
+    path, checkpoint = _load(checkpoint_path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: expected a state_dict or a dict with a 'state_dict' of tensors")
     classes = checkpoint.get("classes") if state is not checkpoint else None
     return state, (list(classes) if classes is not None else None)
+
+
+def read_trained_on(checkpoint_path: str | Path) -> dict[str, list[str]] | None:
+    """The clips a checkpoint written by merkit was trained on: ``{"samples": [sample ids],
+    "subjects": [subject groups "dataset/subject"]}``, or None when it records none (a plain
+    ``state_dict`` or a checkpoint from elsewhere).
+
+    Raises:
+        WeightsNotFoundError: the file does not exist.
+        ConfigError: the file is not a torch checkpoint, or its ``trained_on`` is malformed.
+    """
+    path, checkpoint = _load(checkpoint_path)
+    record = checkpoint.get("trained_on") if isinstance(checkpoint, dict) else None
+    if record is None:
+        return None
+    if not (isinstance(record, dict) and all(isinstance(record.get(k), list) for k in ("samples", "subjects"))):
+        raise ConfigError(f"{path}: 'trained_on' must hold the lists 'samples' and 'subjects'")
+    return {"samples": [str(x) for x in record["samples"]], "subjects": [str(x) for x in record["subjects"]]}
 
 
 def load_pretrained(

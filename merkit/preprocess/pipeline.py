@@ -29,6 +29,7 @@ import numpy as np
 from merkit.config import ViewsConfig
 from merkit.data.sample import Sample
 from merkit.errors import MerkitError, PreprocessError
+from merkit.outputs import make_output_dir
 from merkit.views import SEQUENCE_VIEWS, ViewSpec
 
 log = logging.getLogger(__name__)
@@ -413,7 +414,10 @@ class ViewBuilder:
 
         Raises:
             PreprocessError: a sample failed and ``on_error="raise"``.
+            OutputError: the cache folder cannot be created or written.
         """
+        if self.cache_dir is not None:
+            make_output_dir(self.cache_dir, "view cache")
         jobs = [(s, self.specs, self.config, self.cache_dir) for s in samples]
         results: Iterable
         if self.workers > 1 and len(jobs) > 1:

@@ -14,10 +14,15 @@ Run directory (the contract with metrics and reports)::
 
     runs/<name>/config.yaml         fully resolved config + protocol
     runs/<name>/predictions.csv     sample_id, dataset, subject, fold, y_true, y_pred, p_<class>...
-    runs/<name>/metrics.json        acc, uf1, uar, macro_f1, per_class, per_dataset, ..., selection
+    runs/<name>/run.json            run facts: model label, selection, apex policy, skips, fixes ...
+    runs/<name>/metrics.json        acc, uf1, uar, macro_f1, per_class, per_dataset, ..., run facts
     runs/<name>/confusion_matrix.png
-    runs/<name>/folds/<fold>/       model.pt, predictions.csv, history.json
+    runs/<name>/folds/<fold>/       model.pt, predictions.csv, history.json, fold.json
     runs/<name>/log.txt
+
+Training writes ``predictions.csv`` and ``run.json``; ``metrics.json`` and the figure come from
+:func:`~merkit.eval.metrics.evaluate_run` alone (the one writer), so ``merkit evaluate`` changes
+nothing.
 """
 
 from __future__ import annotations
@@ -38,10 +43,10 @@ from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
 from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
-from merkit.errors import ConfigError, LeakageError, check_choice
-from merkit.eval.metrics import compute_metrics, unweighted_f1
-from merkit.eval.reports import plot_confusion_matrix
-from merkit.models.registry import create
+from merkit.errors import ConfigError, LeakageError, MetricsError, check_choice
+from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, unweighted_f1, write_predictions
+from merkit.models.registry import create, input_spec, model_class
+from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.trainer import History, fit, predict_proba, subset, to_tensors
 from merkit.views import CHANNEL_VIEWS, VIEWS
@@ -178,56 +183,89 @@ def run_loso(
     fold_workers: int = 1,
     on_fold: Callable[[int, int, str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    on_error: str = "raise",
     fixes: Sequence[Fix] = (),
     skipped: Sequence[str] = (),
+    notes: Sequence[str] = (),
+    allow_pretrain_overlap: bool = False,
 ) -> dict:
     """Run LOSO for ``config`` over labelled ``samples`` and write the run directory.
+
+    Training writes ``config.yaml``, the folds, ``predictions.csv`` and the run facts
+    (``run.json``: model label, selection, apex policy, skipped samples and rows, loader fixes,
+    notes, pre-training overlap), then calls :func:`~merkit.eval.metrics.evaluate_run`, the
+    same evaluation ``merkit evaluate`` runs, which writes ``metrics.json`` and
+    ``confusion_matrix.png``. Everything is checked (model options, views, finished folds,
+    pre-training overlap, the output folder) before anything is written.
 
     Args:
         samples: samples with ``label`` set by ``protocol``.
         protocol: gives the class names (fixed order).
         config: model, training, views and selection settings.
-        run_dir: output folder; completed folds found there are reused (resume).
+        run_dir: output folder; completed folds found there are reused (resume) after they are
+            verified (their fingerprint, row count, test clips and checksum); a fold whose
+            predictions fail the check is trained again.
         cache_dir: view cache folder (None: no cache).
         workers: preprocessing worker processes.
-        fold_workers: folds trained at once, each in its own process on one thread (small
-            models use two cores better this way than one process on two threads). Every fold
-            is seeded on its own, so the results do not depend on this number.
+        fold_workers: folds trained at once, each in its own process on one torch thread
+            (small models use two cores better this way than one process on two threads).
+            Every fold is seeded on its own; results equal those of ``fold_workers=1`` run on
+            one torch thread (``torch.set_num_threads(1)``); with more threads the float
+            reductions are split differently and probabilities may differ in the 3rd decimal.
         on_fold: callback ``(fold number, number of folds, fold name)`` before each fold.
         on_progress: callback ``(stage, done, total)`` during preprocessing.
+        on_error: ``raise`` on a sample whose views cannot be built (an unreadable frame ...),
+            or ``skip`` it; skipped samples are recorded in ``metrics.json`` and ``log.txt``.
         fixes: the loader's recorded changes to annotation rows (``PreparedRun.fixes``),
             written to ``metrics.json`` (``fixes``) and ``log.txt``.
         skipped: annotation rows and samples left out before the run (``PreparedRun.skipped``),
             written to ``metrics.json`` (``skipped``, before the samples the views skipped) and
             ``log.txt``.
+        notes: adjustments made to the run (``PreparedRun.notes``), recorded likewise.
+        allow_pretrain_overlap: run folds whose test subject the ``config.pretrained``
+            checkpoint was trained on, labelling the run as leaking, instead of refusing.
 
     Returns:
         The metrics dict written to ``metrics.json``.
+
+    Raises:
+        ConfigError: bad model options or views settings, or finished folds of another run in
+            ``run_dir``.
+        LeakageError: test subjects seen in pre-training (without ``allow_pretrain_overlap``).
+        OutputError: ``run_dir`` cannot be created or written.
+        PreprocessError: a sample's views fail and ``on_error="raise"``.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: is a file; a run directory must be a folder")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _attach_log(run_dir)
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
-    torch.manual_seed(config.seed)
-    probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
-    check_views_config(probe.input_spec, config, probe)
+    specs = input_spec(config.model_name, **config.model_kwargs)
+    check_views_config(specs, config, model_class(config.model_name))
+    pretrain = pretrain_overlap(config, samples, allow=allow_pretrain_overlap)
     settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
-        _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
+        check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
+    if cache_dir is not None:
+        make_output_dir(cache_dir, "view cache")
+    make_output_dir(run_dir, "run directory")
+    _attach_log(run_dir)
     dump_config(config, run_dir / "config.yaml", extra={
         "protocol": {"name": protocol.name, "classes": classes},
-        "input_spec": [s.__dict__ | {"size": list(s.size)} for s in probe.input_spec],
+        "input_spec": [s.__dict__ | {"size": list(s.size)} for s in specs],
     })
     for fix in fixes:
         log.info("annotation fix: %s", fix)
+    for line in notes:
+        log.warning("note: %s", line)
     for line in skipped:
         log.warning("skipped: %s", line)
-    builder = ViewBuilder(probe.input_spec, config.views, cache_dir=cache_dir, workers=workers)
+    if pretrain is not None and pretrain["leaking"]:
+        log.warning("pre-training leak: %s saw the test subjects %s (allowed by the caller; the run is labelled leaking)",
+                    pretrain["checkpoint"], ", ".join(pretrain["overlap"]))
+    builder = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers, on_error=on_error)
     kept, arrays = builder.build(list(samples), progress=(lambda d, t: on_progress("views", d, t)) if on_progress else None)
+    for line in builder.skipped:
+        log.warning("skipped: %s", line)
     views = to_tensors(arrays)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = make_folds(kept, config.folds)
@@ -243,20 +281,56 @@ def run_loso(
             if on_fold is not None:
                 on_fold(job[0] + 1, len(folds), job[1].name)
             frames.append(_run_fold(*job))
-    predictions = pd.concat(frames, ignore_index=True)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
-    metrics = compute_metrics(predictions, classes)
-    metrics["selection"] = selection_description(config)
-    metrics["folds"] = {"scheme": config.folds, "subject_independent": config.folds == "loso",
-                        "description": FOLD_SCHEMES[config.folds]}
-    metrics["skipped"] = [*skipped, *builder.skipped]
-    metrics["fixes"] = [fix.as_dict() for fix in fixes]
-    metrics["apex_policy"] = config.views.apex_policy
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
-                          title=f"{config.model_name} LOSO ({protocol.name})")
+    write_predictions(pd.concat(frames, ignore_index=True), run_dir / "predictions.csv")
+    scheme = "LOSO" if config.folds == "loso" else config.folds
+    facts = {
+        "model": config.model_name,
+        "label": f"{config.model_name} {scheme} ({protocol.name})" + (" [pre-training leak]" if pretrain and pretrain["leaking"] else ""),
+        "selection": selection_description(config),
+        "folds": {"scheme": config.folds, "subject_independent": config.folds == "loso",
+                  "description": FOLD_SCHEMES[config.folds]},
+        "apex_policy": config.views.apex_policy,
+        "skipped": [*skipped, *builder.skipped],
+        "fixes": [fix.as_dict() for fix in fixes],
+        "notes": list(notes),
+        "pretrain": pretrain,
+    }
+    (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    metrics = evaluate_run(run_dir)
     log.info("done: acc %.4f uf1 %.4f uar %.4f", metrics["acc"], metrics["uf1"], metrics["uar"])
     return metrics
+
+
+def pretrain_overlap(config: RunConfig, samples: Sequence[Sample], *, allow: bool) -> dict | None:
+    """Which test subjects the ``config.pretrained`` checkpoint was trained on.
+
+    Every checkpoint merkit writes records the clips it was trained on (``trained_on``). A
+    LOSO fold whose test subject is among them would be evaluated on a subject the model has
+    seen: it is refused, unless ``allow`` (then the run is labelled leaking).
+
+    Returns:
+        None without ``config.pretrained``; else ``{"checkpoint", "subjects_seen", "overlap"
+        (the test subject groups seen in pre-training), "leaking"}`` (``subjects_seen`` is None
+        for a checkpoint that records no training clips: overlap cannot be checked).
+
+    Raises:
+        LeakageError: subjects overlap and ``allow`` is false.
+    """
+    if config.pretrained is None:
+        return None
+    from merkit.models.pretrained import read_trained_on
+
+    seen = read_trained_on(config.pretrained)
+    if seen is None:
+        return {"checkpoint": config.pretrained, "subjects_seen": None, "overlap": [], "leaking": False}
+    overlap = sorted({s.group for s in samples} & set(seen["subjects"]))
+    if overlap and not allow:
+        raise LeakageError(
+            f"{config.pretrained} was pre-trained on {len(overlap)} of this run's test subjects ({', '.join(overlap[:8])}"
+            f"{' ...' if len(overlap) > 8 else ''}): their folds would test on seen subjects. Pre-train on another "
+            "dataset, or pass --allow-pretrain-overlap (allow_pretrain_overlap=True) to run and label the run leaking")
+    return {"checkpoint": config.pretrained, "subjects_seen": len(seen["subjects"]), "overlap": overlap,
+            "leaking": bool(overlap)}
 
 
 def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type | None = None) -> None:
@@ -297,22 +371,25 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     checkpoint format), ``out/config.yaml`` and ``out/history.json``.
 
     Returns:
-        the checkpoint path.
+        the checkpoint path; the checkpoint records the clips and subjects it was trained on
+        (``trained_on``), so that a LOSO run starting from it refuses to test on them.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: is a file; pre-training writes a folder")
-    out.mkdir(parents=True, exist_ok=True)
     classes = list(protocol.classes)
+    specs = input_spec(config.model_name, **config.model_kwargs)
+    check_views_config(specs, config, model_class(config.model_name))
+    if cache_dir is not None:
+        make_output_dir(cache_dir, "view cache")
+    make_output_dir(out, "pre-training folder")
     model = new_model(config, classes, seed=config.seed)
-    check_views_config(model.input_spec, config, model)
-    kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
+    kept, arrays = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     history = fit(model, to_tensors(arrays), labels, config.train, seed=config.seed)
     dump_config(config, out / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes}})
     (out / "history.json").write_text(json.dumps(history.__dict__))
     path = out / "model.pt"
-    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes}, path)
+    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes,
+                "trained_on": trained_on(kept)}, path)
     return path
 
 
@@ -355,23 +432,87 @@ def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tenso
     }
 
 
-def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> None:
-    """Raise unless the finished fold in ``fold_dir`` records a fingerprint that ``matches``."""
-    recorded = fold_dir / "fold.json"
-    if not recorded.is_file() or not matches(json.loads(recorded.read_text())):
+def check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> dict:
+    """The fingerprint a finished fold in ``fold_dir`` records; raise unless it ``matches``."""
+    recorded_path = fold_dir / "fold.json"
+    try:
+        recorded = json.loads(recorded_path.read_text()) if recorded_path.is_file() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        recorded = None
+    if not isinstance(recorded, dict) or not matches(recorded):
         raise ConfigError(
             f"{fold_dir} holds a finished fold of another run (its config, classes or test clips differ, or it "
             "records none): resuming would mix results; write this run to a new run directory or delete that one")
+    return recorded
+
+
+def _verify_fold(done: Path, recorded: dict) -> tuple[pd.DataFrame | None, str]:
+    """A finished fold's predictions if they are the ones written when the fold finished
+    (checksum, row count, test clips), else None and what is wrong."""
+    data = done.read_bytes()
+    if recorded.get("predictions_sha1") is None:
+        return None, "its fold.json records no checksum of the predictions (an older run)"
+    if hashlib.sha1(data).hexdigest() != recorded["predictions_sha1"]:
+        return None, "predictions.csv differs from the file written when the fold finished (checksum)"
+    try:
+        table = read_predictions(done)
+    except (MetricsError, ValueError) as err:
+        return None, f"predictions.csv is unreadable ({err})"
+    expected = [sample_id for sample_id, _ in recorded["test"]]
+    if len(table) != len(expected) or table["sample_id"].tolist() != expected:
+        return None, f"predictions.csv holds {len(table)} rows for {len(expected)} test clips"
+    return table, ""
+
+
+def reuse_finished_fold(fold_dir: Path, fingerprint: dict, name: str) -> pd.DataFrame | None:
+    """The predictions of the finished fold in ``fold_dir`` if they can be reused, else None.
+
+    A fold is finished when its ``predictions.csv`` exists. It is reused when its ``fold.json``
+    records ``fingerprint`` (the settings and clips it was trained for) and the predictions are
+    the ones written when it finished (checksum, row count, test clips); otherwise the damaged
+    predictions are removed (with a warning in the log) and the fold is to be trained again.
+
+    Raises:
+        ConfigError: the fold records another fingerprint (another run's fold).
+    """
+    done = fold_dir / "predictions.csv"
+    if not done.is_file():
+        return None
+    recorded = check_reusable(fold_dir, lambda r: {k: v for k, v in r.items() if k != "predictions_sha1"} == fingerprint)
+    table, problem = _verify_fold(done, recorded)
+    if table is not None:
+        log.info("fold %s: reusing %s", name, done)
+        return table
+    log.warning("fold %s: %s; training it again", name, problem)
+    done.unlink()
+    return None
+
+
+def write_finished_fold(fold_dir: Path, table: pd.DataFrame, fingerprint: dict) -> pd.DataFrame:
+    """Write a fold's predictions and ``fold.json`` (``fingerprint`` + the predictions' checksum).
+
+    ``fold.json`` is written first; the fold counts as finished once ``predictions.csv`` is
+    renamed into place. Returns the predictions as read back (the same frame a resumed run gets).
+    """
+    done = fold_dir / "predictions.csv"
+    staged = fold_dir / "predictions.staged.csv"
+    checksum = write_predictions(table, staged)
+    (fold_dir / "fold.json").write_text(json.dumps({**fingerprint, "predictions_sha1": checksum}))
+    staged.replace(done)
+    return read_predictions(done)
+
+
+def trained_on(samples: Sequence[Sample]) -> dict[str, list[str]]:
+    """What a checkpoint records about its training data: sample ids and subject groups."""
+    return {"samples": sorted(s.sample_id for s in samples), "subjects": sorted({s.group for s in samples})}
 
 
 def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels: torch.Tensor, classes: list[str],
               config: RunConfig, fold_dir: Path) -> pd.DataFrame:
-    done = fold_dir / "predictions.csv"
     fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)
-    if done.is_file():
-        _check_reusable(fold_dir, lambda recorded: recorded == fingerprint)
-        log.info("fold %s: reusing %s", fold.name, done)
-        return pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
+    reused = reuse_finished_fold(fold_dir, fingerprint, fold.name)
+    if reused is not None:
+        return reused
     _assert_fold_disjoint(fold, [samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
     seed = config.seed * 1000 + number
     model = new_model(config, classes, seed=seed)
@@ -396,7 +537,8 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
                            on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss))
     probabilities = predict_proba(model, subset(views, fold.test_index))
     fold_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes}, fold_dir / "model.pt")
+    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes,
+                "trained_on": trained_on([samples[i] for i in fold.train_index])}, fold_dir / "model.pt")
     (fold_dir / "history.json").write_text(json.dumps(history.__dict__))
     table = pd.DataFrame({
         "sample_id": [samples[i].sample_id for i in fold.test_index],
@@ -408,13 +550,12 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     })
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]
-    (fold_dir / "fold.json").write_text(json.dumps(fingerprint))
-    tmp = fold_dir / "predictions.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(done)
-    log.info("fold %s: %d test samples, acc %.3f, best epoch %s", fold.name, len(table),
-             float((table.y_true == table.y_pred).mean()), history.best_epoch or config.train.epochs)
-    return table
+    written = write_finished_fold(fold_dir, table, fingerprint)
+    selected = (f"epoch {history.best_epoch} (best validation UF1)" if history.best_epoch is not None
+                else f"the last epoch ({config.train.epochs})")
+    log.info("fold %s: %d test samples, acc %.3f, model of %s", fold.name, len(table),
+             float((table.y_true == table.y_pred).mean()), selected)
+    return written
 
 
 def _attach_log(run_dir: Path) -> None:

@@ -45,11 +45,12 @@ from merkit.config import RunConfig, config_from_dict, dump_config
 from merkit.data.protocols import Protocol
 from merkit.data.sample import Sample
 from merkit.errors import ConfigError
-from merkit.eval.metrics import compute_metrics, unweighted_average_recall, unweighted_f1
-from merkit.eval.reports import plot_confusion_matrix
+from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, unweighted_average_recall, unweighted_f1, write_predictions
 from merkit.models.registry import input_spec
+from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
-from merkit.train.loso import Fold, assert_disjoint, check_views_config, loso_folds, new_model
+from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model,
+                               reuse_finished_fold, trained_on, write_finished_fold)
 from merkit.train.trainer import Views, fit, predict_proba, subset, to_tensors
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,6 @@ def run_nested(
         if input_spec(changed.model_name, **changed.model_kwargs) != specs or changed.views != config.views:
             raise ConfigError(f"grid point {point} changes the views the model reads; tune views in separate runs")
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: is a file; a run directory must be a folder")
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
@@ -256,8 +255,10 @@ def run_nested(
                 "inner": inner, "inner_folds": inner_folds}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
-        _check_reusable(finished.parent, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        check_reusable(finished.parent, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
+    if cache_dir is not None:
+        make_output_dir(cache_dir, "view cache")
+    make_output_dir(run_dir, "run directory")
     dump_config(config, run_dir / "config.yaml", extra={
         "protocol": {"name": protocol.name, "classes": classes},
         "tune": {"grid": settings["grid"], "inner": inner, "inner_folds": inner_folds},
@@ -271,26 +272,19 @@ def run_nested(
     jobs = [(number, fold, kept, views, labels, classes, config, points, inner, inner_folds, settings_sha1,
              run_dir / "folds" / fold.name) for number, fold in enumerate(folds)]
     results = _map_folds(jobs, fold_workers, on_fold)
-    predictions = pd.concat([table for table, _ in results], ignore_index=True)
-    predictions.to_csv(run_dir / "predictions.csv", index=False)
-    metrics = compute_metrics(predictions, classes)
-    metrics["selection"] = nested_description(grid, inner, inner_folds) | {
-        "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}}
-    metrics["skipped"] = builder.skipped
-    metrics["apex_policy"] = config.views.apex_policy
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
-                          title=f"{config.model_name} nested LOSO ({protocol.name})")
+    write_predictions(pd.concat([table for table, _ in results], ignore_index=True), run_dir / "predictions.csv")
+    facts = {
+        "model": config.model_name,
+        "label": f"{config.model_name} nested LOSO ({protocol.name})",
+        "selection": nested_description(grid, inner, inner_folds) | {
+            "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}},
+        "apex_policy": config.views.apex_policy,
+        "skipped": builder.skipped,
+    }
+    (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
+    metrics = evaluate_run(run_dir)  # the one evaluation, as for run_loso and `merkit evaluate`
     log.info("done: acc %.4f uf1 %.4f uar %.4f", metrics["acc"], metrics["uf1"], metrics["uar"])
     return metrics
-
-
-def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> None:
-    recorded = fold_dir / "fold.json"
-    if not recorded.is_file() or not matches(json.loads(recorded.read_text())):
-        raise ConfigError(
-            f"{fold_dir} holds a finished fold of another run (its config, grid, inner scheme, classes or clips "
-            "differ, or it records none): resuming would mix results; write this run to a new run directory")
 
 
 def _map_folds(jobs: list[tuple], fold_workers: int, on_fold: Callable[[int, int, str], None] | None) -> list[tuple]:
@@ -326,12 +320,9 @@ def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: View
     fingerprint = {"settings_sha1": settings_sha1, "classes": classes,
                    "train_sha1": hashlib.sha1(training.encode()).hexdigest(),
                    "test": [[samples[i].sample_id, int(labels[i])] for i in fold.test_index]}
-    done = fold_dir / "predictions.csv"
-    if done.is_file():
-        _check_reusable(fold_dir, lambda recorded: recorded == fingerprint)
-        log.info("fold %s: reusing %s", fold.name, done)
-        table = pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
-        return table, json.loads((fold_dir / "choice.json").read_text())
+    reused = reuse_finished_fold(fold_dir, fingerprint, fold.name)
+    if reused is not None:
+        return reused, json.loads((fold_dir / "choice.json").read_text())
     train_samples = [samples[i] for i in fold.train_index]
     test_samples = [samples[i] for i in fold.test_index]
     assert_disjoint(train_samples, test_samples)
@@ -343,7 +334,8 @@ def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: View
     model, probabilities = _train_and_predict(chosen_config, classes, views, labels, fold.train_index, fold.test_index,
                                               seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "model": chosen_config.model, "classes": classes}, fold_dir / "model.pt")
+    torch.save({"state_dict": model.state_dict(), "model": chosen_config.model, "classes": classes,
+                "trained_on": trained_on(train_samples)}, fold_dir / "model.pt")
     record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
     table = pd.DataFrame({
@@ -356,10 +348,7 @@ def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: View
     })
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]
-    (fold_dir / "fold.json").write_text(json.dumps(fingerprint))
-    tmp = fold_dir / "predictions.csv.tmp"
-    table.to_csv(tmp, index=False)
-    tmp.replace(done)
+    written = write_finished_fold(fold_dir, table, fingerprint)
     log.info("fold %s: chose %s (inner UF1 %.3f), %d test samples, acc %.3f", fold.name, choice.point,
              choice.scores[choice.index]["uf1"], len(table), float((table.y_true == table.y_pred).mean()))
-    return table, record
+    return written, record
