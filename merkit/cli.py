@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -48,10 +51,30 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
+@contextlib.contextmanager
+def _log_to_stderr_without_terminal() -> Iterator[None]:
+    """Without a terminal (a batch job, ``nohup``, a pipe) the progress bar is invisible: echo
+    merkit's log (one line per finished fold: folds done / total, its score, ETA) to stderr."""
+    if console.is_terminal:
+        yield
+        return
+    logger = logging.getLogger("merkit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1) -> dict:
     from merkit.train.loso import run_loso
 
-    with _progress() as progress:
+    with _progress() as progress, _log_to_stderr_without_terminal():
         task = progress.add_task(f"{config.model_name}: views", total=len(samples))
 
         def on_progress(stage: str, done: int, total: int) -> None:

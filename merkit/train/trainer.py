@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from merkit.config import TrainConfig
+from merkit.config import AugmentConfig, TrainConfig
 from merkit.models.base import MERModel, logits_of
 from merkit.train.augment import augment_batch
 
@@ -99,6 +99,7 @@ def fit(
     history = History()
     best_state, best_score = None, -np.inf
     n = len(labels)
+    augmenting = config.augment != AugmentConfig()  # without augmentation a batch is a plain slice of the views
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(n, generator=generator)
@@ -107,7 +108,9 @@ def fit(
             index = order[start : start + config.batch_size]
             if len(index) < 2 and n >= 2:  # BatchNorm needs two samples: a lone last sample sits this epoch out
                 continue
-            batch = augment_batch(subset(views, index), config.augment, generator)
+            batch = subset(views, index)
+            if augmenting:
+                batch = augment_batch(batch, config.augment, generator)
             with _autocast(config):
                 output = model(batch)
                 loss = model.loss(output, labels[index])
