@@ -129,6 +129,37 @@ def test_fused_training_equals_the_published_layer_order(conv_padding, monkeypat
     torch.testing.assert_close(fused({"flow": flow}), published({"flow": flow}), rtol=1e-4, atol=1e-5)
 
 
+class _FixedMask(torch.nn.Module):
+    def __init__(self, multipliers):
+        super().__init__()
+        self.multipliers = multipliers
+
+    def forward(self, maps):
+        return maps * self.multipliers
+
+
+def test_fused_dropout_and_average_pooling_equal_the_published_layers(monkeypatch):
+    """With the same dropout masks (an odd image size, so the 2 x 2 average pooling drops a row
+    and a column of the pooled maps): the same features and gradients."""
+    import merkit.models.ststnet as ststnet
+    from merkit.models.ststnet import dropout_multipliers
+
+    published, fused = _published_and_fused(image_size=33)
+    flow, target = torch.randn(12, 3, 33, 33), torch.arange(12) % 3
+    keep = dropout_multipliers((12, 12, 12, 16), 0.5)  # (B, h, w, C): 35 x 35 maps pool to 12 x 12
+    start = 0
+    for stream in published.streams:
+        width = stream[0].out_channels
+        stream[4] = _FixedMask(keep[..., start:start + width].permute(0, 3, 1, 2))
+        start += width
+    monkeypatch.setattr(ststnet, "dropout_multipliers", lambda shape, p, device: keep)
+    for model in (published, fused):
+        torch.nn.functional.cross_entropy(model({"flow": flow}), target).backward()
+    torch.testing.assert_close(fused.features(flow), published.features(flow), rtol=1e-4, atol=1e-5)
+    for (name, a), (_, b) in zip(published.named_parameters(), fused.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-4 * a.grad.abs().max().item(), msg=name)
+
+
 def test_fused_variance_when_the_mean_dwarfs_the_spread():
     """A large conv bias lifts every ReLU map far above zero (mean^2 > 8 variances): the variance
     falls back to the two-pass formula and still matches batch norm's."""
@@ -165,21 +196,22 @@ def test_fused_path_steps_aside_for_a_non_positive_batchnorm_weight(monkeypatch)
     assert torch.equal(fused({"flow": flow}), expected)  # the published layers, the same dropout stream
 
 
-def test_dropout_bits_keeps_each_element_with_probability_one_minus_p():
-    from merkit.models.ststnet import dropout_bits
+def test_dropout_multipliers_keep_each_element_with_probability_one_minus_p():
+    from merkit.models.ststnet import dropout_multipliers
 
-    z = torch.ones(64, 16, 10, 10)
+    shape = (64, 10, 10, 16)
     for p in (0.5, 0.2):
         torch.manual_seed(0)
-        out = dropout_bits(z, p)
-        kept = out != 0
-        assert set(out.unique().tolist()) == {0.0, 1 / (1 - p)}  # inverted dropout: kept values are scaled
-        assert kept.float().mean().item() == pytest.approx(1 - p, abs=0.005)  # 102400 draws
+        keep = dropout_multipliers(shape, p)
+        assert keep.shape == shape and set(keep.unique().tolist()) == {0.0, 1 / (1 - p)}  # inverted dropout
+        assert (keep != 0).float().mean().item() == pytest.approx(1 - p, abs=0.005)  # 102400 draws
         torch.manual_seed(0)
-        assert torch.equal(dropout_bits(z, p), out)  # the global generator decides
-    assert dropout_bits(z, 0.0) is z
-    halves = dropout_bits(torch.ones(8, 8), 0.5) != 0  # neighbouring bits of one byte are independent
-    assert 0 < halves.sum() < 64
+        assert torch.equal(dropout_multipliers(shape, p), keep)  # the global generator decides
+    assert torch.equal(dropout_multipliers((2, 3), 0.0), torch.ones(2, 3))
+    # the eight bits of a random byte are independent draws: no byte pattern dominates
+    bits = (dropout_multipliers((8000, 8), 0.5) != 0).long()
+    patterns = torch.bincount(bits @ (2 ** torch.arange(8)), minlength=256)
+    assert patterns.min() > 5 and patterns.max() < 70  # expected 31 each
 
 
 def test_fused_training_gives_the_same_weights_on_one_or_two_threads():

@@ -47,6 +47,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -67,29 +69,38 @@ _CANCELLATION_RATIO = 8.0
 
 
 class FusedStreams(torch.autograd.Function):
-    """conv (all filters) -> ReLU -> batch norm with batch statistics -> max pool, fused.
+    """The streams and the 2 x 2 average pooling in training mode, fused: conv (all filters) ->
+    ReLU -> batch norm with batch statistics -> 3 x 3 / 3 max pooling -> dropout -> 2 x 2 average
+    pooling, flattened channel-major.
 
-    ``forward(flow (B, 3, H, W), weight (C, 3, 3, 3), bias (C,), gamma (C,), beta (C,), padding,
-    eps)`` returns ``(z (B, C, h, w), mean (C,), var (C,))``: the pooled, normalised maps
-    (contiguous, channel-major) and the biased batch mean and variance of the ReLU maps (for the
-    running statistics; not differentiable). Requires ``gamma > 0`` (then batch norm and max
-    pooling commute exactly). Max pooling is 3 x 3, stride 3, padding 1, as in every stream.
+    ``forward(flow (B, 3, H, W), keep (B, h, w, C), weight (C, 3, 3, 3), bias (C,), gamma (C,),
+    beta (C,), padding, eps)`` returns ``(features (B, C * s * s), mean (C,), var (C,))``: the
+    features the classifier reads (``s = h // 2``), and the biased batch mean and variance of the
+    ReLU maps (for the running statistics; not differentiable). ``keep`` holds the dropout
+    multipliers (0 or ``1 / (1 - p)``) of the pooled maps, channels last. Requires ``gamma > 0``
+    (then batch norm and max pooling commute exactly).
+
+    Batch norm and dropout are affine per pooled position, so the average pooling of
+    ``keep * (scale * max + shift)`` is ``scale * avg(keep * max) + shift * avg(keep)``: only the
+    two pooled averages are formed, and the backward pass needs no normalised map either.
     """
 
     @staticmethod
-    def forward(ctx, flow: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, gamma: torch.Tensor,
-                beta: torch.Tensor, padding: int, eps: float):
+    def forward(ctx, flow: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                gamma: torch.Tensor, beta: torch.Tensor, padding: int, eps: float):
         # zero padding written out: oneDNN's 3-channel convolution is about twice as fast unpadded
         x = F.pad(flow, (padding,) * 4).contiguous(memory_format=torch.channels_last)
         channels = weight.shape[0]
         maps, pooled, argmax = [], [], []
         total = x.new_zeros(channels)
         total_sq = x.new_zeros(channels)
+        squares = None  # one buffer for every chunk's squared map
         for start in range(0, x.shape[0], FUSED_CHUNK):
             relu = F.conv2d(x[start:start + FUSED_CHUNK], weight, bias).relu_()
             flat = relu.permute(0, 2, 3, 1).reshape(-1, channels)  # a view: the maps are channels-last
+            squares = torch.empty_like(flat) if squares is None else squares[:len(flat)]
             total += flat.sum(0)
-            total_sq += torch.linalg.vecdot(flat, flat, dim=0)
+            total_sq += torch.mul(flat, flat, out=squares).sum(0)
             chunk_max, chunk_argmax = F.max_pool2d_with_indices(relu, 3, 3, 1)
             maps.append(relu)
             pooled.append(chunk_max)
@@ -100,67 +111,86 @@ class FusedStreams(torch.autograd.Function):
         if bool((mean * mean > _CANCELLATION_RATIO * var).any()):
             var = sum(((m.permute(0, 2, 3, 1).reshape(-1, channels) - mean) ** 2).sum(0) for m in maps) / n
         invstd = torch.rsqrt(var + eps)
-        pooled_max = torch.cat(pooled).contiguous()  # (B, C, h, w), channel-major
         scale, shift = gamma * invstd, beta - mean * gamma * invstd
-        z = pooled_max * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-        ctx.save_for_backward(x, weight, pooled_max, mean, invstd, gamma)
+        pooled_max = torch.cat(pooled).permute(0, 2, 3, 1)  # (B, h, w, C), contiguous
+        kept = pooled_max * keep
+        kept_avg, keep_avg = _average_2x2(kept), _average_2x2(keep)  # (B, s, s, C)
+        features = kept_avg * scale + keep_avg * shift
+        keep_positive = torch.sign(pooled_max).mul_(keep)  # the maxima are >= 0: sign is 1 where positive, else 0
+        ctx.save_for_backward(x, weight, kept_avg, keep_avg, keep_positive, mean, invstd, gamma)
         ctx.maps, ctx.argmax, ctx.count = maps, argmax, n
         ctx.mark_non_differentiable(mean, var)
-        return z, mean, var
+        return features.permute(0, 3, 1, 2).flatten(1), mean, var
 
     @staticmethod
-    def backward(ctx, grad_z: torch.Tensor, _grad_mean, _grad_var):
+    def backward(ctx, grad_features: torch.Tensor, _grad_mean, _grad_var):
         """Batch-norm backward on the pooled maxima, scattered back through the argmax.
 
-        With ``g`` the gradient at the pooled positions (zero elsewhere), ``x_hat`` the
+        With ``g`` the gradient at the max-pooled positions (zero elsewhere), ``x_hat`` the
         normalised ReLU map and ``m1 = mean(g)``, ``m2 = mean(g * x_hat)`` over all B x H x W
         positions, batch norm gives ``dL/drelu = gamma * invstd * (g - m1 - x_hat * m2)``; the
         ReLU passes it where the map is positive. Away from the argmax positions this is
-        ``a + c * relu`` per channel, so one pass builds the conv's output gradient.
+        ``offset + slope * relu`` per channel, so one pass builds the conv's output gradient.
         """
-        x, weight, pooled_max, mean, invstd, gamma = ctx.saved_tensors
-        grad_z = grad_z.contiguous()
-        x_hat = (pooled_max - mean.view(1, -1, 1, 1)) * invstd.view(1, -1, 1, 1)
-        grad_beta = grad_z.sum(dim=(0, 2, 3))
-        grad_gamma = (grad_z * x_hat).sum(dim=(0, 2, 3))
+        x, weight, kept_avg, keep_avg, keep_positive, mean, invstd, gamma = ctx.saved_tensors
+        batch, side, _, channels = kept_avg.shape
+        grad = grad_features.view(batch, channels, side, side).permute(0, 2, 3, 1)  # (B, s, s, C)
+        grad_beta = (grad * keep_avg).sum((0, 1, 2))  # sum of the pooled positions' gradients
+        grad_gamma = invstd * ((grad * kept_avg).sum((0, 1, 2)) - mean * grad_beta)  # ... times x_hat
         gain = gamma * invstd
         m1, m2 = grad_beta / ctx.count, grad_gamma / ctx.count
         slope = (-gain * invstd * m2).view(1, -1, 1, 1)
         offset = (-gain * (m1 - mean * invstd * m2)).view(1, -1, 1, 1)
-        # gradient at the argmax positions, channels-last (B, h * w, C) like the maps
-        at_max = (grad_z * gain.view(1, -1, 1, 1) * (pooled_max > 0)).permute(0, 2, 3, 1).contiguous()
+        # gain * g where the max is positive, at the max-pooled positions (B, h * w, C): the 2 x 2
+        # average spreads a quarter of each feature's gradient over its block, dropout masks it
+        height = keep_positive.shape[1]
+        at_max = torch.zeros_like(keep_positive)
+        spread = (grad * (gain * 0.25)).reshape(batch, side, 1, side, 1, channels)
+        blocks = keep_positive[:, :2 * side, :2 * side].reshape(batch, side, 2, side, 2, channels)
+        at_max[:, :2 * side, :2 * side] = (spread * blocks).view(batch, 2 * side, 2 * side, channels)
+        at_max = at_max.view(batch, height * height, channels)
         grad_weight = torch.zeros_like(weight)
-        grad_bias = weight.new_zeros(weight.shape[0])
+        grad_bias = weight.new_zeros(channels)
+        buffer = torch.empty_like(ctx.maps[0])  # one gradient map buffer for every chunk
         start = 0
         for relu, argmax in zip(ctx.maps, ctx.argmax):
-            b, channels, height, width = relu.shape
-            grad_map = torch.addcmul(offset, relu, slope)
+            b, _, map_height, map_width = relu.shape
+            grad_map = torch.addcmul(offset, relu, slope, out=buffer[:b])
             torch.ops.aten.threshold_backward.grad_input(grad_map, relu, 0.0, grad_input=grad_map)
-            grad_map.permute(0, 2, 3, 1).view(b, height * width, channels).scatter_add_(
-                1, argmax.permute(0, 2, 3, 1).reshape(b, -1, channels), at_max[start:start + b].view(b, -1, channels))
+            grad_map.permute(0, 2, 3, 1).view(b, map_height * map_width, channels).scatter_add_(
+                1, argmax.permute(0, 2, 3, 1).reshape(b, -1, channels), at_max[start:start + b])
             _, chunk_weight, _ = torch.ops.aten.convolution_backward(
                 grad_map, x[start:start + b], weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                 [False, True, False])
             grad_weight += chunk_weight
             grad_bias += grad_map.permute(0, 2, 3, 1).reshape(-1, channels).sum(0)
             start += b
-        return None, grad_weight, grad_bias, grad_gamma, grad_beta, None, None
+        return None, None, grad_weight, grad_bias, grad_gamma, grad_beta, None, None
 
 
-def dropout_bits(z: torch.Tensor, p: float) -> torch.Tensor:
-    """Inverted dropout with masks from the global generator: each element kept with probability
-    ``1 - p`` and scaled by ``1 / (1 - p)``. For ``p = 0.5`` each keep decision is one random bit
-    (eight per random byte, much cheaper than ``bernoulli_``); else one uniform draw per element."""
+def _average_2x2(maps: torch.Tensor) -> torch.Tensor:
+    """2 x 2 average pooling (stride 2, an odd last row/column dropped) of channels-last maps
+    ``(B, h, w, C)`` -> ``(B, h // 2, w // 2, C)``."""
+    batch, height, width, channels = maps.shape
+    side_h, side_w = height // 2, width // 2
+    blocks = maps[:, :2 * side_h, :2 * side_w].reshape(batch, side_h, 2, side_w, 2, channels)
+    rows = blocks[:, :, 0] + blocks[:, :, 1]  # (B, s, s, 2, C); two adds are ~30x faster than sum((2, 4))
+    return (rows[:, :, :, 0] + rows[:, :, :, 1]).mul_(0.25)
+
+
+def dropout_multipliers(shape: Sequence[int], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Inverted-dropout multipliers from the global generator: ``1 / (1 - p)`` with probability
+    ``1 - p``, else 0. For ``p = 0.5`` each keep decision is one random bit (eight per random
+    byte, much cheaper than ``bernoulli_``); otherwise one uniform draw per element."""
+    count = math.prod(shape)
     if p == 0:
-        return z
-    if p == 0.5:
-        count = z.numel()
-        random_bytes = torch.randint(0, 256, ((count + 7) // 8,), dtype=torch.uint8, device=z.device)
-        bits = (random_bytes.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8, device=z.device)) & 1
-        keep = bits.view(-1)[:count].view(z.shape)
-    else:
-        keep = torch.rand(z.shape, device=z.device) >= p
-    return z * keep.to(z.dtype).mul_(1 / (1 - p))
+        return torch.ones(shape, device=device)
+    if p == 0.5:  # a table row per byte value: its eight bits as multipliers
+        random_bytes = torch.randint(0, 256, ((count + 7) // 8,), device=device)
+        table = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
+        return table.to(torch.float32).mul_(2.0).index_select(0, random_bytes).view(-1)[:count].view(shape)
+    keep = torch.rand(shape, device=device) >= p
+    return keep.to(torch.float32).mul_(1 / (1 - p))
 
 
 def _pooled(size: int, padding: int) -> int:
@@ -219,15 +249,16 @@ class STSTNet(MERModel):
 
     def features(self, flow: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 16 * s * s) pooled stream maps, channel-major (s = 5 at 28 x 28)."""
-        maps = self._fused_maps(flow) if self.training and self.fused else None
-        if maps is None:
+        features = self._fused_features(flow) if self.training and self.fused else None
+        if features is None:
             maps = torch.cat([stream(flow) for stream in self.streams], dim=1)
-        return self.pool(maps).flatten(1)
+            features = self.pool(maps).flatten(1)
+        return features
 
-    def _fused_maps(self, flow: torch.Tensor) -> torch.Tensor | None:
-        """Training-mode stream outputs (B, 16, h, w) by :class:`FusedStreams`, running statistics
-        updated as ``nn.BatchNorm2d`` does, dropout applied; None (use the published layer order)
-        when a batch-norm weight is not positive or autocast is on."""
+    def _fused_features(self, flow: torch.Tensor) -> torch.Tensor | None:
+        """Training-mode features by :class:`FusedStreams`, running statistics updated as
+        ``nn.BatchNorm2d`` does; None (use the published layer order) when a batch-norm weight
+        is not positive or autocast is on."""
         if torch.is_autocast_enabled(flow.device.type):
             return None
         convs = [stream[0] for stream in self.streams]
@@ -238,8 +269,12 @@ class STSTNet(MERModel):
         weight = torch.cat([conv.weight for conv in convs])
         bias = torch.cat([conv.bias for conv in convs])
         beta = torch.cat([norm.bias for norm in norms])
-        maps, mean, var = FusedStreams.apply(flow, weight, bias, gamma, beta, self.conv_padding, norms[0].eps)
-        count = flow.shape[0] * (flow.shape[2] + 2 * self.conv_padding - 2) * (flow.shape[3] + 2 * self.conv_padding - 2)
+        map_height, map_width = (side + 2 * self.conv_padding - 2 for side in flow.shape[2:])
+        pooled = ((map_height - 1) // 3 + 1, (map_width - 1) // 3 + 1)  # 3 x 3 / 3 max pooling, padding 1
+        keep = dropout_multipliers((flow.shape[0], *pooled, len(gamma)), self.dropout, flow.device)
+        features, mean, var = FusedStreams.apply(flow, keep, weight, bias, gamma, beta, self.conv_padding,
+                                                 norms[0].eps)
+        count = flow.shape[0] * map_height * map_width
         unbiased = var * (count / max(1, count - 1))
         with torch.no_grad():
             for norm, part_mean, part_var in zip(norms, mean.split([n.num_features for n in norms]),
@@ -248,7 +283,7 @@ class STSTNet(MERModel):
                 factor = 1 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
                 norm.running_mean.mul_(1 - factor).add_(part_mean, alpha=factor)
                 norm.running_var.mul_(1 - factor).add_(part_var, alpha=factor)
-        return dropout_bits(maps, self.dropout)
+        return features
 
     def forward(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
         """``views["flow"]``: (B, 3, H, W) -> logits (B, K).
