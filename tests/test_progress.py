@@ -34,3 +34,16 @@ def test_eta_counts_trained_folds_only(caplog):
                         "elapsed 1m00s, ETA 2m00s")
     assert lines[2].endswith("elapsed 2m00s, ETA 1m00s")
     assert "acc 0.000" in lines[2] and lines[3].endswith("elapsed 3m00s, finished")
+
+
+def test_eta_with_folds_trained_two_at_a_time():
+    """Two workers finish a round of two folds every 10 minutes: after the first fold the ETA is
+    5.5 rounds for the 11 folds left (55 minutes), not 11 fold lengths."""
+    now = [0.0]
+    progress = FoldProgress(12, ["a"], workers=2, clock=lambda: now[0])
+    etas = []
+    for minute in (10.0, 10.1, 20.0, 20.2):
+        now[0] = 60 * minute
+        progress.fold_done("s", _table("s", [0], [0]))
+        etas.append(progress.lines[-1].split("ETA ")[1])
+    assert etas == ["55m00s", "50m30s", "45m00s", "40m24s"]

@@ -21,33 +21,35 @@ Choices where the paper leaves room:
 
 Training speed (``fused``, default on). The published layer order spends most of a training
 step on memory traffic at the 30 x 30 resolution (batch norm, pooling with indices and their
-backward passes on ``(256, 16, 30, 30)`` maps), not on arithmetic. In training mode the three
-streams run as one exact reformulation, :class:`FusedStreams`:
+backward passes on ``(256, 16, 30, 30)`` maps), not on arithmetic. In training mode the streams
+and the average pooling run as one exact reformulation, :class:`FusedStreams`:
 
 * the streams' 3 + 5 + 8 filters form one 16-filter convolution (each output map depends only
   on its own filter, so this is the same computation), in channels-last layout;
 * batch norm with a positive scale ``gamma / sqrt(var + eps)`` is an increasing map of each
   channel, so it commutes with the max pooling: the batch statistics are taken on the 30 x 30
-  ReLU maps as before, but only the 10 x 10 pooled maxima are normalised, and the backward pass
-  is derived by hand (one full-resolution pass instead of three);
+  ReLU maps as before, but only the 10 x 10 pooled maxima are normalised;
+* batch norm and dropout are affine per pooled position, so the 2 x 2 average pooling of their
+  output is formed from two pooled averages;
+* the backward pass is derived by hand: the conv's output gradient is built in one pass over a
+  ReLU map instead of the backward passes of pooling, batch norm and ReLU;
 * the batch is processed in chunks of :data:`FUSED_CHUNK` clips so that the full-resolution
   maps of a chunk stay in the CPU cache between operations.
 
 Outputs, gradients and running statistics equal the published formulation's up to float
-rounding (``tests/test_ststnet.py``); with a batch-norm weight that is not positive the
-published formulation is used for that step. Dropout draws its masks as random bits of the
-global generator (one bit per element for ``dropout=0.5``, else one uniform draw): the same
-Bernoulli distribution as ``nn.Dropout``, a different random stream, so a fused run and an
-unfused run of the same seed differ. ``fused=False`` trains the published formulation. Eval mode
-always runs the published formulation.
+rounding (``tests/test_ststnet.py``); with a batch-norm weight that is not positive, or under
+autocast, the published formulation is used for that step. Dropout draws its masks from the
+global generator (:func:`dropout_multipliers`): the same Bernoulli distribution as
+``nn.Dropout``, a different random stream, so a fused run and an unfused run of the same seed
+differ. ``fused=False`` trains the published formulation. Eval mode always runs the published
+formulation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -143,12 +145,11 @@ class FusedStreams(torch.autograd.Function):
         offset = (-gain * (m1 - mean * invstd * m2)).view(1, -1, 1, 1)
         # gain * g where the max is positive, at the max-pooled positions (B, h * w, C): the 2 x 2
         # average spreads a quarter of each feature's gradient over its block, dropout masks it
-        height = keep_positive.shape[1]
         at_max = torch.zeros_like(keep_positive)
         spread = (grad * (gain * 0.25)).reshape(batch, side, 1, side, 1, channels)
         blocks = keep_positive[:, :2 * side, :2 * side].reshape(batch, side, 2, side, 2, channels)
         at_max[:, :2 * side, :2 * side] = (spread * blocks).view(batch, 2 * side, 2 * side, channels)
-        at_max = at_max.view(batch, height * height, channels)
+        at_max = at_max.view(batch, -1, channels)
         grad_weight = torch.zeros_like(weight)
         grad_bias = weight.new_zeros(channels)
         buffer = torch.empty_like(ctx.maps[0])  # one gradient map buffer for every chunk

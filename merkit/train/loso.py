@@ -168,7 +168,7 @@ def run_loso(
     log.info("LOSO: %d samples, %d folds, model %s, selection %s", len(kept), len(folds), config.model_name, config.selection.policy)
     jobs = [(number, fold, kept, views, labels, classes, config, run_dir / "folds" / fold.name)
             for number, fold in enumerate(folds)]
-    progress = FoldProgress(len(folds), classes,
+    progress = FoldProgress(len(folds), classes, workers=min(fold_workers, len(folds)),
                             reused=[f.name for f in folds if (run_dir / "folds" / f.name / "predictions.csv").is_file()])
     if fold_workers > 1 and len(folds) > 1:
         frames = _run_folds_in_parallel(jobs, fold_workers, on_fold, progress)

@@ -13,6 +13,7 @@ The pooled UF1/UAR so far are reported, never used: nothing is selected by looki
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Collection, Sequence
 
@@ -44,12 +45,16 @@ class FoldProgress:
         classes: the protocol's class names (for the pooled UF1/UAR so far).
         reused: names of folds whose finished predictions are reused (they take no time, so the
             ETA is estimated from the folds trained in this run only).
+        workers: folds trained at once. The ETA assumes folds of equal length trained in rounds
+            of ``workers``: a fold takes ``elapsed / rounds so far``, and the folds left take
+            that times ``left / workers``.
         clock: seconds, monotonic (injectable for tests).
     """
 
-    def __init__(self, total: int, classes: Sequence[str], reused: Collection[str] = (),
+    def __init__(self, total: int, classes: Sequence[str], reused: Collection[str] = (), workers: int = 1,
                  clock: Callable[[], float] = time.monotonic):
         self.total = total
+        self.workers = max(1, workers)
         self.classes = list(classes)
         self.reused_left = set(reused)
         self.clock = clock
@@ -74,7 +79,8 @@ class FoldProgress:
         if self.done == self.total:
             eta = "finished"
         elif self.trained:
-            eta = f"ETA {format_duration(elapsed / self.trained * to_train)}"
+            per_fold = elapsed / math.ceil(self.trained / self.workers)
+            eta = f"ETA {format_duration(per_fold * to_train / self.workers)}"
         else:
             eta = "ETA unknown"
         score = f"acc {np.mean(y_true == y_pred):.3f}" if len(table) else "no test clips"
