@@ -7,10 +7,11 @@ Data: ``--root`` is the MEGC2019 composite in its released flow form (442 clips,
 bench runs anywhere on synthetic flows of the same shape and size (442 clips of 3 x 28 x 28,
 68 subjects, three classes 250/109/83); timings do not depend on the pixel values.
 
-The setting is ``configs/ststnet-megc2019-flow.yaml`` (Adam 5e-5, batch 256, 800 epochs, no
+The setting is the shipped config ``ststnet-megc2019-flow`` (Adam 5e-5, batch 256, 800 epochs, no
 augmentation, last epoch). On one LOSO fold (``--fold``, default the first), each on one thread
 as every LOSO fold trains, in interleaved rounds so that the machine's other load hits every
-variant alike (``--rounds`` rounds of ``--epochs`` epochs each):
+variant alike (``--rounds`` rounds of ``--epochs`` epochs each; ``merkit`` and ``plain`` back to
+back, in alternating order):
 
 * ``merkit``: :func:`merkit.train.trainer.fit` on the fold's training clips, the model as the
   config builds it (the fused STSTNet training pass);
@@ -191,7 +192,8 @@ def measure_fold(views, labels, groups, config, fold: int, epochs: int, rounds: 
     names = list(variants)
     for round_number in range(rounds + 1):  # round 0 warms up (allocator, oneDNN primitives) and is not counted
         finals = {}
-        for name in names[round_number % len(names):] + names[:round_number % len(names)]:  # rotate the order
+        pair = ["merkit", "plain"] if round_number % 2 else ["plain", "merkit"]  # back to back, alternating
+        for name in pair + names[2:]:
             seconds, elapsed, finals[name] = timed(variants[name])
             per_fold = vmap_folds if name.startswith("vmap") else 1
             if round_number > 0:
@@ -258,8 +260,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--root", type=Path, default=None, help="MEGC2019 composite (released flow form)")
     parser.add_argument("--cache", type=Path, default=ROOT / ".merkit-cache", help="view cache folder")
     parser.add_argument("--fold", type=int, default=0, help="fold measured (index in sorted subject order)")
-    parser.add_argument("--epochs", type=int, default=20, help="epochs per timed round")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs per timed round")
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--vmap", type=int, default=0, help="also time K folds stacked with torch.func (0: off)")
     parser.add_argument("--fold-workers", type=int, default=2, help="for the projection and --full")
     parser.add_argument("--full", action="store_true", help="run the full LOSO too (needs --root)")
