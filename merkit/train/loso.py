@@ -34,6 +34,7 @@ import torch
 
 from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
+from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
 from merkit.errors import ConfigError, LeakageError
 from merkit.eval.metrics import compute_metrics, unweighted_f1
@@ -122,6 +123,8 @@ def run_loso(
     fold_workers: int = 1,
     on_fold: Callable[[int, int, str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    fixes: Sequence[Fix] = (),
+    skipped: Sequence[str] = (),
 ) -> dict:
     """Run LOSO for ``config`` over labelled ``samples`` and write the run directory.
 
@@ -138,6 +141,11 @@ def run_loso(
             results do not depend on this number.
         on_fold: callback ``(fold number, number of folds, fold name)`` before each fold.
         on_progress: callback ``(stage, done, total)`` during preprocessing.
+        fixes: the loader's recorded changes to annotation rows (``PreparedRun.fixes``),
+            written to ``metrics.json`` (``fixes``) and ``log.txt``.
+        skipped: annotation rows and samples left out before the run (``PreparedRun.skipped``),
+            written to ``metrics.json`` (``skipped``, before the samples the views skipped) and
+            ``log.txt``.
 
     Returns:
         The metrics dict written to ``metrics.json``.
@@ -160,6 +168,10 @@ def run_loso(
         "protocol": {"name": protocol.name, "classes": classes},
         "input_spec": [s.__dict__ | {"size": list(s.size)} for s in probe.input_spec],
     })
+    for fix in fixes:
+        log.info("annotation fix: %s", fix)
+    for line in skipped:
+        log.warning("skipped: %s", line)
     builder = ViewBuilder(probe.input_spec, config.views, cache_dir=cache_dir, workers=workers)
     kept, arrays = builder.build(list(samples), progress=(lambda d, t: on_progress("views", d, t)) if on_progress else None)
     views = to_tensors(arrays)
@@ -183,7 +195,8 @@ def run_loso(
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     metrics = compute_metrics(predictions, classes)
     metrics["selection"] = selection_description(config)
-    metrics["skipped"] = builder.skipped
+    metrics["skipped"] = [*skipped, *builder.skipped]
+    metrics["fixes"] = [fix.as_dict() for fix in fixes]
     metrics["apex_policy"] = config.views.apex_policy
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
