@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -63,10 +66,30 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
+@contextlib.contextmanager
+def _log_to_stderr_without_terminal() -> Iterator[None]:
+    """Without a terminal (a batch job, ``nohup``, a pipe) the progress bar is invisible: echo
+    merkit's log (one line per finished fold: folds done / total, its score, ETA) to stderr."""
+    if console.is_terminal:
+        yield
+        return
+    logger = logging.getLogger("merkit")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, **recorded) -> dict:
     from merkit.train.loso import run_loso
 
-    with _progress() as progress:
+    with _progress() as progress, _log_to_stderr_without_terminal():
         task = progress.add_task(f"{config.model_name}: views", total=len(samples))
 
         def on_progress(stage: str, done: int, total: int) -> None:
@@ -332,7 +355,7 @@ def benchmark(
         seed_values = [int(s) for s in _split_list(seeds)] if all(s.isdigit() for s in _split_list(seeds)) else None
         if not seed_values:
             raise ConfigError(f"--seeds {seeds!r}: expected comma-separated non-negative integers")
-        with _progress() as progress:
+        with _progress() as progress, _log_to_stderr_without_terminal():
             task = progress.add_task("benchmark", total=None)
 
             def on_run(number: int, total: int, spec) -> None:
@@ -381,7 +404,7 @@ def tune_command(
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
         _warn_skipped(run.skipped)
-        with _progress() as progress:
+        with _progress() as progress, _log_to_stderr_without_terminal():
             task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
             metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
                                  inner_folds=inner_folds, cache_dir=cache, workers=workers, fold_workers=fold_workers,

@@ -43,6 +43,18 @@ def test_synth_train_evaluate_inspect(tmp_path):
     assert again["uf1"] == pytest.approx(metrics["uf1"]) and again["selection"]["policy"] == "last"
 
 
+def test_train_without_a_terminal_reports_each_fold_on_stderr(synth_root, tmp_path):
+    """Under CliRunner stdout is no terminal (as under nohup or a batch job): the progress bar is
+    invisible, so every finished fold is reported on stderr (and in log.txt)."""
+    result = runner.invoke(app, ["train", "--dataset", "synthme", "--root", str(synth_root), "--model", "logreg",
+                                 "--epochs", "1", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    folds = [line for line in result.stderr.splitlines() if " done (sub" in line]
+    assert len(folds) == 4 and "fold 1/4 done (sub01): 5 test clips, acc" in folds[0]
+    assert "ETA" in folds[0] and folds[-1].endswith("finished")
+    assert "fold 4/4 done (sub04)" in (tmp_path / "run" / "log.txt").read_text()
+
+
 def test_missing_root_says_licensed_and_shows_the_layout(tmp_path):
     result = runner.invoke(app, ["datasets", "inspect", "casme2", "--root", str(tmp_path / "nowhere")])
     assert result.exit_code == 2

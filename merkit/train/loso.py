@@ -27,13 +27,14 @@ nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,6 +49,7 @@ from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, 
 from merkit.models.registry import create, input_spec, model_class
 from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
+from merkit.train.progress import FoldProgress
 from merkit.train.trainer import History, fit, predict_proba, subset, to_tensors
 from merkit.views import CHANNEL_VIEWS, VIEWS
 
@@ -207,11 +209,10 @@ def run_loso(
             predictions fail the check is trained again.
         cache_dir: view cache folder (None: no cache).
         workers: preprocessing worker processes.
-        fold_workers: folds trained at once, each in its own process on one torch thread
-            (small models use two cores better this way than one process on two threads).
-            Every fold is seeded on its own; results equal those of ``fold_workers=1`` run on
-            one torch thread (``torch.set_num_threads(1)``); with more threads the float
-            reductions are split differently and probabilities may differ in the 3rd decimal.
+        fold_workers: folds trained at once, each in its own process on one thread (small
+            models use two cores better this way than one process on two threads). Every fold
+            is seeded on its own and trains on one thread (also with ``fold_workers=1``), so the
+            results do not depend on this number.
         on_fold: callback ``(fold number, number of folds, fold name)`` before each fold.
         on_progress: callback ``(stage, done, total)`` during preprocessing.
         on_error: ``raise`` on a sample whose views cannot be built (an unreadable frame ...),
@@ -273,14 +274,17 @@ def run_loso(
              config.selection.policy)
     jobs = [(number, fold, kept, views, labels, classes, config, run_dir / "folds" / fold.name)
             for number, fold in enumerate(folds)]
+    progress = FoldProgress(len(folds), classes, workers=min(fold_workers, len(folds)),
+                            reused=[f.name for f in folds if (run_dir / "folds" / f.name / "predictions.csv").is_file()])
     if fold_workers > 1 and len(folds) > 1:
-        frames = _run_folds_in_parallel(jobs, fold_workers, on_fold)
+        frames = _run_folds_in_parallel(jobs, fold_workers, on_fold, progress)
     else:
         frames = []
         for job in jobs:
             if on_fold is not None:
                 on_fold(job[0] + 1, len(folds), job[1].name)
-            frames.append(_run_fold(*job))
+            with one_thread():
+                frames.append(progress.fold_done(job[1].name, _run_fold(*job)))
     write_predictions(pd.concat(frames, ignore_index=True), run_dir / "predictions.csv")
     scheme = "LOSO" if config.folds == "loso" else config.folds
     facts = {
@@ -393,13 +397,26 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     return path
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Compute on one CPU thread inside the block. Every fold trains on one thread, in this process
+    or in a worker: multi-threaded reductions can round differently, so a fold's result would
+    otherwise depend on ``fold_workers`` and on the machine's core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _fold_in_worker(job: tuple) -> pd.DataFrame:
     torch.set_num_threads(1)
     return _run_fold(*job)
 
 
-def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int,
-                           on_fold: Callable[[int, int, str], None] | None) -> list[pd.DataFrame]:
+def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int, on_fold: Callable[[int, int, str], None] | None,
+                           progress: FoldProgress) -> list[pd.DataFrame]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -409,7 +426,7 @@ def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int,
     with ProcessPoolExecutor(max_workers=fold_workers, mp_context=context) as pool:
         futures = {pool.submit(_fold_in_worker, job): job[0] for job in jobs}
         for done, future in enumerate(as_completed(futures)):
-            results[futures[future]] = future.result()
+            results[futures[future]] = progress.fold_done(jobs[futures[future]][1].name, future.result())
             if on_fold is not None:
                 on_fold(done + 1, len(jobs), jobs[futures[future]][1].name)
     return [results[number] for number in sorted(results)]

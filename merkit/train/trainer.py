@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from merkit.config import TrainConfig
+from merkit.config import AugmentConfig, TrainConfig
 from merkit.models.base import MERModel, logits_of
 from merkit.train.augment import apply_offline_copies, augment_batch, offline_copies
 
@@ -100,6 +100,7 @@ def fit(
     best_state, best_score = None, -np.inf
     n = len(labels)
     copies = offline_copies(config.augment)  # one (the clip itself) unless offline expansion is asked for
+    augmenting = config.augment != AugmentConfig()  # without augmentation a batch is a plain slice of the views
     for epoch in range(config.epochs):
         model.train()
         order = torch.randperm(n * len(copies), generator=generator)
@@ -109,8 +110,9 @@ def fit(
             index = expanded % n
             if len(index) < 2 and n >= 2:  # BatchNorm needs two samples: a lone last sample sits this epoch out
                 continue
-            batch = apply_offline_copies(subset(views, index), expanded // n, copies)
-            batch = augment_batch(batch, config.augment, generator)
+            batch = subset(views, index)
+            if augmenting:
+                batch = augment_batch(apply_offline_copies(batch, expanded // n, copies), config.augment, generator)
             with _autocast(config):
                 output = model(batch)
                 loss = model.loss(output, labels[index])

@@ -49,7 +49,7 @@ from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, unweighted_average
 from merkit.models.registry import input_spec
 from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
-from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model,
+from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model, one_thread,
                                reuse_finished_fold, trained_on, write_finished_fold)
 from merkit.train.trainer import Views, fit, predict_proba, subset, to_tensors
 
@@ -291,7 +291,8 @@ def _map_folds(jobs: list[tuple], fold_workers: int, on_fold: Callable[[int, int
     if fold_workers <= 1 or len(jobs) <= 1:
         results = []
         for done, job in enumerate(jobs):
-            results.append(_nested_fold(*job))
+            with one_thread():  # as in a worker, so that fold_workers does not change the result
+                results.append(_nested_fold(*job))
             if on_fold is not None:
                 on_fold(done + 1, len(jobs), job[1].name)
         return results
