@@ -51,6 +51,14 @@ class FaceNotFoundError(PreprocessError):
     """No face was detected in a frame of a sample."""
 
 
+class ClipTooShortError(PreprocessError):
+    """A clip or video holds fewer frames than the model (or spotting) needs."""
+
+
+class FootageError(MerkitError):
+    """Footage to predict on cannot be read: a missing or undecodable video, an empty folder."""
+
+
 class ModelInputError(MerkitError):
     """A model received views that do not match its input spec."""
 
