@@ -353,7 +353,9 @@ def _interval_around(gray: np.ndarray, peak: int, reach: int, onset_level: float
     The profile is the root of the mean squared difference to the window's first and last
     frames minus its neutral floor (25th percentile): squared differences add the noise
     variance, so what is left grows linearly with the expression's intensity, whereas a mean
-    absolute difference rises quadratically out of the noise and puts onsets late.
+    absolute difference rises quadratically out of the noise and puts onsets late. Onset and
+    offset are where the profile falls to ``onset_level`` of its apex value, or to the noise
+    (the 90th percentile of the profile over the window's quieter half), whichever is higher.
     """
     first, last = max(0, peak - reach), min(len(gray) - 1, peak + reach)
     window = gray[first:last + 1]
@@ -362,7 +364,8 @@ def _interval_around(gray: np.ndarray, peak: int, reach: int, onset_level: float
     profile = np.sqrt(np.maximum(squared - np.percentile(squared, 25), 0.0))
     near = slice(max(0, peak - first - reach // 2), min(len(profile), peak - first + reach // 2 + 1))
     apex = near.start + int(np.argmax(profile[near]))
-    level = onset_level * profile[apex]
+    neutral = profile[squared <= np.median(squared)]  # at least half the window is neutral
+    level = max(onset_level * profile[apex], float(np.percentile(neutral, 90)))
     onset = apex
     while onset > 0 and profile[onset - 1] > level:
         onset -= 1
