@@ -47,8 +47,8 @@ def plot_timeline(table: pd.DataFrame, path: str | Path, title: str | None = Non
 
     Args:
         table: a :meth:`Predictor.predict <merkit.inference.Predictor.predict>` result; its
-            ``attrs`` give ``fps``, ``n_frames``, ``classes`` and ``motion_score`` (None for a
-            given interval: only the interval is drawn).
+            ``attrs`` give ``fps``, ``n_frames`` (None: up to the last interval), ``classes`` and
+            ``motion_score`` (None for a given interval: only the interval is drawn).
         path: the PNG.
 
     Raises:
@@ -68,7 +68,8 @@ def plot_timeline(table: pd.DataFrame, path: str | Path, title: str | None = Non
         axes.set_ylabel("spotting score")
     else:
         axes.set_yticks([])
-    axes.set_xlim(0, max(attrs["n_frames"] - 1, 1) / fps)
+    last = attrs["n_frames"] - 1 if attrs["n_frames"] else max([0.0] + list(table["end_s"] * fps))
+    axes.set_xlim(0, max(last, 1) / fps)
     for _, row in table.iterrows():
         colour = colours.get(row["class"], "0.7") if row["status"] == "ok" else "0.7"
         axes.axvspan(row["start_s"], row["end_s"], color=colour, alpha=0.35, linewidth=0)

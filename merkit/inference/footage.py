@@ -86,6 +86,17 @@ class Footage:
     def __len__(self) -> int:
         return len(self.numbers)
 
+    @property
+    def counted(self) -> bool:
+        """Whether the number of frames is known without another pass over a video."""
+        return self._numbers is not None
+
+    def numbers_at(self, first: int, last: int) -> np.ndarray:
+        """Frame numbers of positions ``first..last`` (a video's without counting its frames)."""
+        if self._numbers is None:
+            return np.arange(first, last + 1)
+        return self._numbers[first:last + 1]
+
     def frames(self) -> Iterator[np.ndarray]:
         """Every frame in order, (H, W, 3) uint8 RGB (a full pass also counts them)."""
         count = 0

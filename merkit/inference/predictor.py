@@ -21,7 +21,8 @@ Output columns (one row per interval):
 ``status``          ``ok``, or the typed error that kept the interval from being classified
 =================== ==========================================================================
 
-``DataFrame.attrs`` carries ``source``, ``fps``, ``n_frames`` (of the footage), ``classes``,
+``DataFrame.attrs`` carries ``source``, ``fps``, ``n_frames`` (of the footage; None when a video
+was only read up to a given interval), ``classes``,
 ``motion_score`` ((T,) spotting score per frame, None with a given interval) and, with
 ``explain=True``, ``explanations`` (one :class:`~merkit.eval.explain.Explanation` or None per row).
 """
@@ -220,8 +221,8 @@ class Predictor:
             scores, intervals = self._spot(footage, face, spotting or SpottingSettings())
         rows, explanations = self._classify(footage, intervals, face, strict=onset is not None, explain=explain)
         table = pd.DataFrame(rows, columns=self._columns())
-        table.attrs.update(source=footage.name, fps=footage.fps, n_frames=len(footage), classes=list(self.classes),
-                           motion_score=scores)
+        table.attrs.update(source=footage.name, fps=footage.fps, n_frames=len(footage) if footage.counted else None,
+                           classes=list(self.classes), motion_score=scores)
         if explain:
             table.attrs["explanations"] = explanations
         return table
@@ -245,7 +246,7 @@ class Predictor:
         frames = footage.read_ranges(positions)
         rows, explanations = [], []
         for interval, (first, last), clip in zip(intervals, positions, frames):
-            numbers = footage.numbers[first:last + 1]
+            numbers = footage.numbers_at(first, last)
             name = f"{Path(footage.name).name}@{interval.onset}-{interval.offset}"
             sample = clip_sample(clip, numbers, onset=interval.onset, apex=interval.apex, offset=interval.offset,
                                  fps=footage.fps, name=name)
