@@ -383,7 +383,7 @@ def spot_intervals(
     min_duration: float = 0.04,
     max_duration: float = 0.5,
     half_window: float = 0.1,
-    threshold: float = 4.0,
+    threshold: float = 5.0,
     onset_level: float = 0.1,
     smooth: float = 0.01,
 ) -> SpottingResult:
