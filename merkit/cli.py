@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from merkit.errors import ConfigError, MerkitError
+from merkit.errors import MerkitError, check_choice
+from merkit.views import VIEW_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset loaders: list them, inspect a copy on disk.")
@@ -218,8 +219,7 @@ def _demo_models(names: str) -> dict[str, str]:
 
     chosen = {}
     for name in (n.strip() for n in names.split(",") if n.strip()):
-        if name not in DEMO_MODELS:
-            raise ConfigError(f"unknown demo model {name!r}; choose from {', '.join(DEMO_MODELS)}")
+        check_choice("demo model", name, DEMO_MODELS)
         chosen[name] = DEMO_MODELS[name]
     return chosen
 
@@ -228,7 +228,7 @@ def _demo_models(names: str) -> dict[str, str]:
 def preprocess(
     dataset: str = typer.Option(..., help="dataset name"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    views: Optional[str] = typer.Option(None, help="comma-separated views (onset,apex,diff,flow,frames,flow_seq,depth_seq,au)"),
+    views: Optional[str] = typer.Option(None, help=f"comma-separated views ({','.join(VIEW_NAMES)})"),
     model: Optional[str] = typer.Option(None, help="build the views this model's config needs instead of --views"),
     config: Optional[str] = typer.Option(None, help="config file/name: its views section sets how views are built"),
     size: int = typer.Option(112, min=1, help="view size in pixels (with --views)"),

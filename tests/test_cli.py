@@ -106,7 +106,7 @@ def test_user_mistakes_get_a_message_not_a_traceback(synth_root, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("")
     for args, message in [
-        (["demo", "--models", "logreg, nosuch", "--data", tmp_path / "d", "--out", tmp_path / "o"], "unknown demo model 'nosuch'"),
+        (["demo", "--models", "logreg, nosuch", "--data", tmp_path / "d", "--out", tmp_path / "o"], "demo model must be one of 'logreg'"),
         (["synth", "--out", afile, "--subjects", 1, "--clips-per-subject", 1], "is a file"),
         (["train", "--dataset", "synthme", "--root", synth_root, "--model", "logreg", "--out", afile], "is a file"),
         (["synth", "--out", tmp_path / "s", "--seed", -1], "greater than or equal to 0"),

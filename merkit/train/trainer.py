@@ -14,11 +14,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from merkit.config import TrainConfig
-from merkit.models.registry import logits_of
+from merkit.models.base import MERModel, logits_of
 from merkit.train.augment import augment_batch
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,8 @@ def _autocast(config: TrainConfig):
     return torch.autocast(device_type=device, dtype=dtype)
 
 
-def compute_loss(model: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
-    """The model's own ``loss(output, target)`` if it has one, else cross-entropy on the logits."""
-    if hasattr(model, "loss"):
-        return model.loss(output, target)
-    return F.cross_entropy(logits_of(output).float(), target)
-
-
 def fit(
-    model: nn.Module,
+    model: MERModel,
     views: Views,
     labels: torch.Tensor,
     config: TrainConfig,
@@ -89,7 +81,7 @@ def fit(
     """Train ``model`` in place for ``config.epochs`` epochs.
 
     Args:
-        model: a registered merkit model.
+        model: a registered merkit model (its ``loss`` is minimised).
         views: view name -> ``(N, ...)`` tensors.
         labels: ``(N,)`` class indices.
         config: optimiser, schedule, batch size, augmentation.
@@ -118,7 +110,7 @@ def fit(
             batch = augment_batch(subset(views, index), config.augment, generator)
             with _autocast(config):
                 output = model(batch)
-                loss = compute_loss(model, output, labels[index])
+                loss = model.loss(output, labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
