@@ -246,17 +246,19 @@ def explain_views(models: Sequence[nn.Module], views: dict[str, np.ndarray], tar
 def penultimate_features(model: nn.Module, views: dict[str, torch.Tensor]) -> torch.Tensor:
     """``(B, F)`` inputs of the layer that produces the logits, for a batch of views.
 
-    The linear layers whose output has K (= number of classes) features are watched; for each
-    sample, the one whose output equals the sample's logits gives its input (a model that picks
+    The model's classifier heads (the linear layers its ``classifier_keys`` name; any linear
+    layer with K outputs for a model without them) are watched; for each sample, the one whose
+    output equals the sample's logits gives its input (a model that picks
     its logits among several heads per sample gets each sample's chosen head). When no single
     head gives the logits (they mix several), the inputs of all of them are concatenated.
     """
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
     handles = []
+    heads = {key.rsplit(".", 1)[0] for key in model.classifier_keys()} if hasattr(model, "classifier_keys") else None
     with torch.no_grad():
         logits_probe = None
-        for module in model.modules():
-            if isinstance(module, nn.Linear):
+        for name, module in model.named_modules():
+            if isinstance(module, nn.Linear) and (heads is None or name in heads):
                 handles.append(module.register_forward_hook(
                     lambda m, inputs, output: captured.append((inputs[0].detach(), output.detach()))))
         try:
@@ -264,13 +266,13 @@ def penultimate_features(model: nn.Module, views: dict[str, torch.Tensor]) -> to
         finally:
             for handle in handles:
                 handle.remove()
-    heads = [(x.flatten(1), y) for x, y in captured if y.shape == logits_probe.shape]
-    if not heads:
+    outputs = [(x.flatten(1), y) for x, y in captured if y.shape == logits_probe.shape]
+    if not outputs:
         raise ValueError("the model has no linear layer that produces its logits")
     rows = []
     for b in range(logits_probe.shape[0]):  # per sample: the head whose output is the logits
-        match = [x[b] for x, y in reversed(heads) if torch.allclose(y[b], logits_probe[b])]
+        match = [x[b] for x, y in reversed(outputs) if torch.allclose(y[b], logits_probe[b])]
         rows.append(match[0] if match else None)
     if all(r is not None for r in rows) and len({r.numel() for r in rows}) == 1:
         return torch.stack(rows).float().cpu()
-    return torch.cat([x for x, _ in heads], dim=1).float().cpu()
+    return torch.cat([x for x, _ in outputs], dim=1).float().cpu()

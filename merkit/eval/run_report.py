@@ -153,10 +153,14 @@ def _choose_explained(predictions: pd.DataFrame, classes: list[str], count: int)
 
 
 def _tsne(features: np.ndarray, seed: int) -> np.ndarray:
+    """2-D t-SNE (Barnes-Hut, on one thread: deterministic, and OpenMP threads on a busy machine
+    made it 15-30x slower)."""
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     perplexity = float(min(30.0, max(2.0, (len(features) - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
+    with threadpool_limits(1):
+        return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(features)
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, dataset: str | None = None,

@@ -43,7 +43,7 @@ from torch import nn
 
 from merkit.config import RunConfig, ViewsConfig
 from merkit.data.sample import Sample
-from merkit.errors import ClipTooShortError, ConfigError, FaceNotFoundError, FootageError, MerkitError
+from merkit.errors import ClipTooShortError, ConfigError, FaceNotFoundError, FootageError, MerkitError, check_choice
 from merkit.inference.footage import Footage, clip_sample, open_footage
 from merkit.inference.model_dir import ModelDirectory, load_models, read_model_dir
 from merkit.models.registry import logits_of
@@ -205,8 +205,8 @@ class Predictor:
         """
         if (onset is None) != (offset is None) or (apex is not None and onset is None):
             raise ConfigError("give the interval as onset and offset together (apex optional), or none of them to spot")
-        if face is not None and face not in ("none", "mtcnn", "dlib"):
-            raise ConfigError(f"unknown face step {face!r}; expected none, mtcnn or dlib")
+        if face is not None:
+            check_choice("face step", face, ("none", "mtcnn", "dlib"))
         sample = self._dataset_sample(source, root) if _looks_like_clip_id(source) else None
         if sample is not None:
             return self._predict_dataset_clip(sample, onset, apex, offset, face, explain)

@@ -308,8 +308,7 @@ def window_contrast(frames: np.ndarray, half_window: int, method: str = "diff") 
     Returns:
         (T,) float64.
     """
-    if method not in SPOTTING_DISTANCES:
-        raise ConfigError(f"unknown spotting distance {method!r}; expected one of {SPOTTING_DISTANCES}")
+    check_choice("spotting distance", method, SPOTTING_DISTANCES)
     if half_window < 1:
         raise ConfigError(f"spotting half window must be at least 1 frame, got {half_window}")
     gray = _gray_clip(frames).astype(np.float32)
@@ -317,8 +316,9 @@ def window_contrast(frames: np.ndarray, half_window: int, method: str = "diff") 
     t = np.arange(count)
     before, after = np.clip(t - half_window, 0, count - 1), np.clip(t + half_window, 0, count - 1)
     back = _distance(gray, t, before, method)  # D(t, t - k); D(t, t + k) is back[t + k] inside the clip
-    forward = np.where(t + half_window < count, back[np.minimum(t + half_window, count - 1)],
-                       _distance(gray, t, after, method))
+    forward = back[np.minimum(t + half_window, count - 1)].copy()
+    tail = t + half_window >= count  # the last k frames: their t + k is clipped to the last frame
+    forward[tail] = _distance(gray, t[tail], after[tail], method)
     return back + forward - _distance(gray, before, after, method)
 
 
