@@ -298,7 +298,7 @@ def predict(
     probabilities = table[[f"p_{c}" for c in predictor.classes]].max(axis=1)
     for (_, row), confidence in zip(table.iterrows(), probabilities):
         shown.add_row(*(str(row[c]) for c in ("start_frame", "apex_frame", "end_frame")),
-                      f"{row['start_s']:.3f}", f"{row['end_s']:.3f}", str(row["class"] or "-"),
+                      f"{row['start_s']:.3f}", f"{row['end_s']:.3f}", row["class"] if isinstance(row["class"], str) else "-",
                       f"{confidence:.3f}" if confidence == confidence else "-",
                       f"{row['spotting_score']:.1f}" if row["spotting_score"] == row["spotting_score"] else "-",
                       str(row["status"]))

@@ -106,10 +106,6 @@ class Footage:
         if self._numbers is None:
             self._numbers = np.arange(count)
 
-    def seconds(self, number: int) -> float:
-        """Time of frame ``number`` after the first frame."""
-        return (self.position(number)) / self.fps
-
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[np.ndarray]:
         """The frames of each inclusive position range ``(first, last)``, in one pass that stops
         after the last frame needed.
