@@ -292,16 +292,16 @@ def predict(
     except MerkitError as err:
         _fail(err)
     shown = Table(title=f"{predictor.config.model_name} ({predictor.directory.kind}, {len(predictor.models)} model(s)) "
-                        f"on {table.attrs['source']}")
-    for column in ("start_frame", "apex_frame", "end_frame", "start_s", "end_s", "class", "confidence", "score", "status"):
-        shown.add_column(column)
+                        f"on {Path(str(table.attrs['source'])).name}")
+    for column in ("onset", "apex", "offset", "seconds", "class", "p", "spotting", "status"):
+        shown.add_column(column, no_wrap=True)
     probabilities = table[[f"p_{c}" for c in predictor.classes]].max(axis=1)
     for (_, row), confidence in zip(table.iterrows(), probabilities):
+        given = row["spotting_score"] != row["spotting_score"]  # NaN: a given interval
         shown.add_row(*(str(row[c]) for c in ("start_frame", "apex_frame", "end_frame")),
-                      f"{row['start_s']:.3f}", f"{row['end_s']:.3f}", row["class"] if isinstance(row["class"], str) else "-",
+                      f"{row['start_s']:.3f}-{row['end_s']:.3f}", row["class"] if isinstance(row["class"], str) else "-",
                       f"{confidence:.3f}" if confidence == confidence else "-",
-                      f"{row['spotting_score']:.1f}" if row["spotting_score"] == row["spotting_score"] else "-",
-                      str(row["status"]))
+                      "given" if given else f"z {row['spotting_score']:.1f}", str(row["status"]))
     console.print(shown)
     if table.empty:
         console.print("no interval reached the spotting threshold")

@@ -7,8 +7,8 @@ One function, :func:`explain_views`, gives every model's explanation of one clip
     model returns as ``attention_maps``; the later blocks multiply into it), and the graph's edge
     weights: the Eqs. 3-8 adjacency ``A~(0)`` and the adapted matrix each TM-GCN layer used.
 ``madv-net``
-    Grad-CAM of the first stage's 3D token embedding (Eq. 2) of the video path, averaged over
-    time; the depth frames of the ``depth_seq`` view and the AU activations of the ``au`` view
+    Grad-CAM of the first stage's 3D token embedding (Eq. 2, before its max-pooling) of the
+    video path, averaged over time; the depth frames of the ``depth_seq`` view and the AU activations of the ``au`` view
     (per-frame AU intensities relative to the onset).
 ``tsfmicro``, ``ms3d-resnet``, ``ststnet`` and any other convolutional model
     Grad-CAM (captum's ``LayerGradCam``) of the class score at a layer with a spatial map: the
@@ -167,9 +167,9 @@ def cam_layer(model: nn.Module, model_name: str) -> tuple[str, nn.Module, bool] 
         return "patch embedding", model.patch_embedding, False
     if model_name == "ms3d-resnet":
         return "stage 2 (RC1)", model.multiscale[0], False
-    if model_name == "madv-net":
+    if model_name == "madv-net":  # before the embedding's max-pooling: twice the resolution
         encoder = next(iter(model.encoders.values()))
-        return "stage-1 embedding", encoder.stages[0].embed, False
+        return "stage-1 embedding", encoder.stages[0].embed.norm, False
     if model_name == "ststnet":
         return "stream maps", model.pool, True
     convolutions = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]

@@ -48,8 +48,9 @@ def plot_timeline(table: pd.DataFrame, path: str | Path, title: str | None = Non
 
     Args:
         table: a :meth:`Predictor.predict <merkit.inference.Predictor.predict>` result; its
-            ``attrs`` give ``fps``, ``n_frames`` (None: up to the last interval), ``classes`` and
-            ``motion_score`` (None for a given interval: only the interval is drawn).
+            ``attrs`` give ``fps``, ``n_frames`` (None: up to the last interval), ``classes``,
+            ``motion_score`` (None for a given interval: only the interval is drawn) and
+            ``threshold`` (drawn as a dotted line).
         path: the PNG.
 
     Raises:
@@ -65,8 +66,11 @@ def plot_timeline(table: pd.DataFrame, path: str | Path, title: str | None = Non
     scores = attrs.get("motion_score")
     if scores is not None:
         scores = np.asarray(scores, dtype=float)
-        axes.plot(np.arange(len(scores)) / fps, scores, color="0.3", linewidth=0.8, label="spotting score (robust z)")
-        axes.set_ylabel("spotting score")
+        axes.plot(np.arange(len(scores)) / fps, scores, color="0.3", linewidth=0.8)
+        if attrs.get("threshold") is not None:
+            axes.axhline(attrs["threshold"], color="0.3", linestyle=":", linewidth=0.8)
+        axes.set_yscale("symlog", linthresh=10)  # small bumps and high peaks on one axis
+        axes.set_ylabel("spotting score (robust z)")
     else:
         axes.set_yticks([])
     last = attrs["n_frames"] - 1 if attrs["n_frames"] else max([0.0] + list(table["end_s"] * fps))
@@ -176,15 +180,16 @@ def plot_maps(panels: Sequence[Mapping[str, Any]], path: str | Path, title: str 
 
     Args:
         panels: one dict per row: ``label`` (str) and ``images``: a list of
-            ``(caption, (H, W) array, kind)`` with kind ``image`` (grey, [0, 1]), ``heat``
-            (a map laid over the previous ``image`` of the row, or alone), ``matrix`` (a
-            matrix with a colour bar), ``signed`` (diverging colours around 0).
+            ``(caption, (H, W) array, kind[, column labels])`` with kind ``image`` (grey,
+            [0, 1]), ``heat`` (a map laid over the previous ``image`` of the row, or alone),
+            ``matrix`` (a matrix with a colour bar), ``signed`` (diverging colours around 0).
     """
     columns = max(len(p["images"]) for p in panels)
     figure = _figure(1.9 * columns + 0.5, 2.0 * len(panels) + 0.4)
     for row, panel in enumerate(panels):
         base = None
-        for column, (caption, array, kind) in enumerate(panel["images"]):
+        for column, entry in enumerate(panel["images"]):
+            caption, array, kind = entry[:3]
             axes = figure.add_subplot(len(panels), columns, row * columns + column + 1)
             array = np.asarray(array, dtype=float)
             if kind == "image":
@@ -202,6 +207,8 @@ def plot_maps(panels: Sequence[Mapping[str, Any]], path: str | Path, title: str 
             else:
                 image = axes.imshow(array, cmap="viridis", aspect="auto")
                 figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
+            if len(entry) > 3 and entry[3]:  # tick labels of the columns
+                axes.set_xticks(np.arange(len(entry[3])), labels=entry[3], rotation=90, fontsize=4)
             axes.set_title(caption, fontsize=7)
             if kind in ("image", "heat"):
                 axes.set_xticks([])
@@ -213,7 +220,7 @@ def plot_maps(panels: Sequence[Mapping[str, Any]], path: str | Path, title: str 
     if title:
         figure.suptitle(title, fontsize=9)
     # fixed spacing: tight_layout measures every axis of the grid, seconds per figure
-    figure.subplots_adjust(left=0.08, right=0.96, bottom=0.04, top=1 - 0.5 / figure.get_figheight(), wspace=0.45,
+    figure.subplots_adjust(left=0.08, right=0.96, bottom=0.04, top=1 - 0.75 / figure.get_figheight(), wspace=0.45,
                            hspace=0.35)
     return _save(figure, path, tight=False)
 
@@ -231,7 +238,7 @@ def explanation_panel(explanation, label: str, max_frames: int = 3) -> dict[str,
             picks = np.unique(np.linspace(0, len(array) - 1, max_frames).round().astype(int))
             images += [(f"depth frame {int(t) + 1}/{len(array)}", array[t], "image") for t in picks]
         elif name == "AU activations":
-            images.append(("AU activations (frame x AU)", array, "signed"))
+            images.append(("AU activations (frame x AU)", array, "signed", explanation.extra_labels.get(name)))
         else:
-            images.append((name, array, "matrix"))
+            images.append((f"{name} (row -> column)" if name.startswith("edge") else name, array, "matrix"))
     return {"label": label, "images": images}

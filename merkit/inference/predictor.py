@@ -22,8 +22,8 @@ Output columns (one row per interval):
 =================== ==========================================================================
 
 ``DataFrame.attrs`` carries ``source``, ``fps``, ``n_frames`` (of the footage; None when a video
-was only read up to a given interval), ``classes``,
-``motion_score`` ((T,) spotting score per frame, None with a given interval) and, with
+was only read up to a given interval), ``classes``, ``motion_score`` ((T,) spotting score per
+frame, None with a given interval), ``threshold`` (the spotting threshold) and, with
 ``explain=True``, ``explanations`` (one :class:`~merkit.eval.explain.Explanation` or None per row).
 """
 
@@ -212,17 +212,18 @@ class Predictor:
             return self._predict_dataset_clip(sample, onset, apex, offset, face, explain)
         footage = open_footage(source, fps)
         face = face or self.config.views.face
-        scores = None
+        scores, settings = None, spotting or SpottingSettings()
         if onset is not None:
             if offset < onset:
                 raise ConfigError(f"{footage.name}: offset {offset} precedes onset {onset}")
             intervals = [_Interval(int(onset), None if apex is None else int(apex), int(offset))]
         else:
-            scores, intervals = self._spot(footage, face, spotting or SpottingSettings())
+            scores, intervals = self._spot(footage, face, settings)
         rows, explanations = self._classify(footage, intervals, face, strict=onset is not None, explain=explain)
         table = pd.DataFrame(rows, columns=self._columns())
         table.attrs.update(source=footage.name, fps=footage.fps, n_frames=len(footage) if footage.counted else None,
-                           classes=list(self.classes), motion_score=scores)
+                           classes=list(self.classes), motion_score=scores,
+                           threshold=settings.threshold if scores is not None else None)
         if explain:
             table.attrs["explanations"] = explanations
         return table
