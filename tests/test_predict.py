@@ -213,3 +213,17 @@ def assert_not_blank(path) -> None:
 
     image = np.asarray(Image.open(path).convert("RGB"), dtype=float)
     assert image.std() > 5 and len(np.unique(image.reshape(-1, 3), axis=0)) > 20, path
+
+
+def test_a_model_reading_dataset_only_depth_refuses_footage_but_not_dataset_clips(joined, tmp_path):
+    from merkit.config import load_config
+    from merkit.inference.model_dir import ModelDirectory
+    from merkit.models import create
+
+    config = load_config("madv-net-synthme")
+    classes = ("happiness", "disgust", "repression", "surprise", "others")
+    model = create(config.model_name, num_classes=5, **config.model_kwargs).eval()
+    predictor = Predictor(ModelDirectory(tmp_path, "final", config, classes, "casme2-5", ()), [model])
+    _, path = joined
+    with pytest.raises(ConfigError, match="reads depth from 'synthme' .* which only dataset clips have"):
+        predictor.predict(path, onset=41, offset=72)

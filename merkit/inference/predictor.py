@@ -210,6 +210,7 @@ class Predictor:
         sample = self._dataset_sample(source, root) if _looks_like_clip_id(source) else None
         if sample is not None:
             return self._predict_dataset_clip(sample, onset, apex, offset, face, explain)
+        self._check_footage_sources()
         footage = open_footage(source, fps)
         face = face or self.config.views.face
         scores, settings = None, spotting or SpottingSettings()
@@ -227,6 +228,20 @@ class Predictor:
         if explain:
             table.attrs["explanations"] = explanations
         return table
+
+    def _check_footage_sources(self) -> None:
+        """Refuse footage when the model's views need data only a dataset clip has."""
+        names = {spec.name for spec in self.input_spec}
+        views = self.config.views
+        needs = []
+        if "depth_seq" in names and views.depth in ("dataset", "synthme"):
+            needs.append(f"depth from {views.depth!r} (views.depth)")
+        if "au" in names and views.au == "synthme":
+            needs.append("AU landmarks from 'synthme' (views.au)")
+        if needs:
+            raise ConfigError(
+                f"model {self.config.model_name} reads {' and '.join(needs)}, which only dataset clips have; predict a "
+                "dataset clip id, or use a model trained with views.depth: depth-anything:<weights dir> and views.au: dlib")
 
     def _columns(self) -> list[str]:
         return (["source", "start_frame", "apex_frame", "end_frame", "start_s", "apex_s", "end_s", "n_frames",
