@@ -215,7 +215,7 @@ def assert_not_blank(path) -> None:
     assert image.std() > 5 and len(np.unique(image.reshape(-1, 3), axis=0)) > 20, path
 
 
-def test_a_model_reading_dataset_only_depth_refuses_footage_but_not_dataset_clips(joined, tmp_path):
+def test_a_model_reading_dataset_only_depth_refuses_footage(joined, tmp_path):
     from merkit.config import load_config
     from merkit.inference.model_dir import ModelDirectory
     from merkit.models import create
