@@ -43,7 +43,8 @@ from torch import nn
 
 from merkit.config import RunConfig, ViewsConfig
 from merkit.data.sample import Sample
-from merkit.errors import ClipTooShortError, ConfigError, FaceNotFoundError, FootageError, MerkitError, check_choice
+from merkit.errors import (ClipTooShortError, ConfigError, DatasetError, FaceNotFoundError, FootageError, MerkitError,
+                           check_choice)
 from merkit.inference.footage import Footage, clip_sample, open_footage
 from merkit.inference.model_dir import ModelDirectory, load_models, read_model_dir
 from merkit.models.registry import logits_of
@@ -322,7 +323,7 @@ class Predictor:
         for sample in samples:
             if sample.sample_id == clip_id:
                 return sample
-        raise FootageError(f"{clip_id}: no such clip in dataset {dataset} (clip ids look like {samples[0].sample_id})")
+        raise DatasetError(f"{clip_id}: no such clip in dataset {dataset} (clip ids look like {samples[0].sample_id})")
 
     def _predict_dataset_clip(self, sample: Sample, onset: int | None, apex: int | None, offset: int | None,
                               face: str | None, explain: bool) -> pd.DataFrame:
@@ -336,8 +337,7 @@ class Predictor:
             views_config = self._views_config(views_config.face, apex is not None)
             apex_source = "given"
         row, explanation = self._classify_sample(sample, views_config, explain, apex_source)
-        first = sample.frames.numbers[0]
-        seconds = {f"{key}_s": (frame - first) / sample.fps for key, frame in
+        seconds = {f"{key}_s": sample.frames.position(frame) / sample.fps for key, frame in
                    (("start", sample.onset_frame), ("apex", row["apex_frame"]), ("end", sample.offset_frame))}
         count = sample.frames.position(sample.offset_frame) - sample.frames.position(sample.onset_frame) + 1
         table = pd.DataFrame([{"source": sample.sample_id, "start_frame": sample.onset_frame,
