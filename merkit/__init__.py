@@ -14,6 +14,7 @@ merkit`` stays light)::
     merkit.run_nested(samples, protocol, config, grid, run_dir)   # nested LOSO over a grid
     merkit.run_benchmark(models, datasets, out, roots=..., seeds=...)   # one results table
     merkit.evaluate_run(run_dir)              # metrics recomputed from predictions.csv
+    merkit.Predictor.from_dir(model_dir).predict(video)    # one row per interval (DataFrame)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "run_nested": ("merkit.train.tune", "run_nested"),
     "run_benchmark": ("merkit.benchmark", "run_benchmark"),
     "evaluate_run": ("merkit.eval.metrics", "evaluate_run"),
+    "Predictor": ("merkit.inference.predictor", "Predictor"),
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -124,6 +124,8 @@ def train(
                                   "recorded in metrics.json and log.txt"),
     allow_pretrain_overlap: bool = typer.Option(False, help="run folds whose test subject --pretrained was trained on "
                                                 "(refused otherwise); the run is labelled leaking"),
+    all_subjects: bool = typer.Option(False, "--all-subjects", help="train one final model on every subject with the "
+                                      "config's fixed budget (no evaluation): a model directory for `merkit predict`"),
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory.
 
@@ -131,6 +133,10 @@ def train(
     `merkit datasets list` shows, and every repair is recorded in metrics.json and log.txt.
     """
     from merkit.api import prepare_run
+
+    if all_subjects:
+        return _train_all_subjects(dataset, root, model, config, protocol, out, epochs, seed, apex_policy, workers,
+                                   pretrained, cache, strict, skip_bad)
 
     try:
         run = prepare_run(
@@ -163,6 +169,27 @@ def train(
             table.add_row(name, str(m["n_samples"]), f"{m['acc']:.4f}", f"{m['uf1']:.4f}", f"{m['uar']:.4f}")
         console.print(table)
     console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']})")
+
+
+def _train_all_subjects(dataset, root, model, config, protocol, out, epochs, seed, apex_policy, workers, pretrained,
+                        cache, strict: bool, skip_bad: bool) -> None:
+    from merkit.api import prepare_run
+    from merkit.train.loso import train_all
+
+    try:
+        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
+                          epochs=epochs, seed=seed, apex_policy=apex_policy, pretrained=pretrained,
+                          on_error=_policy(strict, skip_bad))
+        if out is None:
+            run.run_dir = run.run_dir.with_name(run.run_dir.name + "-final")
+        if run.config.selection.policy != "last":
+            console.print(f"[cyan]note[/] selection {run.config.selection.policy} needs held-out subjects; the final "
+                          f"model is the one after the config's {run.config.train.epochs} epochs")
+        with console.status(f"training {run.config.model_name} on all {len(run.samples)} clips of {dataset}"):
+            path = train_all(run.samples, run.protocol, run.config, run.run_dir, cache_dir=cache, workers=workers)
+    except MerkitError as err:
+        _fail(err)
+    console.print(f"model directory: {path.parent}  (use it with: merkit predict {path.parent} VIDEO)")
 
 
 @app.command()
@@ -231,6 +258,8 @@ def demo(
             from merkit.config import load_config
 
             cfg = load_config(config_name)
+            cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={  # where `merkit report` finds the clips
+                "name": "synthme", "protocol": proto.name, "root": str(data)})})
             t0 = time.perf_counter()
             shutil.rmtree(out / name, ignore_errors=True)  # the demo retrains; the view cache is kept
             results[name] = _run_with_progress(samples, proto, cfg, out / name, out / "cache", workers, workers)
@@ -420,6 +449,78 @@ def tune_command(
     for key, count in sorted(counts.items(), key=lambda item: -item[1]):
         console.print(f"chosen in {count} of {len(chosen)} outer folds: {key}")
     console.print(f"run directory: {run_dir}  (selection: nested, inner {inner})")
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., metavar="MODEL", help="model directory: `merkit train --all-subjects` output, "
+                                     "a LOSO run directory (its fold models averaged) or one of its folds/<subject>"),
+    source: str = typer.Argument(..., metavar="INPUT", help="video file, folder of frames, or dataset clip id "
+                                 "dataset/subject/clip (with --root)"),
+    out: Optional[Path] = typer.Option(None, help="CSV to write (a timeline PNG is written beside it)"),
+    onset: Optional[int] = typer.Option(None, help="onset frame of a given interval (else intervals are spotted)"),
+    apex: Optional[int] = typer.Option(None, help="apex frame of the given interval (else spotted)"),
+    offset: Optional[int] = typer.Option(None, help="offset frame of the given interval"),
+    fps: Optional[float] = typer.Option(None, help="frame rate: needed for a frame folder, overrides a video's"),
+    face: Optional[str] = typer.Option(None, help="face step: none (INPUT is face crops) | mtcnn | dlib; default: the "
+                                       "model's views.face"),
+    root: Optional[Path] = typer.Option(None, help="dataset root, for a dataset clip id"),
+    threshold: float = typer.Option(5.0, help="spotting: robust z-score a candidate must reach"),
+    spotting: str = typer.Option("diff", help="spotting distance: diff | flow"),
+    explain: bool = typer.Option(False, help="also draw each interval's explanation map (PNGs beside --out)"),
+    device: str = typer.Option("cpu", help="cpu | cuda | mps"),
+) -> None:
+    """Classify the micro-expressions of a video: spot intervals (or take --onset/--offset), one row each."""
+    from merkit.inference import Predictor, SpottingSettings
+    from merkit.inference.predictor import write_predictions
+
+    try:
+        predictor = Predictor.from_dir(model_dir, device=device)
+        table = predictor.predict(source, onset=onset, apex=apex, offset=offset, fps=fps, face=face, root=root,
+                                  spotting=SpottingSettings(method=spotting, threshold=threshold), explain=explain)
+        written = write_predictions(table, out) if out is not None else []
+    except MerkitError as err:
+        _fail(err)
+    shown = Table(title=f"{predictor.config.model_name} ({predictor.directory.kind}, {len(predictor.models)} model(s)) "
+                        f"on {Path(str(table.attrs['source'])).name}")
+    for column in ("onset", "apex", "offset", "seconds", "class", "p", "spotting", "status"):
+        shown.add_column(column, no_wrap=True)
+    probabilities = table[[f"p_{c}" for c in predictor.classes]].max(axis=1)
+    for (_, row), confidence in zip(table.iterrows(), probabilities):
+        given = row["spotting_score"] != row["spotting_score"]  # NaN: a given interval
+        shown.add_row(*(str(row[c]) for c in ("start_frame", "apex_frame", "end_frame")),
+                      f"{row['start_s']:.3f}-{row['end_s']:.3f}", row["class"] if isinstance(row["class"], str) else "-",
+                      f"{confidence:.3f}" if confidence == confidence else "-",
+                      "given" if given else f"z {row['spotting_score']:.1f}", str(row["status"]))
+    console.print(shown)
+    if table.empty:
+        console.print("no interval reached the spotting threshold")
+    for path in written:
+        console.print(f"wrote {path}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., metavar="RUN", help="a LOSO run directory"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default RUN/report)"),
+    dataset: Optional[str] = typer.Option(None, help="the run's dataset, if not the one RUN/config.yaml records"),
+    root: Optional[Path] = typer.Option(None, help="dataset root, if not the one RUN/config.yaml records"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    device: str = typer.Option("cpu", help="cpu | cuda | mps"),
+) -> None:
+    """Write RUN/report/report.html (images embedded) and its figures: metrics, per class and subject,
+    training curves, t-SNE of test features, the model's explanation maps."""
+    from merkit.eval.run_report import write_report
+
+    try:
+        written = write_report(run_dir, out, dataset=dataset, root=root, cache_dir=cache, device=device)
+    except MerkitError as err:
+        _fail(err)
+    for line in written.notes:
+        console.print(f"[cyan]note[/] {line}")
+    for name, path in written.figures.items():
+        console.print(f"{name}: {path}")
+    console.print(f"report: {written.html}")
 
 
 @app.command("models")

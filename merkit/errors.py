@@ -57,6 +57,14 @@ class OutputError(MerkitError):
     """An output folder or file cannot be created or written (a file in the way, no permission)."""
 
 
+class ClipTooShortError(PreprocessError):
+    """A clip or video holds fewer frames than the model (or spotting) needs."""
+
+
+class FootageError(MerkitError):
+    """Footage to predict on cannot be read: a missing or undecodable video, an empty folder."""
+
+
 class ModelInputError(MerkitError):
     """A model received views that do not match its input spec."""
 

@@ -608,6 +608,22 @@ def align_clip(
     return AlignedClip(frames=aligned, transforms=transforms, landmarks=out_landmarks, box=box)
 
 
+def box_transform(box: tuple[float, float, float, float], size: tuple[int, int], *, margin: float = 0.0,
+                  square: bool = True) -> np.ndarray:
+    """(2, 3) map from image pixels to an output of ``size`` = (h, w) showing the box
+    ``(x0, y0, x1, y1)`` (x1, y1 exclusive), widened by ``margin`` of its size on every side and,
+    when ``square``, grown to a square around its centre."""
+    x0, y0, x1, y1 = box
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    half_w, half_h = (x1 - x0) * (0.5 + margin), (y1 - y0) * (0.5 + margin)
+    if square:
+        half_w = half_h = max(half_w, half_h)
+    h, w = size
+    sx, sy = w / (2 * half_w), h / (2 * half_h)
+    # The box edge cx - half_w maps to -0.5 (the outer edge of output pixel 0).
+    return np.array([[sx, 0.0, -0.5 - sx * (cx - half_w - 0.5)], [0.0, sy, -0.5 - sy * (cy - half_h - 0.5)]])
+
+
 def crop_box_clip(
     frames: np.ndarray,
     size: tuple[int, int] = (224, 224),
@@ -645,14 +661,7 @@ def crop_box_clip(
     if box_from == "landmarks":
         landmarks = track_landmarks(frames, box=box, reference_index=onset_index, sample_id=sample_id)
         (x0, y0), (x1, y1) = landmarks[onset_index].min(axis=0), landmarks[onset_index].max(axis=0) + 1
-    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
-    half_w, half_h = (x1 - x0) * (0.5 + margin), (y1 - y0) * (0.5 + margin)
-    if square:
-        half_w = half_h = max(half_w, half_h)
-    h, w = size
-    sx, sy = w / (2 * half_w), h / (2 * half_h)
-    # The box edge cx - half_w maps to -0.5 (the outer edge of output pixel 0).
-    transform = np.array([[sx, 0.0, -0.5 - sx * (cx - half_w - 0.5)], [0.0, sy, -0.5 - sy * (cy - half_h - 0.5)]])
+    transform = box_transform((x0, y0, x1, y1), size, margin=margin, square=square)
     transforms = np.broadcast_to(transform, (len(frames), 2, 3)).copy()
     cropped = warp_clip(frames, transforms, size)
     if landmarks is not None:

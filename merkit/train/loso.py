@@ -368,11 +368,15 @@ def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.
 
 def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, out: str | Path, *,
               cache_dir: str | Path | None = None, workers: int = 1) -> Path:
-    """Train one model on every sample (the pre-training stage of pre-train -> fine-tune).
+    """Train one model on every sample with the config's fixed budget (the final model of
+    ``merkit train --all-subjects``, and the pre-training stage of pre-train -> fine-tune).
 
-    No subject is held out, so the model is never evaluated here; a later LOSO run on another
-    dataset starts its folds from it (``config.pretrained``). Writes ``out/model.pt`` (the fold
-    checkpoint format), ``out/config.yaml`` and ``out/history.json``.
+    No subject is held out, so the model is never evaluated here (and ``selection`` has nothing
+    to select on: the model after ``train.epochs`` epochs is kept). ``out`` is a model directory
+    (:mod:`merkit.inference.model_dir`) for ``merkit predict``, and a later LOSO run on another
+    dataset can start its folds from it (``config.pretrained``). Writes ``out/model.pt`` (the fold
+    checkpoint format), ``out/config.yaml`` (with the protocol and the input spec) and
+    ``out/history.json``.
 
     Returns:
         the checkpoint path; the checkpoint records the clips and subjects it was trained on
@@ -389,7 +393,10 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     kept, arrays = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     history = fit(model, to_tensors(arrays), labels, config.train, seed=config.seed)
-    dump_config(config, out / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes}})
+    dump_config(config, out / "config.yaml", extra={
+        "protocol": {"name": protocol.name, "classes": classes},
+        "input_spec": [s.__dict__ | {"size": list(s.size)} for s in model.input_spec],
+    })
     (out / "history.json").write_text(json.dumps(history.__dict__))
     path = out / "model.pt"
     torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes,
