@@ -49,6 +49,16 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    """Optimisation, and where and how precisely it computes.
+
+    ``device``: ``auto`` (first CUDA GPU, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``. ``amp``: ``none`` (float32), ``bf16`` (CPU, MPS, CUDA with native bfloat16) or
+    ``fp16`` (CUDA and MPS, with a gradient scaler). ``deterministic``: torch's determinism flags
+    (cuDNN, cuBLAS, deterministic algorithms), recorded in ``metrics.json``. ``device`` and
+    ``deterministic`` say how a run computes, not what: a finished fold is reused on another
+    device (:mod:`merkit.train.device`).
+    """
+
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -58,6 +68,8 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     grad_clip: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    deterministic: bool = False
 
 
 class ViewsConfig(_Strict):

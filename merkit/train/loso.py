@@ -7,6 +7,13 @@ trains a fresh model from the run seed, selects it without looking at the test s
 *training* subjects), and writes the fold's predictions. A run directory that already holds a
 fold's predictions resumes after it.
 
+Folds are independent tasks of one function, :func:`run_fold`, run by an executor
+(:mod:`merkit.train.executors`): ``local`` (in this process or worker processes) or ``ray`` (a
+task per fold on a Ray cluster). A fold writes its own directory the same way under every
+executor; the driver only gathers the fold predictions and writes the run's files. Workers of a
+Ray cluster read the views from the view cache (a folder every node sees at the same path) and
+build any view missing there.
+
 Run directory (the contract with metrics and reports)::
 
     runs/<name>/config.yaml         fully resolved config + protocol
@@ -23,7 +30,7 @@ import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -37,9 +44,11 @@ from merkit.data.sample import Sample
 from merkit.errors import ConfigError, LeakageError
 from merkit.eval.metrics import compute_metrics, unweighted_f1
 from merkit.eval.reports import plot_confusion_matrix
-from merkit.models.registry import create
+from merkit.models.registry import create, input_spec
 from merkit.preprocess.pipeline import ViewBuilder
-from merkit.train.trainer import History, fit, predict_proba, subset, to_tensors
+from merkit.train.device import configure_determinism, cpu_state_dict, place_views, resolve_device
+from merkit.train.executors import Executor, LocalExecutor
+from merkit.train.trainer import History, Views, fit, predict_proba, subset, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +126,7 @@ def run_loso(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     fold_workers: int = 1,
+    executor: Executor | None = None,
     on_fold: Callable[[int, int, str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
@@ -127,25 +137,44 @@ def run_loso(
         protocol: gives the class names (fixed order).
         config: model, training, views and selection settings.
         run_dir: output folder; completed folds found there are reused (resume).
-        cache_dir: view cache folder (None: no cache).
+        cache_dir: view cache folder (None: no cache; the ray executor needs one, shared by
+            every node at the same path).
         workers: preprocessing worker processes.
-        fold_workers: folds trained at once, each in its own process on one thread (small
-            models use two cores better this way than one process on two threads). Every fold
-            is seeded on its own, so the results do not depend on this number.
-        on_fold: callback ``(fold number, number of folds, fold name)`` before each fold.
+        fold_workers: with the default local executor, folds trained at once, each in its own
+            process on one thread (small models use two cores better this way than one process
+            on two threads). Every fold is seeded on its own, so the results do not depend on
+            this number.
+        executor: runs the folds (default: ``LocalExecutor(fold_workers)``); a
+            :class:`~merkit.train.executors.RayExecutor` gives the same predictions.
+        on_fold: callback ``(folds finished, number of folds, name of the fold just finished)``.
         on_progress: callback ``(stage, done, total)`` during preprocessing.
 
     Returns:
-        The metrics dict written to ``metrics.json``.
+        The metrics dict written to ``metrics.json`` (``compute`` records the executor, the
+        device setting and the devices the folds ran on, the precision and the determinism
+        flags).
+
+    Raises:
+        ConfigError: a bad setting (the device is missing, a remote executor without a view
+            cache, finished folds of another run in ``run_dir`` ...).
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).absolute()  # fold tasks may run in other processes and other folders
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: is a file; a run directory must be a folder")
+    if executor is None:
+        executor = LocalExecutor(fold_workers)
+    elif fold_workers != 1:
+        raise ConfigError("give either fold_workers (local executor) or an executor, not both")
+    if executor.remote and cache_dir is None:
+        raise ConfigError(f"the {executor.name} executor's workers read views from the view cache: give a cache folder "
+                          "that every node sees at the same path")
     run_dir.mkdir(parents=True, exist_ok=True)
     _attach_log(run_dir)
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
+    fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
+    determinism = configure_determinism(config.train.deterministic)
     torch.manual_seed(config.seed)
     probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
     check_views_config(probe.input_spec, config)
@@ -161,23 +190,32 @@ def run_loso(
     views = to_tensors(arrays)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = loso_folds(kept)
-    log.info("LOSO: %d samples, %d folds, model %s, selection %s", len(kept), len(folds), config.model_name, config.selection.policy)
-    jobs = [(number, fold, kept, views, labels, classes, config, run_dir / "folds" / fold.name)
-            for number, fold in enumerate(folds)]
-    if fold_workers > 1 and len(folds) > 1:
-        frames = _run_folds_in_parallel(jobs, fold_workers, on_fold)
-    else:
-        frames = []
-        for job in jobs:
-            if on_fold is not None:
-                on_fold(job[0] + 1, len(folds), job[1].name)
-            frames.append(_run_fold(*job))
-    predictions = pd.concat(frames, ignore_index=True)
+    log.info("LOSO: %d samples, %d folds, model %s, selection %s, executor %s", len(kept), len(folds),
+             config.model_name, config.selection.policy, executor.name)
+    fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
+    tasks = [FoldTask(number, fold, kept, labels, classes, fold_config, run_dir,
+                      views=None if executor.remote else views,
+                      cache_dir=Path(cache_dir).absolute() if cache_dir is not None else None)
+             for number, fold in enumerate(folds)]
+    finished = []
+
+    def on_done(position: int, result: FoldResult) -> None:
+        finished.append(position)
+        if on_fold is not None:
+            on_fold(len(finished), len(folds), folds[position].name)
+
+    results: list[FoldResult] = executor.map(run_fold, tasks, on_done)
+    predictions = pd.concat([r.predictions for r in results], ignore_index=True)
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     metrics = compute_metrics(predictions, classes)
     metrics["selection"] = selection_description(config)
     metrics["skipped"] = builder.skipped
     metrics["apex_policy"] = config.views.apex_policy
+    metrics["compute"] = {
+        "executor": executor.describe(), "device": config.train.device,
+        "devices_used": sorted({r.device for r in results if r.device is not None}),
+        "amp": config.train.amp, "determinism": determinism,
+    }
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), classes, run_dir / "confusion_matrix.png",
                           title=f"{config.model_name} LOSO ({protocol.name})")
@@ -227,6 +265,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: is a file; pre-training writes a folder")
     out.mkdir(parents=True, exist_ok=True)
+    configure_determinism(config.train.deterministic)
     classes = list(protocol.classes)
     model = new_model(config, classes, seed=config.seed)
     check_views_config(model.input_spec, config)
@@ -236,34 +275,60 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     dump_config(config, out / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes}})
     (out / "history.json").write_text(json.dumps(history.__dict__))
     path = out / "model.pt"
-    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes}, path)
+    save_checkpoint(model, config, classes, path)
     return path
 
 
-def _fold_in_worker(job: tuple) -> pd.DataFrame:
-    torch.set_num_threads(1)
-    return _run_fold(*job)
+def save_checkpoint(model: torch.nn.Module, config: RunConfig, classes: Sequence[str], path: Path) -> None:
+    """Write ``model.pt``: ``{"state_dict", "model" (its config section), "classes"}``, every tensor
+    on the CPU, so that it loads on any device (:func:`merkit.models.pretrained.read_checkpoint`)."""
+    torch.save({"state_dict": cpu_state_dict(model), "model": config.model, "classes": list(classes)}, path)
 
 
-def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int,
-                           on_fold: Callable[[int, int, str], None] | None) -> list[pd.DataFrame]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+@dataclass
+class FoldTask:
+    """Everything one fold needs, picklable for worker processes and Ray tasks.
 
-    results: dict[int, pd.DataFrame] = {}
-    # fork, as torch's DataLoader workers do: no main-module guard needed in user scripts
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=fold_workers, mp_context=context) as pool:
-        futures = {pool.submit(_fold_in_worker, job): job[0] for job in jobs}
-        for done, future in enumerate(as_completed(futures)):
-            results[futures[future]] = future.result()
-            if on_fold is not None:
-                on_fold(done + 1, len(jobs), jobs[futures[future]][1].name)
-    return [results[number] for number in sorted(results)]
+    Attributes:
+        number: the fold's position (its seed is ``config.seed * 1000 + number``).
+        samples: every sample of the run (with views); ``fold`` indexes into them.
+        labels: ``(N,)`` class indices of ``samples``.
+        run_dir: the run directory (absolute); the fold writes ``run_dir/folds/<fold name>/``.
+        views: the views of ``samples``; None: read from ``cache_dir`` (and built when missing)
+            where the fold runs.
+    """
+
+    number: int
+    fold: Fold
+    samples: Sequence[Sample]
+    labels: torch.Tensor
+    classes: list[str]
+    config: RunConfig
+    run_dir: Path
+    views: Views | None = field(default=None, repr=False)
+    cache_dir: Path | None = None
+
+    @property
+    def fold_dir(self) -> Path:
+        return self.run_dir / "folds" / self.fold.name
+
+
+@dataclass
+class FoldResult:
+    """A fold's test predictions (the rows of ``predictions.csv``) and the device it trained on
+    (None for a fold reused from a run that did not record it)."""
+
+    predictions: pd.DataFrame
+    device: str | None
 
 
 def _config_sha1(config: RunConfig) -> str:
-    return hashlib.sha1(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    """SHA-1 of the settings a fold's predictions depend on: the resolved config without the
+    compute settings (``train.device``, ``train.deterministic``), so a run resumes on another device."""
+    settings = config.model_dump(mode="json")
+    for compute_setting in ("device", "deterministic"):
+        settings["train"].pop(compute_setting)
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tensor, classes: list[str],
@@ -288,15 +353,33 @@ def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> None:
             "records none): resuming would mix results; write this run to a new run directory or delete that one")
 
 
-def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels: torch.Tensor, classes: list[str],
-              config: RunConfig, fold_dir: Path) -> pd.DataFrame:
+def run_fold(task: FoldTask) -> FoldResult:
+    """Train, select and predict one fold and write its directory; reuse it when it is finished.
+
+    The one fold function of every executor: it sets the run's determinism flags in the process
+    it runs in, appends to the run's ``log.txt``, and reads the views from the cache when the
+    task carries none.
+
+    Raises:
+        ConfigError: the fold directory holds a finished fold of another run.
+        LeakageError: a subject in both the training and the test part.
+    """
+    configure_determinism(task.config.train.deterministic)
+    _attach_log(task.run_dir)
+    number, fold, samples, labels, classes, config = task.number, task.fold, task.samples, task.labels, task.classes, task.config
+    fold_dir = task.fold_dir
     done = fold_dir / "predictions.csv"
     fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)
     if done.is_file():
         _check_reusable(fold_dir, lambda recorded: recorded == fingerprint)
         log.info("fold %s: reusing %s", fold.name, done)
-        return pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
+        table = pd.read_csv(done, dtype={"sample_id": str, "dataset": str, "subject": str, "fold": str})
+        history_file = fold_dir / "history.json"
+        recorded = json.loads(history_file.read_text()).get("device") if history_file.is_file() else None
+        return FoldResult(table, recorded)
     assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
+    views = task.views if task.views is not None else _views_from_cache(samples, config, task.cache_dir)
+    device = resolve_device(config.train.device)
     seed = config.seed * 1000 + number
     model = new_model(config, classes, seed=seed)
     train_index = fold.train_index
@@ -309,7 +392,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
         assert_disjoint([samples[i] for i in val_index], [samples[i] for i in fold.test_index])
         position = {int(i): k for k, i in enumerate(train_index)}
         fit_labels = train_labels[[position[int(i)] for i in fit_index]]
-        val_views, val_labels = subset(views, val_index), labels[val_index].numpy()
+        val_views, val_labels = place_views(subset(views, val_index), device), labels[val_index].numpy()
 
         def validate(m) -> float:
             predicted = predict_proba(m, val_views).argmax(1)
@@ -317,10 +400,11 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
 
         train_index, train_labels = fit_index, fit_labels
     history: History = fit(model, subset(views, train_index), train_labels, config.train, seed=seed, validate=validate,
-                           on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss))
+                           on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss),
+                           device=device)
     probabilities = predict_proba(model, subset(views, fold.test_index))
     fold_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes}, fold_dir / "model.pt")
+    save_checkpoint(model, config, classes, fold_dir / "model.pt")
     (fold_dir / "history.json").write_text(json.dumps(history.__dict__))
     table = pd.DataFrame({
         "sample_id": [samples[i].sample_id for i in fold.test_index],
@@ -336,9 +420,18 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     tmp = fold_dir / "predictions.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(done)
-    log.info("fold %s: %d test samples, acc %.3f, best epoch %s", fold.name, len(table),
-             float((table.y_true == table.y_pred).mean()), history.best_epoch or config.train.epochs)
-    return table
+    log.info("fold %s: %d test samples, acc %.3f, best epoch %s, device %s", fold.name, len(table),
+             float((table.y_true == table.y_pred).mean()), history.best_epoch or config.train.epochs, history.device)
+    return FoldResult(table, history.device)
+
+
+def _views_from_cache(samples: Sequence[Sample], config: RunConfig, cache_dir: Path | None) -> Views:
+    """The views of ``samples`` read from the view cache; a view missing there is built (and cached)."""
+    specs = input_spec(config.model_name, **config.model_kwargs)
+    kept, arrays = ViewBuilder(specs, config.views, cache_dir=cache_dir).build(list(samples))
+    if len(kept) != len(samples):  # cannot happen with on_error="raise"; guards the fold indices
+        raise ConfigError(f"views of {len(samples) - len(kept)} samples could not be built on this worker")
+    return to_tensors(arrays)
 
 
 def _attach_log(run_dir: Path) -> None:
