@@ -67,12 +67,17 @@ def prepare_run(
     selection: str | None = None,
     apex_policy: str | None = None,
     pretrained: str | Path | None = None,
+    device: str | None = None,
+    amp: str | None = None,
+    deterministic: bool | None = None,
     on_error: str = "raise",
 ) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
 
     Without ``config`` the model's ``configs/<model>-<dataset>.yaml`` is used when it exists,
-    else its reduced ``configs/<model>-cpu.yaml``.
+    else its reduced ``configs/<model>-cpu.yaml``. ``epochs``, ``seed``, ``selection``,
+    ``apex_policy``, ``pretrained``, ``device``, ``amp`` and ``deterministic`` override the
+    config's values when given.
 
     Raises:
         ConfigError: neither ``model`` nor ``config`` given, or they disagree.
@@ -91,6 +96,9 @@ def prepare_run(
         overrides.setdefault("views", {})["apex_policy"] = apex_policy
     if pretrained is not None:
         overrides["pretrained"] = str(pretrained)
+    for key, value in (("device", device), ("amp", amp), ("deterministic", deterministic)):
+        if value is not None:
+            overrides.setdefault("train", {})[key] = value
     cfg = load_config(config if config is not None else default_config_name(model, dataset), overrides)
     if model is not None and cfg.model_name != model:
         raise ConfigError(f"config {config} builds model {cfg.model_name!r}, not {model!r}")

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -20,7 +21,7 @@ console = Console()
 
 
 def _fail(err: MerkitError) -> None:
-    console.print(f"[bold red]error[/]: {err}")
+    console.print(f"[bold red]error[/]: {escape(str(err))}")  # messages may hold brackets: pip install 'merkit[ray]'
     raise typer.Exit(code=2)
 
 
@@ -47,7 +48,7 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
-def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1) -> dict:
+def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, executor=None) -> dict:
     from merkit.train.loso import run_loso
 
     with _progress() as progress:
@@ -56,11 +57,33 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
         def on_progress(stage: str, done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        def on_fold(number: int, total: int, name: str) -> None:
-            progress.update(task, description=f"{config.model_name}: fold {name}", completed=number - 1, total=total)
+        def on_fold(finished: int, total: int, name: str) -> None:
+            progress.update(task, description=f"{config.model_name}: folds (last finished: {name})", completed=finished,
+                            total=total)
 
         return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
-                        fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress)
+                        fold_workers=fold_workers, executor=executor, on_fold=on_fold, on_progress=on_progress)
+
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the config's train.device, auto: a CUDA GPU, else MPS, else the CPU)"
+AMP_HELP = "mixed precision: none | bf16 | fp16 (default: the config's train.amp; fp16 needs CUDA or MPS)"
+DETERMINISTIC_HELP = "torch's determinism flags (cuDNN, cuBLAS, deterministic algorithms); recorded in metrics.json"
+
+
+def _executor(name: str, fold_workers: int, address: Optional[str], gpus_per_fold: Optional[float],
+              cpus_per_fold: float):
+    """``(executor, fold_workers for run_loso)`` for the train options."""
+    if name == "local":
+        if address is not None or gpus_per_fold is not None:
+            raise ConfigError("--address and --gpus-per-fold are options of --executor ray")
+        return None, fold_workers
+    if name == "ray":
+        if fold_workers != 1:
+            raise ConfigError("--fold-workers is an option of --executor local (Ray runs as many folds as the cluster fits)")
+        from merkit.train.executors import RayExecutor
+
+        return RayExecutor(address=address, gpus_per_fold=gpus_per_fold, cpus_per_fold=cpus_per_fold), 1
+    raise ConfigError(f"unknown executor {name!r}; choose local or ray")
 
 
 @app.command()
@@ -78,23 +101,31 @@ def train(
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
     pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
     skip_bad: bool = typer.Option(False, help="skip malformed annotation rows instead of failing (recorded)"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    executor: str = typer.Option("local", help="local (this machine) | ray (a Ray task per fold; pip install 'merkit\\[ray]')"),
+    address: Optional[str] = typer.Option(None, help="with --executor ray: auto (the cluster of `ray start`) or ray://host:10001; default: a local Ray instance"),
+    gpus_per_fold: Optional[float] = typer.Option(None, help="with --executor ray: GPUs per fold, fractions share a GPU (default: 1 when the device is a GPU, else 0)"),
+    cpus_per_fold: float = typer.Option(1, help="with --executor ray: CPUs (and torch threads) per fold"),
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory."""
     from merkit.api import prepare_run
 
     try:
+        fold_executor, fold_workers = _executor(executor, fold_workers, address, gpus_per_fold, cpus_per_fold)
         run = prepare_run(
             dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, epochs=epochs,
-            seed=seed, selection=selection, apex_policy=apex_policy, pretrained=pretrained,
-            on_error="skip" if skip_bad else "raise")
+            seed=seed, selection=selection, apex_policy=apex_policy, pretrained=pretrained, device=device, amp=amp,
+            deterministic=deterministic or None, on_error="skip" if skip_bad else "raise")
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
         for line in run.skipped:
             console.print(f"[yellow]skipped[/] {line}")
         cfg, run_dir = run.config, run.run_dir
-        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers)
+        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers, fold_executor)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results
@@ -107,7 +138,9 @@ def train(
         for name, m in metrics["per_dataset"].items():
             table.add_row(name, str(m["n_samples"]), f"{m['acc']:.4f}", f"{m['uf1']:.4f}", f"{m['uar']:.4f}")
         console.print(table)
-    console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']})")
+    compute = metrics["compute"]
+    console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']}; executor {compute['executor']['name']}, "
+                  f"device {', '.join(compute['devices_used']) or compute['device']}, amp {compute['amp']})")
 
 
 @app.command()
@@ -121,6 +154,9 @@ def pretrain(
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
 ) -> None:
     """Train on a whole dataset; then `merkit train --pretrained OUT/model.pt` fine-tunes under LOSO."""
     from merkit.api import prepare_run
@@ -128,7 +164,7 @@ def pretrain(
 
     try:
         run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
-                          epochs=epochs)
+                          epochs=epochs, device=device, amp=amp, deterministic=deterministic or None)
         with console.status(f"pre-training {run.config.model_name} on {len(run.samples)} clips of {dataset}"):
             path = train_all(run.samples, run.protocol, run.config, out, cache_dir=cache, workers=workers)
     except MerkitError as err:

@@ -15,7 +15,6 @@ must be importable by name on every worker (a module-level function of an instal
 from __future__ import annotations
 
 import logging
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -182,8 +181,9 @@ class RayExecutor(Executor):
         if device.startswith("cuda:"):
             raise ConfigError(f"--device {device}: Ray gives each fold its own GPU(s); use --device cuda or auto")
         self._connect()
+        cluster_gpus = ray.cluster_resources().get("GPU", 0)
         if self.gpus_per_fold is None:
-            wants_gpu = device == "cuda" or (device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+            wants_gpu = device == "cuda" or (device == "auto" and cluster_gpus > 0)
             self.gpus_per_fold = 1.0 if wants_gpu else 0.0
         if self.gpus_per_fold == 0:
             if device in ("cuda", "mps"):
@@ -191,6 +191,9 @@ class RayExecutor(Executor):
             return "cpu" if device == "auto" else device
         if device == "cpu":
             raise ConfigError(f"--device cpu with --gpus-per-fold {self.gpus_per_fold}: GPUs would be reserved and idle")
+        if cluster_gpus < self.gpus_per_fold:
+            raise ConfigError(f"--device {device}: the Ray cluster has no GPU for a fold ({cluster_gpus} GPUs, "
+                              f"{self.gpus_per_fold} per fold); its tasks would wait forever")
         return device
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any], on_done: OnDone | None = None) -> list[Any]:
@@ -230,7 +233,6 @@ def _ray_task(function: Callable[[Any], Any], item: Any, threads: int) -> Any:
     import torch
 
     torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     try:
         return function(item)
     except MerkitError as err:

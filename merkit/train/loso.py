@@ -365,8 +365,11 @@ def run_fold(task: FoldTask) -> FoldResult:
         LeakageError: a subject in both the training and the test part.
     """
     configure_determinism(task.config.train.deterministic)
+    task.run_dir.mkdir(parents=True, exist_ok=True)
     _attach_log(task.run_dir)
-    number, fold, samples, labels, classes, config = task.number, task.fold, task.samples, task.labels, task.classes, task.config
+    number, samples, labels, classes, config = task.number, task.samples, task.labels, task.classes, task.config
+    # copies: index arrays arrive read-only from Ray's object store, and torch warns on those
+    fold = Fold(task.fold.name, task.fold.test_group, np.array(task.fold.train_index), np.array(task.fold.test_index))
     fold_dir = task.fold_dir
     done = fold_dir / "predictions.csv"
     fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)

@@ -1,0 +1,93 @@
+"""The Ray executor on a real local Ray instance (2 CPUs): folds as Ray tasks give the local
+predictions, resume works, failed tasks are retried, mistakes are not."""
+
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from merkit.errors import ConfigError
+from merkit.train.executors import RayExecutor
+from test_device import REFERENCE, reference_run
+
+pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance per test session
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # the retry tests send functions of this module to the workers, which cannot import it
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    ray.shutdown()
+
+
+def test_folds_as_ray_tasks_give_the_local_predictions_and_resume(ray_instance, synth_samples, tmp_path):
+    run = tmp_path / "run"
+    metrics = reference_run(synth_samples, run, tmp_path / "cache", executor=RayExecutor())
+    # the same seed gives the same predictions.csv as the local executor (which gives the reference)
+    assert (run / "predictions.csv").read_bytes() == REFERENCE.read_bytes()
+    assert metrics["compute"]["executor"]["name"] == "ray" and metrics["compute"]["devices_used"] == ["cpu"]
+    assert metrics["compute"]["executor"]["gpus_per_fold"] == 0  # a cluster without GPUs
+    for fold in ("sub01", "sub02", "sub03", "sub04"):  # each task wrote its fold directory
+        assert {p.name for p in (run / "folds" / fold).iterdir()} >= {"model.pt", "history.json", "fold.json",
+                                                                      "predictions.csv"}
+    assert "fold sub03" in (run / "log.txt").read_text()  # the workers log to the run's log.txt
+    # resume: a finished fold is reused, not retrained; a missing one is trained again, the same
+    finished = run / "folds" / "sub01" / "predictions.csv"
+    table = pd.read_csv(finished, dtype={"subject": str, "fold": str})
+    table["y_pred"] = table["y_true"]
+    table.to_csv(finished, index=False)
+    retrained = (run / "folds" / "sub02" / "predictions.csv").read_bytes()
+    (run / "folds" / "sub02" / "predictions.csv").unlink()
+    reference_run(synth_samples, run, tmp_path / "cache", executor=RayExecutor())
+    merged = pd.read_csv(run / "predictions.csv", dtype={"subject": str})
+    sub01 = merged[merged.fold == "sub01"]
+    assert (sub01.y_pred == sub01.y_true).all()
+    assert (run / "folds" / "sub02" / "predictions.csv").read_bytes() == retrained
+
+
+def test_ray_needs_a_shared_view_cache_and_reserves_gpus_only_on_request(ray_instance, synth_samples, tmp_path):
+    with pytest.raises(ConfigError, match="read views from the view cache"):
+        reference_run(synth_samples, tmp_path / "run", None, executor=RayExecutor())
+    assert RayExecutor().prepare("auto") == "cpu"  # no GPU reserved: auto computes on the CPU
+    with pytest.raises(ConfigError, match="has no GPU"):
+        RayExecutor().prepare("cuda")
+    with pytest.raises(ConfigError, match="use --device cuda or auto"):
+        RayExecutor().prepare("cuda:1")
+    with pytest.raises(ConfigError, match="idle"):
+        RayExecutor(gpus_per_fold=0.5).prepare("cpu")
+
+
+def fail_on_first_attempt(marker: Path) -> str:
+    """Raises on the first attempt (an error) or, for markers named ``crash*``, kills its worker
+    process (a lost task); returns the marker's name on the next attempt."""
+    attempts = marker.with_suffix(".attempts")
+    attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+    if not marker.exists():
+        marker.write_text("failed once")
+        if marker.name.startswith("crash"):
+            os._exit(1)
+        raise RuntimeError(f"simulated failure of {marker.name}")
+    return marker.name
+
+
+def config_mistake(marker: Path) -> str:
+    attempts = marker.with_suffix(".attempts")
+    attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
+    raise ConfigError(f"{marker.name}: a mistake a retry would only repeat")
+
+
+def test_a_failed_task_is_retried_and_a_user_mistake_is_not(ray_instance, tmp_path):
+    markers = [tmp_path / "task0", tmp_path / "crash1", tmp_path / "task2"]
+    done = []
+    results = RayExecutor(max_retries=2).map(fail_on_first_attempt, markers, lambda position, result: done.append(position))
+    assert results == ["task0", "crash1", "task2"] and sorted(done) == [0, 1, 2]
+    assert [m.with_suffix(".attempts").read_text() for m in markers] == ["xx"] * 3
+    with pytest.raises(ConfigError, match="a mistake a retry would only repeat"):
+        RayExecutor(max_retries=2).map(config_mistake, [tmp_path / "mistake"])
+    assert (tmp_path / "mistake.attempts").read_text() == "x"
