@@ -24,7 +24,7 @@ from merkit.train import trainer
 from merkit.train.device import (Precision, configure_determinism, place_views, resolve_device, resolve_precision,
                                  take_batch)
 from merkit.train.executors import LocalExecutor
-from merkit.train.loso import FoldTask, loso_folds, run_fold, run_loso
+from merkit.train.loso import FoldInputs, loso_folds, run_fold, run_loso
 from merkit.train.trainer import fit, predict_proba, train_step
 
 META = torch.device("meta")
@@ -80,12 +80,12 @@ def test_a_fold_without_views_reads_them_from_the_cache_and_builds_the_missing_o
         entry.unlink()
     config = config_from_dict(REFERENCE_CONFIG)
     labels = torch.tensor([s.label for s in synth_samples])
-    fold = loso_folds(synth_samples)[1]
-    task = FoldTask(1, fold, synth_samples, labels, list(get_protocol("casme2-5").classes), config, tmp_path / "again",
-                    views=None, cache_dir=tmp_path / "cache")
-    result = run_fold(task)
+    inputs = FoldInputs(synth_samples, labels, list(get_protocol("casme2-5").classes), config, tmp_path / "again",
+                        views=None, cache_dir=tmp_path / "cache")
+    result = run_fold((1, loso_folds(synth_samples)[1]), inputs)
     pd.testing.assert_frame_equal(result.predictions, expected, check_dtype=False)
     assert len(list((tmp_path / "cache").glob("*.npz"))) == len(synth_samples)  # rebuilt and cached again
+    assert inputs.views is not None and len(inputs.views["flow"]) == len(synth_samples)  # kept for the next fold
 
 
 def test_device_settings(monkeypatch):

@@ -63,7 +63,7 @@ def test_ray_needs_a_shared_view_cache_and_reserves_gpus_only_on_request(ray_ins
         RayExecutor(gpus_per_fold=0.5).prepare("cpu")
 
 
-def fail_on_first_attempt(marker: Path) -> str:
+def fail_on_first_attempt(marker: Path, shared: str) -> str:
     """Raises on the first attempt (an error) or, for markers named ``crash*``, kills its worker
     process (a lost task); returns the marker's name on the next attempt."""
     attempts = marker.with_suffix(".attempts")
@@ -73,10 +73,10 @@ def fail_on_first_attempt(marker: Path) -> str:
         if marker.name.startswith("crash"):
             os._exit(1)
         raise RuntimeError(f"simulated failure of {marker.name}")
-    return marker.name
+    return f"{marker.name} {shared}"
 
 
-def config_mistake(marker: Path) -> str:
+def config_mistake(marker: Path, shared: None) -> str:
     attempts = marker.with_suffix(".attempts")
     attempts.write_text(attempts.read_text() + "x" if attempts.exists() else "x")
     raise ConfigError(f"{marker.name}: a mistake a retry would only repeat")
@@ -85,8 +85,9 @@ def config_mistake(marker: Path) -> str:
 def test_a_failed_task_is_retried_and_a_user_mistake_is_not(ray_instance, tmp_path):
     markers = [tmp_path / "task0", tmp_path / "crash1", tmp_path / "task2"]
     done = []
-    results = RayExecutor(max_retries=2).map(fail_on_first_attempt, markers, lambda position, result: done.append(position))
-    assert results == ["task0", "crash1", "task2"] and sorted(done) == [0, 1, 2]
+    results = RayExecutor(max_retries=2).map(fail_on_first_attempt, markers, "shared",
+                                             lambda position, result: done.append(position))
+    assert results == ["task0 shared", "crash1 shared", "task2 shared"] and sorted(done) == [0, 1, 2]
     assert [m.with_suffix(".attempts").read_text() for m in markers] == ["xx"] * 3
     with pytest.raises(ConfigError, match="a mistake a retry would only repeat"):
         RayExecutor(max_retries=2).map(config_mistake, [tmp_path / "mistake"])

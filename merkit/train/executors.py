@@ -8,8 +8,11 @@
   node is lost, or that raises anything but a :class:`~merkit.errors.MerkitError` (a user or data
   mistake, which a retry would only repeat), is retried up to ``max_retries`` times.
 
-Both call the same function on each item and return its results in item order; the function
-must be importable by name on every worker (a module-level function of an installed package).
+Both call the same function as ``function(item, shared)`` on each item and return the results
+in item order. ``shared`` (what every item needs: a run's samples, labels, config) is shipped
+once to each worker process, not once per item, and a worker keeps it for its next items; the
+function must be importable by name on every worker (a module-level function of an installed
+package).
 """
 
 from __future__ import annotations
@@ -40,12 +43,15 @@ class Executor(ABC):
         return device
 
     @abstractmethod
-    def map(self, function: Callable[[Any], Any], items: Sequence[Any], on_done: OnDone | None = None) -> list[Any]:
-        """``[function(item) for item in items]``, possibly in parallel.
+    def map(self, function: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None,
+            on_done: OnDone | None = None) -> list[Any]:
+        """``[function(item, shared) for item in items]``, possibly in parallel.
 
         Args:
             function: a module-level function (picklable by reference).
-            items: its arguments, one call each.
+            items: its first argument, one call each.
+            shared: its second argument, the same for every call (a worker may keep state on it
+                for its next calls, e.g. views it has read).
             on_done: called in this process as ``on_done(position, result)`` when an item finishes.
         """
 
@@ -81,11 +87,12 @@ class LocalExecutor(Executor):
             self.start_method = "spawn"  # CUDA initialised before fork cannot be used in the child
         return device
 
-    def map(self, function: Callable[[Any], Any], items: Sequence[Any], on_done: OnDone | None = None) -> list[Any]:
+    def map(self, function: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None,
+            on_done: OnDone | None = None) -> list[Any]:
         if self.workers == 1 or len(items) <= 1:
             results = []
             for position, item in enumerate(items):
-                results.append(function(item))
+                results.append(function(item, shared))
                 if on_done is not None:
                     on_done(position, results[-1])
             return results
@@ -94,7 +101,8 @@ class LocalExecutor(Executor):
 
         gathered: dict[int, Any] = {}
         context = multiprocessing.get_context(self.start_method)
-        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=self.workers, mp_context=context, initializer=_keep_shared,
+                                 initargs=(shared,)) as pool:
             futures = {pool.submit(_on_one_thread, function, item): position for position, item in enumerate(items)}
             for future in as_completed(futures):
                 position = futures[future]
@@ -107,11 +115,19 @@ class LocalExecutor(Executor):
         return {"name": self.name, "workers": self.workers, "start_method": self.start_method}
 
 
-def _on_one_thread(function: Callable[[Any], Any], item: Any) -> Any:
+_worker_shared: Any = None  # a local worker process's ``shared`` (sent once, at its start)
+
+
+def _keep_shared(shared: Any) -> None:
+    global _worker_shared
+    _worker_shared = shared
+
+
+def _on_one_thread(function: Callable[[Any, Any], Any], item: Any) -> Any:
     import torch
 
     torch.set_num_threads(1)
-    return function(item)
+    return function(item, _worker_shared)
 
 
 @dataclass
@@ -196,7 +212,8 @@ class RayExecutor(Executor):
                               f"{self.gpus_per_fold} per fold); its tasks would wait forever")
         return device
 
-    def map(self, function: Callable[[Any], Any], items: Sequence[Any], on_done: OnDone | None = None) -> list[Any]:
+    def map(self, function: Callable[[Any, Any], Any], items: Sequence[Any], shared: Any = None,
+            on_done: OnDone | None = None) -> list[Any]:
         import ray
 
         self._connect()
@@ -204,7 +221,10 @@ class RayExecutor(Executor):
             num_cpus=self.cpus_per_fold, num_gpus=self.gpus_per_fold or 0, max_retries=self.max_retries,
             retry_exceptions=True)
         threads = max(1, int(self.cpus_per_fold))
-        pending = {task.remote(function, item, threads): position for position, item in enumerate(items)}
+        # in a list, so that Ray hands the reference to the task instead of the object: a worker
+        # fetches and unpickles it once, for all the items it runs
+        shared_ref = [ray.put(shared)]
+        pending = {task.remote(function, item, shared_ref, threads): position for position, item in enumerate(items)}
         results: dict[int, Any] = {}
         try:
             while pending:
@@ -229,11 +249,19 @@ class RayExecutor(Executor):
                 "cpus_per_fold": self.cpus_per_fold, "max_retries": self.max_retries}
 
 
-def _ray_task(function: Callable[[Any], Any], item: Any, threads: int) -> Any:
+_ray_worker_shared: dict[str, Any] = {}  # a Ray worker's ``shared`` of the current map, by object id
+
+
+def _ray_task(function: Callable[[Any, Any], Any], item: Any, shared_ref: list, threads: int) -> Any:
+    import ray
     import torch
 
     torch.set_num_threads(threads)
+    key = shared_ref[0].hex()
+    if key not in _ray_worker_shared:
+        _ray_worker_shared.clear()  # the shared object of an earlier map is not needed any more
+        _ray_worker_shared[key] = ray.get(shared_ref[0])
     try:
-        return function(item)
+        return function(item, _ray_worker_shared[key])
     except MerkitError as err:
         return _Failure(err)

@@ -193,10 +193,8 @@ def run_loso(
     log.info("LOSO: %d samples, %d folds, model %s, selection %s, executor %s", len(kept), len(folds),
              config.model_name, config.selection.policy, executor.name)
     fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
-    tasks = [FoldTask(number, fold, kept, labels, classes, fold_config, run_dir,
-                      views=None if executor.remote else views,
-                      cache_dir=Path(cache_dir).absolute() if cache_dir is not None else None)
-             for number, fold in enumerate(folds)]
+    inputs = FoldInputs(kept, labels, classes, fold_config, run_dir, views=None if executor.remote else views,
+                        cache_dir=Path(cache_dir).absolute() if cache_dir is not None else None)
     finished = []
 
     def on_done(position: int, result: FoldResult) -> None:
@@ -204,7 +202,7 @@ def run_loso(
         if on_fold is not None:
             on_fold(len(finished), len(folds), folds[position].name)
 
-    results: list[FoldResult] = executor.map(run_fold, tasks, on_done)
+    results: list[FoldResult] = executor.map(run_fold, list(enumerate(folds)), inputs, on_done)
     predictions = pd.concat([r.predictions for r in results], ignore_index=True)
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     metrics = compute_metrics(predictions, classes)
@@ -286,20 +284,17 @@ def save_checkpoint(model: torch.nn.Module, config: RunConfig, classes: Sequence
 
 
 @dataclass
-class FoldTask:
-    """Everything one fold needs, picklable for worker processes and Ray tasks.
+class FoldInputs:
+    """What every fold of a run shares; an executor ships it once to each worker.
 
     Attributes:
-        number: the fold's position (its seed is ``config.seed * 1000 + number``).
-        samples: every sample of the run (with views); ``fold`` indexes into them.
+        samples: every sample of the run (with views); a fold indexes into them.
         labels: ``(N,)`` class indices of ``samples``.
-        run_dir: the run directory (absolute); the fold writes ``run_dir/folds/<fold name>/``.
-        views: the views of ``samples``; None: read from ``cache_dir`` (and built when missing)
-            where the fold runs.
+        run_dir: the run directory (absolute); fold ``f`` writes ``run_dir/folds/<f.name>/``.
+        views: the views of ``samples``; None: read from ``cache_dir`` (views missing there are
+            built) by the first fold a worker runs, and kept for its next folds.
     """
 
-    number: int
-    fold: Fold
     samples: Sequence[Sample]
     labels: torch.Tensor
     classes: list[str]
@@ -307,10 +302,6 @@ class FoldTask:
     run_dir: Path
     views: Views | None = field(default=None, repr=False)
     cache_dir: Path | None = None
-
-    @property
-    def fold_dir(self) -> Path:
-        return self.run_dir / "folds" / self.fold.name
 
 
 @dataclass
@@ -353,24 +344,30 @@ def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> None:
             "records none): resuming would mix results; write this run to a new run directory or delete that one")
 
 
-def run_fold(task: FoldTask) -> FoldResult:
+def run_fold(numbered_fold: tuple[int, Fold], inputs: FoldInputs) -> FoldResult:
     """Train, select and predict one fold and write its directory; reuse it when it is finished.
 
     The one fold function of every executor: it sets the run's determinism flags in the process
     it runs in, appends to the run's ``log.txt``, and reads the views from the cache when the
-    task carries none.
+    inputs carry none.
+
+    Args:
+        numbered_fold: the fold's position in the run (its seed is ``config.seed * 1000 +
+            number``) and the fold.
+        inputs: what the folds of the run share.
 
     Raises:
         ConfigError: the fold directory holds a finished fold of another run.
         LeakageError: a subject in both the training and the test part.
     """
-    configure_determinism(task.config.train.deterministic)
-    task.run_dir.mkdir(parents=True, exist_ok=True)
-    _attach_log(task.run_dir)
-    number, samples, labels, classes, config = task.number, task.samples, task.labels, task.classes, task.config
+    number, fold = numbered_fold
+    samples, labels, classes, config = inputs.samples, inputs.labels, inputs.classes, inputs.config
+    configure_determinism(config.train.deterministic)
+    inputs.run_dir.mkdir(parents=True, exist_ok=True)
+    _attach_log(inputs.run_dir)
     # copies: index arrays arrive read-only from Ray's object store, and torch warns on those
-    fold = Fold(task.fold.name, task.fold.test_group, np.array(task.fold.train_index), np.array(task.fold.test_index))
-    fold_dir = task.fold_dir
+    fold = Fold(fold.name, fold.test_group, np.array(fold.train_index), np.array(fold.test_index))
+    fold_dir = inputs.run_dir / "folds" / fold.name
     done = fold_dir / "predictions.csv"
     fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)
     if done.is_file():
@@ -381,7 +378,9 @@ def run_fold(task: FoldTask) -> FoldResult:
         recorded = json.loads(history_file.read_text()).get("device") if history_file.is_file() else None
         return FoldResult(table, recorded)
     assert_disjoint([samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
-    views = task.views if task.views is not None else _views_from_cache(samples, config, task.cache_dir)
+    if inputs.views is None:  # kept for the worker's next folds of this run
+        inputs.views = _views_from_cache(samples, config, inputs.cache_dir)
+    views = inputs.views
     device = resolve_device(config.train.device)
     seed = config.seed * 1000 + number
     model = new_model(config, classes, seed=seed)
