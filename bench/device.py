@@ -3,9 +3,10 @@
 One command (a few minutes); writes ``bench/results/device.json``.
 
 **Paper configs** (``tsfmicro-paper``, ``atm-gcn-casme3``, ``ms3d-resnet-paper``,
-``madv-net-paper``). Each runs in a fresh process (its peak memory is its own) and trains with
-merkit's own training path: the model and a pool of random views shaped by its input spec
-(``bench/madv_net.py``'s ``_random_views``) are placed on the device (``merkit.train.device``),
+``madv-net-paper``). Each runs in a fresh process (``bench/madv_net.py``'s ``run_isolated``: its
+peak memory is its own) and trains with merkit's own training path: the model and a pool of
+random views shaped by its input spec (``bench/madv_net.py``'s ``_random_views``) are placed on
+the device (``merkit.train.device``),
 each step takes a batch there (``take_batch``), augments it as the config says and runs
 ``merkit.train.trainer.train_step`` with the config's optimizer and precision.
 
@@ -13,9 +14,10 @@ each step takes a batch there (``take_batch``), augments it as the config says a
   MADV-Net), step time (synchronised), samples/s, peak GPU memory
   (``torch.cuda.max_memory_allocated``), and an estimate of one LOSO fold (a CASME II-sized
   training set of 230 clips times the config's epochs).
-* On a CPU-only machine: batch 2 in float32 (fp16 autocast is GPU-only in merkit), step time,
-  samples/s and peak memory (peak resident set minus the resident set before the first step,
-  as ``bench/ms3d_resnet.py`` and ``bench/madv_net.py`` measure it); the GPU-only figures are
+* On a CPU-only machine: batch 2 in float32 (fp16 autocast is GPU-only in merkit), one torch
+  thread by default, step wall and CPU time (the steadier figure on a shared machine; the load
+  average is recorded), samples/s and peak memory (peak resident set minus the resident set
+  before the first step, as ``bench/ms3d_resnet.py`` and ``bench/madv_net.py`` measure it); the GPU-only figures are
   listed under ``skipped``. Those two scripts keep their own comparisons (full vs plain model,
   batch extrapolation, FLOPs); this one measures all four configs one way.
 
@@ -39,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import platform
 import resource
@@ -52,7 +53,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from madv_net import _current_rss_mb, _random_views  # noqa: E402  (reuse: views by input spec, RSS)
+import madv_net  # noqa: E402  (reuse: random views by input spec, resident memory, one process per case)
 
 RESULTS = ROOT / "bench" / "results" / "device.json"
 PAPER_CONFIGS = ["tsfmicro-paper", "atm-gcn-casme3", "ms3d-resnet-paper", "madv-net-paper"]
@@ -86,7 +87,7 @@ def measure_config(name: str, device_setting: str, batch: int | None, steps: int
     optimizer = _optimizer(model, config.train)
     scaler = precision.grad_scaler()
     pool = 2 * batch
-    views = place_views(_random_views(model, pool), device)
+    views = place_views(madv_net._random_views(model, pool), device)
     labels = (torch.arange(pool) % NUM_CLASSES).to(device)
     generator = torch.Generator().manual_seed(0)
 
@@ -99,16 +100,17 @@ def measure_config(name: str, device_setting: str, batch: int | None, steps: int
         views_batch = augment_batch(take_batch(views, index, device), config.train.augment, generator)
         train_step(model, views_batch, labels[index.to(device)], optimizer, precision, scaler, config.train.grad_clip)
 
-    rss_before = _current_rss_mb()  # model, optimizer and views built; the steps' memory comes on top
+    rss_before = madv_net._current_rss_mb()  # model, optimizer and views built; the steps' memory comes on top
     for number in range(warmup):
         step(number)
     sync()
-    times = []
+    times, cpu_times = [], []
     for number in range(steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         step(warmup + number)
         sync()
         times.append(time.perf_counter() - start)
+        cpu_times.append(time.process_time() - start_cpu)
     step_s = statistics.median(times)
     result: dict[str, Any] = {
         "config": name, "model": config.model_name, "device": str(device), "amp": amp, "batch_size": batch,
@@ -116,7 +118,8 @@ def measure_config(name: str, device_setting: str, batch: int | None, steps: int
         "input_spec": {s.name: list(s.shape(model.num_aus) if s.name == "au" else s.shape()) for s in model.input_spec},
         "steps_timed": steps, "warmup_steps": warmup,
         "step_s_median": round(step_s, 4), "step_s_all": [round(t, 4) for t in times],
-        "samples_per_s": round(batch / step_s, 2),
+        "step_cpu_s_median": round(statistics.median(cpu_times), 4), "samples_per_s": round(batch / step_s, 2),
+        "load_average_1min": os.getloadavg()[0],
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
     if on_gpu:
@@ -131,21 +134,11 @@ def measure_config(name: str, device_setting: str, batch: int | None, steps: int
     return result
 
 
-def _in_child(queue, *args) -> None:
+def _measure_in_child(queue, *args) -> None:
     try:
         queue.put(measure_config(*args))
     except Exception as err:  # reported in the JSON, the other configs still run
         queue.put({"config": args[0], "error": f"{type(err).__name__}: {err}"})
-
-
-def run_isolated(*args) -> dict[str, Any]:
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be used after fork; fresh peak memory
-    queue = context.Queue()
-    process = context.Process(target=_in_child, args=(queue, *args))
-    process.start()
-    result = queue.get()
-    process.join()
-    return result
 
 
 def ray_overhead(root: Path | None, epochs: int, subjects: int, clips: int) -> dict[str, Any]:
@@ -161,6 +154,7 @@ def ray_overhead(root: Path | None, epochs: int, subjects: int, clips: int) -> d
     from merkit.train.loso import run_loso
 
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     work = Path(tempfile.mkdtemp(prefix="merkit-ray-bench-"))
     if root is not None:
         dataset, protocol = "megc2019-flow", get_protocol("megc2019-3")
@@ -196,6 +190,7 @@ def ray_overhead(root: Path | None, epochs: int, subjects: int, clips: int) -> d
         "ray_init_s": round(init_s, 2), "ray_s": round(ray_s, 2),
         "overhead_per_fold_s": round((ray_s - local_s) / folds, 3), "target_per_fold_s": 1.0,
         "same_predictions": same, "uf1_local_ray": [local["uf1"], on_ray["uf1"]],
+        "load_average_1min_before_after": [load_before, os.getloadavg()[0]],
     }
 
 
@@ -206,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=None, help="default: the config's on a GPU, 2 on a CPU")
     parser.add_argument("--steps", type=int, default=2, help="timed steps (after --warmup)")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=max(1, min(4, os.cpu_count() or 1)))
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the steadiest CPU figures)")
     parser.add_argument("--no-ray", action="store_true", help="skip the Ray overhead measurement")
     parser.add_argument("--root", type=Path, default=None, help="MEGC2019 composite (megc2019-flow) for the Ray part")
     parser.add_argument("--ray-epochs", type=int, default=2)
@@ -231,7 +226,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(f"no CUDA GPU ({device}): measuring CPU step time and peak memory at batch {args.batch or CPU_BATCH}; "
               f"skipped: {'; '.join(GPU_ONLY)}", flush=True)
     for name in (c for c in args.configs.split(",") if c and c != "none"):
-        result = run_isolated(name, str(device), args.batch, args.steps, args.warmup, args.threads)
+        # a fresh (spawned) process each: its own peak memory, and CUDA is not used after a fork
+        result = madv_net.run_isolated(name, str(device), args.batch, args.steps, args.warmup, args.threads,
+                                       child=_measure_in_child)
         report["paper_configs"].append(result)
         if "error" in result:
             print(f"{name:20s} failed: {result['error']}", flush=True)
@@ -239,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         memory = (f"peak GPU {result['peak_gpu_mib']:.0f} MiB, fold ~{result['fold_estimate_s']:.0f} s"
                   if "peak_gpu_mib" in result else f"peak +{result['peak_increase_mib']:.0f} MiB (RSS {result['peak_rss_mib']:.0f} MiB)")
         print(f"{name:20s} {result['parameters_m']:6.1f} M  batch {result['batch_size']:3d} amp {result['amp']:4s}: "
-              f"{result['step_s_median']:.3f} s/step, {result['samples_per_s']:.1f} samples/s, {memory}", flush=True)
+              f"{result['step_s_median']:.3f} s/step ({result['step_cpu_s_median']:.3f} s CPU), "
+              f"{result['samples_per_s']:.2f} samples/s, {memory}", flush=True)
     if not args.no_ray:
         report["ray"] = ray_overhead(args.root, args.ray_epochs, args.ray_subjects, args.ray_clips)
         r = report["ray"]

@@ -74,6 +74,13 @@ def resolve_device(setting: str | torch.device) -> torch.device:
     return device
 
 
+def describe_device(device: torch.device) -> str:
+    """``cpu``, ``mps``, or ``cuda:0 (NVIDIA A100-SXM4-80GB)``: what ``history.json`` records."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
 def model_device(model: torch.nn.Module) -> torch.device:
     """The device of a model's first parameter or buffer (CPU for a model without any)."""
     for tensor in model.parameters():
@@ -192,9 +199,10 @@ def take_batch(views: Views, index: torch.Tensor, device: torch.device) -> Views
         view name -> ``(B, ...)`` tensors on ``device``.
     """
     batch = {}
+    rows_on_device = index.to(device) if any(view.device == device for view in views.values()) else None
     for name, view in views.items():
         if view.device == device:
-            batch[name] = view[index.to(view.device)]
+            batch[name] = view[rows_on_device]
         elif device.type == "cuda" and view.device.type == "cpu":
             rows = index.to("cpu")
             pinned = torch.empty((len(rows), *view.shape[1:]), dtype=view.dtype, pin_memory=True)

@@ -168,12 +168,12 @@ def run_loso(
     if executor.remote and cache_dir is None:
         raise ConfigError(f"the {executor.name} executor's workers read views from the view cache: give a cache folder "
                           "that every node sees at the same path")
+    fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
     run_dir.mkdir(parents=True, exist_ok=True)
     _attach_log(run_dir)
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
-    fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
     determinism = configure_determinism(config.train.deterministic)
     torch.manual_seed(config.seed)
     probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)

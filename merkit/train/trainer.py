@@ -21,8 +21,8 @@ from torch import nn
 from merkit.config import TrainConfig
 from merkit.models.registry import logits_of
 from merkit.train.augment import augment_batch
-from merkit.train.device import (Precision, Views, model_device, place_views, resolve_device, resolve_precision,
-                                 take_batch)
+from merkit.train.device import (Precision, Views, describe_device, model_device, place_views, resolve_device,
+                                 resolve_precision, take_batch)
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def fit(
     generator = torch.Generator().manual_seed(seed)
     optimizer = _optimizer(model, config)
     scheduler = _scheduler(optimizer, config)
-    history = History(device=str(device), amp=config.amp)
+    history = History(device=describe_device(device), amp=config.amp)
     best_state, best_score = None, -np.inf
     n = len(labels)
     for epoch in range(config.epochs):
