@@ -34,7 +34,7 @@ Usage::
 
     python bench/device.py                       # everything (GPU figures when a GPU is there)
     python bench/device.py --no-ray --steps 3    # paper configs only
-    python bench/device.py --configs none --root /work/realdata   # Ray overhead on the real composite
+    python bench/device.py --configs none --root /data/MEGC2019   # Ray overhead on the real composite
 """
 
 from __future__ import annotations

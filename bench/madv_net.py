@@ -4,8 +4,8 @@ Writes ``bench/results/madv_net.json``. Each measurement runs in a fresh process
 peak resident memory is its own. A training step is forward + Eq. 18 loss + backward + AdamW
 step on random inputs shaped like the config's views (batch of ``--batch``).
 
-* ``reduced``: ``configs/madv-net-cpu.yaml`` at its training batch (16).
-* ``paper``: ``configs/madv-net-paper.yaml`` (16 x 112 x 112 RGB + depth + AU, CvT-13-sized
+* ``reduced``: ``merkit/configs/madv-net-cpu.yaml`` at its training batch (16).
+* ``paper``: ``merkit/configs/madv-net-paper.yaml`` (16 x 112 x 112 RGB + depth + AU, CvT-13-sized
   texture and depth pyramids). On a CPU, batch 64 takes minutes per step, so the default measures
   batches 2 and 4 and extrapolates the time and memory linearly to the paper's batch 64 (marked
   ``extrapolated``); the FLOP count is exact (it is linear in the batch).

@@ -6,7 +6,7 @@ without attention, RC modules, temporal fusion and the extra heads) at two sizes
 * ``paper``: 16 x 134 x 134 flow maps, base width 64 (batch ``--paper-batch``, default 2);
 * ``reduced``: the CPU config's 8 x 32 x 32, base width 8, batch 16 (full and plain with the
   default options);
-* ``cpu-config``: ``configs/ms3d-resnet-cpu.yaml`` exactly (its options and batch size), with
+* ``cpu-config``: ``merkit/configs/ms3d-resnet-cpu.yaml`` exactly (its options and batch size), with
   the time of one epoch over 105 clips (a LOSO fold's training set in the demo: 7 subjects x 15
   clips) estimated from its step time.
 
@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CPU_CONFIG = ROOT / "configs" / "ms3d-resnet-cpu.yaml"
+CPU_CONFIG = ROOT / "merkit" / "configs" / "ms3d-resnet-cpu.yaml"
 SIZES = {
     "paper": {"num_frames": 16, "input_size": [134, 134], "base_width": 64, "head_hidden": 128},
     "reduced": {"num_frames": 8, "input_size": [32, 32], "base_width": 8, "head_hidden": 32, "batch": 16},
@@ -58,7 +58,7 @@ def run_case(case: dict) -> dict:
     """Time ``case["steps"]`` training steps of one model; runs inside the subprocess."""
     import torch
 
-    from merkit.models.ms3d_resnet import build_ms3d_resnet
+    from merkit.models.ms3d_resnet import MultiScale3dResNet
 
     torch.set_num_threads(case["threads"])
     torch.manual_seed(0)
@@ -71,7 +71,7 @@ def run_case(case: dict) -> dict:
         size = SIZES[case["size"]]
         kwargs = {k: size[k] for k in ("num_frames", "input_size", "base_width", "head_hidden")}
         kwargs.update(variant=case["variant"], layout=case["layout"])
-    model = build_ms3d_resnet(5, **kwargs)
+    model = MultiScale3dResNet(5, **kwargs)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
     frames, (height, width) = kwargs["num_frames"], kwargs["input_size"]
     views = {"flow_seq": torch.randn(case["batch"], frames, 3, height, width)}

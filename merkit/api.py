@@ -174,7 +174,7 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
     """
     from merkit.config import ViewsConfig
     from merkit.models.registry import input_spec
-    from merkit.views import ViewSpec
+    from merkit.views import VIEWS, ViewSpec
 
     if views is None and model is None and config is None:
         raise ConfigError("give --views NAMES (optionally with --config for how to build them), or --model/--config")
@@ -184,10 +184,12 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
         cfg = load_config(config if config is not None else default_config_name(model, dataset))
         return input_spec(cfg.model_name, **cfg.model_kwargs), cfg.views
     views_config = load_config(config).views if config is not None else ViewsConfig()
-    sequence = {"frames", "flow_seq", "depth_seq", "au"}
-    specs = tuple(ViewSpec(name.strip(), size=(size, size), channels=channels,
-                           length=num_frames if name.strip() in sequence else None)
-                  for name in views.split(",") if name.strip())
+    names = [name.strip() for name in views.split(",") if name.strip()]
+    unknown = [name for name in names if name not in VIEWS]
+    if unknown:
+        raise ConfigError(f"unknown view {unknown[0]!r} in --views; expected names among {', '.join(VIEWS)}")
+    specs = tuple(ViewSpec(name, size=(size, size), channels=channels, length=num_frames if VIEWS[name].sequence else None)
+                  for name in names)
     return specs, views_config
 
 

@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from merkit.errors import ConfigError, MerkitError
+from merkit.errors import ConfigError, MerkitError, check_choice
+from merkit.views import VIEW_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Facial micro-expression recognition toolkit.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Dataset loaders: list them, inspect a copy on disk.")
@@ -73,17 +74,16 @@ DETERMINISTIC_HELP = "torch's determinism flags (cuDNN, cuBLAS, deterministic al
 def _executor(name: str, fold_workers: int, address: Optional[str], gpus_per_fold: Optional[float],
               cpus_per_fold: float):
     """``(executor, fold_workers for run_loso)`` for the train options."""
+    check_choice("executor", name, ("local", "ray"))
     if name == "local":
         if address is not None or gpus_per_fold is not None:
             raise ConfigError("--address and --gpus-per-fold are options of --executor ray")
         return None, fold_workers
-    if name == "ray":
-        if fold_workers != 1:
-            raise ConfigError("--fold-workers is an option of --executor local (Ray runs as many folds as the cluster fits)")
-        from merkit.train.executors import RayExecutor
+    if fold_workers != 1:
+        raise ConfigError("--fold-workers is an option of --executor local (Ray runs as many folds as the cluster fits)")
+    from merkit.train.executors import RayExecutor
 
-        return RayExecutor(address=address, gpus_per_fold=gpus_per_fold, cpus_per_fold=cpus_per_fold), 1
-    raise ConfigError(f"unknown executor {name!r}; choose local or ray")
+    return RayExecutor(address=address, gpus_per_fold=gpus_per_fold, cpus_per_fold=cpus_per_fold), 1
 
 
 @app.command()
@@ -138,9 +138,10 @@ def train(
         for name, m in metrics["per_dataset"].items():
             table.add_row(name, str(m["n_samples"]), f"{m['acc']:.4f}", f"{m['uf1']:.4f}", f"{m['uar']:.4f}")
         console.print(table)
+    console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']})")
     compute = metrics["compute"]
-    console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']}; executor {compute['executor']['name']}, "
-                  f"device {', '.join(compute['devices_used']) or compute['device']}, amp {compute['amp']})")
+    console.print(f"trained on {', '.join(compute['devices_used']) or compute['device']} (amp {compute['amp']}, "
+                  f"executor {compute['executor']['name']})")
 
 
 @app.command()
@@ -225,8 +226,7 @@ def _demo_models(names: str) -> dict[str, str]:
 
     chosen = {}
     for name in (n.strip() for n in names.split(",") if n.strip()):
-        if name not in DEMO_MODELS:
-            raise ConfigError(f"unknown demo model {name!r}; choose from {', '.join(DEMO_MODELS)}")
+        check_choice("demo model", name, DEMO_MODELS)
         chosen[name] = DEMO_MODELS[name]
     return chosen
 
@@ -235,7 +235,7 @@ def _demo_models(names: str) -> dict[str, str]:
 def preprocess(
     dataset: str = typer.Option(..., help="dataset name"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
-    views: Optional[str] = typer.Option(None, help="comma-separated views (onset,apex,diff,flow,frames,flow_seq,depth_seq,au)"),
+    views: Optional[str] = typer.Option(None, help=f"comma-separated views ({','.join(VIEW_NAMES)})"),
     model: Optional[str] = typer.Option(None, help="build the views this model's config needs instead of --views"),
     config: Optional[str] = typer.Option(None, help="config file/name: its views section sets how views are built"),
     size: int = typer.Option(112, min=1, help="view size in pixels (with --views)"),

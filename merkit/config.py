@@ -1,4 +1,5 @@
-"""Run configuration: one YAML per paper setting in ``configs/``, validated by pydantic.
+"""Run configuration: one YAML per paper setting, shipped in the package (``merkit/configs/``,
+read with :mod:`importlib.resources`, so an installed wheel has them), validated by pydantic.
 
 A config file has the top-level sections ``model`` (``name`` plus builder keyword arguments),
 ``train``, ``views``, and optionally ``dataset`` and ``selection``. Unknown keys are errors,
@@ -7,6 +8,8 @@ so a typo never silently falls back to a default.
 
 from __future__ import annotations
 
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,7 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from merkit.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+#: the configs shipped with merkit (a folder of the installed package)
+CONFIG_DIR: Traversable = resources.files("merkit") / "configs"
 
 
 class _Strict(BaseModel):
@@ -168,31 +172,45 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def find_config(name_or_path: str | Path) -> Path:
-    """A config file by path, or by name in ``configs/`` (``tsfmicro-cpu``)."""
+def config_names() -> list[str]:
+    """Names of the configs shipped with merkit (``tsfmicro-cpu``, ...), sorted."""
+    return sorted(entry.name[: -len(".yaml")] for entry in CONFIG_DIR.iterdir() if entry.name.endswith(".yaml"))
+
+
+def find_config(name_or_path: str | Path) -> Path | Traversable:
+    """A config file by path, or by the name of a config shipped with merkit (``tsfmicro-cpu``).
+
+    Raises:
+        ConfigError: neither an existing file nor a shipped config's name (the message lists them).
+    """
     path = Path(name_or_path)
     if path.is_file():
         return path
+    if path.exists():
+        raise ConfigError(f"config {str(name_or_path)!r} is a folder, not a YAML file")
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
-    if candidate.is_file():
+    if "/" not in str(name_or_path) and candidate.is_file():
         return candidate
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-    raise ConfigError(f"config {name_or_path!r} is neither a file nor a name in {CONFIG_DIR} (known: {known})")
+    raise ConfigError(f"config {str(name_or_path)!r} is neither a file nor the name of a config shipped with merkit "
+                      f"(known: {', '.join(config_names())})")
 
 
-def _read_raw(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> tuple[dict[str, Any], Path]:
+def _read_raw(name_or_path: str | Path, seen: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path | Traversable]:
     path = find_config(name_or_path)
-    if path.resolve() in seen:
+    identity = str(path.resolve()) if isinstance(path, Path) else str(path)
+    if identity in seen:
         raise ConfigError(f"{path}: 'base' configs form a cycle")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the config ({err.__class__.__name__}: {err})") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections (model:, train:, views: ...), got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is not None:
-        parent, _ = _read_raw(base, seen + (path.resolve(),))
+        parent, _ = _read_raw(base, seen + (identity,))
         raw = _merge(parent, raw)
     return raw, path
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class MerkitError(Exception):
     """Base class of every error merkit raises on purpose."""
@@ -69,3 +71,23 @@ class MetricsError(MerkitError):
     Raised for empty input, ``y_true``/``y_pred`` of different lengths, labels outside the
     protocol's classes, and a predictions file lacking a required column.
     """
+
+
+def check_choice(what: str, value: object, choices: Iterable[object], *,
+                 error: type[MerkitError] = ConfigError) -> None:
+    """Raise ``error`` unless ``value`` is one of ``choices``.
+
+    The one check for options with a fixed set of values (model variants, flow methods ...).
+
+    Args:
+        what: the option as the user knows it, e.g. ``"tsfmicro option 'fusion'"``.
+        value: the value given.
+        choices: the allowed values.
+        error: the error type to raise (a :class:`MerkitError`; ``ConfigError`` by default).
+
+    Raises:
+        MerkitError: of type ``error``, naming ``what``, ``value`` and every choice.
+    """
+    allowed = tuple(choices)
+    if value not in allowed:
+        raise error(f"{what} must be one of {', '.join(repr(c) for c in allowed)}; got {value!r}")

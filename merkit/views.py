@@ -17,14 +17,58 @@ au         (T, A)            per-frame AU intensities minus the onset frame's (A
 ========== ================= ===============================================================
 
 ``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
-attribute; the pipeline builds exactly those.
+attribute; the pipeline builds exactly those. :data:`VIEWS` is the one table of view names and
+their kinds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-VIEW_NAMES = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq", "au")
+
+@dataclass(frozen=True)
+class ViewKind:
+    """What kind of array a view is (one row of :data:`VIEWS`).
+
+    Attributes:
+        sequence: the view has a time axis ``T`` (its spec needs a ``length``).
+        content: ``image`` (intensities in [0, 1], ``C`` = 1 or 3 channels), ``difference``
+            (apex - onset intensities), ``flow`` (u, v, strain: 3 channels), ``depth`` (one
+            channel) or ``au`` (per-frame AU intensities, no image axes).
+    """
+
+    sequence: bool
+    content: str
+
+    @property
+    def spatial(self) -> bool:
+        """The view has image axes ``(H, W)`` last (augmentation moves them)."""
+        return self.content != "au"
+
+    @property
+    def takes_channels(self) -> bool:
+        """The number of channels is a choice (1 grey or 3 RGB) rather than fixed by the content."""
+        return self.content in ("image", "difference")
+
+
+#: The one table of view names and kinds; the pipeline, the augmentation, the config check and
+#: the API read it.
+VIEWS: dict[str, ViewKind] = {
+    "onset": ViewKind(sequence=False, content="image"),
+    "apex": ViewKind(sequence=False, content="image"),
+    "diff": ViewKind(sequence=False, content="difference"),
+    "flow": ViewKind(sequence=False, content="flow"),
+    "frames": ViewKind(sequence=True, content="image"),
+    "flow_seq": ViewKind(sequence=True, content="flow"),
+    "depth_seq": ViewKind(sequence=True, content="depth"),
+    "au": ViewKind(sequence=True, content="au"),
+}
+VIEW_NAMES: tuple[str, ...] = tuple(VIEWS)
+SEQUENCE_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.sequence)
+SPATIAL_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.spatial)
+FLOW_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.content == "flow")
+INTENSITY_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.content == "image")
+CHANNEL_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.takes_channels)
 
 
 @dataclass(frozen=True)
@@ -48,27 +92,21 @@ class ViewSpec:
 
         if self.name not in VIEW_NAMES:
             raise ConfigError(f"unknown view {self.name!r}; expected one of {VIEW_NAMES}")
-        sequence = self.name in ("frames", "flow_seq", "depth_seq", "au")
+        sequence = VIEWS[self.name].sequence
         if sequence and (self.length is None or self.length < 2):
             raise ConfigError(f"view {self.name!r} is a sequence and needs length >= 2, got {self.length}")
         if not sequence and self.length is not None:
             raise ConfigError(f"view {self.name!r} is a single map and takes no length")
         if self.channels not in (1, 3):
             raise ConfigError(f"view {self.name!r}: channels must be 1 or 3, got {self.channels}")
-        if self.name != "au" and (len(self.size) != 2 or min(self.size) < 1):
+        if VIEWS[self.name].spatial and (len(self.size) != 2 or min(self.size) < 1):
             raise ConfigError(f"view {self.name!r}: size must be (height, width) of at least 1 pixel, got {self.size}")
 
     def shape(self, num_aus: int | None = None) -> tuple[int, ...]:
         """The per-sample array shape this spec asks for."""
-        h, w = self.size
-        if self.name in ("flow",):
-            return (3, h, w)
-        if self.name == "flow_seq":
-            return (self.length, 3, h, w)
-        if self.name == "depth_seq":
-            return (self.length, 1, h, w)
-        if self.name == "frames":
-            return (self.length, self.channels, h, w)
-        if self.name == "au":
+        kind = VIEWS[self.name]
+        if kind.content == "au":
             return (self.length, num_aus if num_aus is not None else -1)
-        return (self.channels, h, w)
+        channels = {"flow": 3, "depth": 1}.get(kind.content, self.channels)
+        image = (channels, *self.size)
+        return (self.length, *image) if kind.sequence else image

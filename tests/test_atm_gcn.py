@@ -9,7 +9,7 @@ from merkit.errors import ConfigError, ModelInputError
 from merkit.models import create
 from merkit.models.atm_gcn import VARIANTS, AdaptiveTemporalMotion, build_adjacency
 from merkit.models.blocks.attention import ContinuousAttentionStack
-from merkit.train.losses import FocalLoss
+from merkit.models.blocks.losses import FocalLoss
 
 SMALL = dict(
     num_frames=6,

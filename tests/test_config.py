@@ -1,15 +1,16 @@
 import pytest
 
-from merkit.config import CONFIG_DIR, config_from_dict, load_config
+from merkit.config import config_from_dict, config_names, load_config
 from merkit.errors import ConfigError
+from merkit.models import input_spec
 
 
 def test_every_shipped_config_validates():
-    names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+    names = config_names()
     assert "logreg-cpu" in names
     for name in names:
         cfg = load_config(name)
-        assert cfg.model_name
+        assert input_spec(cfg.model_name, **cfg.model_kwargs)  # the model takes every option, with the right types
 
 
 def test_unknown_key_is_an_error_naming_it():

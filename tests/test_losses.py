@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from merkit.errors import ConfigError, ModelInputError
-from merkit.train.losses import FocalLoss, inverse_frequency_alpha
+from merkit.models.blocks.losses import FocalLoss, inverse_frequency_alpha
 
 
 def test_focal_loss_without_alpha_at_gamma_zero_is_cross_entropy():

@@ -12,7 +12,7 @@ from merkit.errors import ConfigError, ModelInputError, WeightsNotFoundError
 from merkit.models import create
 from merkit.models.blocks.conv_attention import ConvAttention, ConvProjection, ConvTransformerStage, VideoToTokens
 from merkit.models.madv_net import AUEncoder, MADVNet, VideoEncoder
-from merkit.models.pretrained import class_indexed_keys, load_pretrained
+from merkit.models.pretrained import load_pretrained
 from merkit.train.trainer import fit
 
 T, SIZE, A, K, B = 4, 16, 6, 3, 4
@@ -347,8 +347,8 @@ def test_fine_tune_with_the_same_classes_loads_everything_from_a_plain_state_dic
     assert torch.allclose(first(data)["logits"], second(data)["logits"])
 
 
-def test_class_indexed_keys_are_the_heads_output_layers():
-    keys = class_indexed_keys(lambda k: tiny(num_classes=k), K)
+def test_classifier_keys_are_the_heads_output_layers():
+    keys = tiny().classifier_keys()
     state = tiny().state_dict()
     assert keys and all(k.startswith(HEADS) and state[k].shape[0] == K for k in keys)
     assert {k.rsplit(".", 1)[0] for k in keys} == {"level_heads.low", "level_heads.mid", "level_heads.high",
@@ -361,13 +361,13 @@ def test_fine_tune_matches_heads_of_the_same_size_by_class_name(tmp_path):
     _train_steps(first)
     path = tmp_path / "model.pt"
     torch.save({"state_dict": first.state_dict(), "classes": ["neg", "pos", "sur"]}, path)
-    heads = class_indexed_keys(lambda k: tiny(num_classes=k), 3)
+    heads = tiny(num_classes=3).classifier_keys()
     first.eval()
     data = views()
 
     # the same classes in another order: the rows follow their class
     reordered = tiny(num_classes=3)
-    loaded = load_pretrained(reordered, path, classes=["sur", "neg", "pos"], head_keys=heads)
+    loaded = load_pretrained(reordered, path, classes=["sur", "neg", "pos"])
     assert loaded == list(reordered.state_dict())
     reordered.eval()
     logits = reordered(data)["logits"]
@@ -376,16 +376,13 @@ def test_fine_tune_matches_heads_of_the_same_size_by_class_name(tmp_path):
     # other names, same count: the heads keep their fresh initialisation, the rest loads
     other = tiny(num_classes=3)
     fresh = {k: v.clone() for k, v in other.state_dict().items()}
-    loaded = load_pretrained(other, path, classes=["anger", "joy", "fear"], head_keys=heads)
+    loaded = load_pretrained(other, path, classes=["anger", "joy", "fear"])
     assert set(loaded) == set(fresh) - set(heads)
     assert all(torch.equal(other.state_dict()[k], fresh[k]) for k in heads)
     with pytest.raises(ConfigError, match="skip_head"):
-        load_pretrained(tiny(num_classes=3), path, classes=["anger", "joy", "fear"], head_keys=heads, skip_head=False)
-    with pytest.raises(ConfigError, match="head_keys"):
-        load_pretrained(tiny(num_classes=3), path, classes=["anger", "joy", "fear"])
-    # the same classes: everything loads, the head keys are never asked for
-    never = lambda: pytest.fail("head keys computed although the classes match")  # noqa: E731
-    assert load_pretrained(tiny(num_classes=3), path, classes=["neg", "pos", "sur"], head_keys=never) == list(first.state_dict())
+        load_pretrained(tiny(num_classes=3), path, classes=["anger", "joy", "fear"], skip_head=False)
+    # the same classes: everything loads
+    assert load_pretrained(tiny(num_classes=3), path, classes=["neg", "pos", "sur"]) == list(first.state_dict())
 
 
 def test_pretrained_rejects_other_architectures_and_missing_files(tmp_path):

@@ -18,8 +18,8 @@ from merkit.models.ms3d_resnet import (
     SpatialAttention,
     SpatioTemporalAttention,
     TemporalAttention,
+    MultiScale3dResNet,
     UpsampleFuse,
-    build_ms3d_resnet,
     select_output,
 )
 
@@ -229,7 +229,7 @@ def test_selection_rules_on_hand_made_logits() -> None:
 @pytest.mark.parametrize("selection", ["max_confidence", "mean", "fixed"])
 def test_model_logits_follow_selection_and_loss_sums_four_ce(selection: str) -> None:
     torch.manual_seed(0)
-    model = build_ms3d_resnet(3, selection=selection, fixed_output=2, **SMALL).eval()
+    model = MultiScale3dResNet(3, selection=selection, fixed_output=2, **SMALL).eval()
     out = model(_views(model, batch=3))
     assert out["all_logits"].shape == (4, 3, 3)
     assert torch.allclose(out["logits"], select_output(out["all_logits"], selection, 2))
@@ -241,7 +241,7 @@ def test_model_logits_follow_selection_and_loss_sums_four_ce(selection: str) -> 
 @pytest.mark.parametrize("chain", ["pairwise", "cascade"])
 def test_fusion_chain_inputs(chain: str) -> None:
     torch.manual_seed(0)
-    model = build_ms3d_resnet(3, fusion_chain=chain, **SMALL).eval()
+    model = MultiScale3dResNet(3, fusion_chain=chain, **SMALL).eval()
     captured: dict[str, torch.Tensor] = {}
     model.multiscale[2].register_forward_hook(lambda m, a, out: captured.__setitem__("x4", out))
     model.fusions[2].register_forward_hook(lambda m, a, out: captured.__setitem__("o2", out))
@@ -258,7 +258,7 @@ def test_fusion_chain_inputs(chain: str) -> None:
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_every_variant_shapes(variant: str, layout: str) -> None:
     torch.manual_seed(0)
-    model = build_ms3d_resnet(5, variant=variant, layout=layout, **SMALL)
+    model = MultiScale3dResNet(5, variant=variant, layout=layout, **SMALL)
     spec = model.input_spec[0]
     assert spec.name == ("frames" if variant == "no_flow" else "flow_seq")
     assert (spec.length, spec.size, spec.channels) == (4, (16, 16), 3)
@@ -274,7 +274,7 @@ def test_every_variant_shapes(variant: str, layout: str) -> None:
 
 def test_paper_input_size_maps() -> None:
     torch.manual_seed(0)
-    model = build_ms3d_resnet(3, base_width=2, head_hidden=4).eval()
+    model = MultiScale3dResNet(3, base_width=2, head_hidden=4).eval()
     assert model.input_spec[0].size == (134, 134) and model.input_spec[0].length == 16
     sizes = []
     for module in model.multiscale:
@@ -291,7 +291,7 @@ def test_head_grid_keeps_where_the_motion_is() -> None:
     torch.manual_seed(0)
     logits = {}
     for grid in (1, 2):
-        model = build_ms3d_resnet(3, head_grid=grid, **SMALL).eval()
+        model = MultiScale3dResNet(3, head_grid=grid, **SMALL).eval()
         heads = model.heads
         assert heads[0].layers[0].in_features == model.backbone.stage_channels[3] * grid * grid
         assert heads[3].layers[0].in_features == model.backbone.stage_channels[0] * grid * grid
@@ -307,7 +307,7 @@ def test_stem_pool_option_doubles_the_maps() -> None:
     torch.manual_seed(0)
     sizes = {}
     for pool in (True, False):
-        model = build_ms3d_resnet(3, stem_pool=pool, **SMALL).eval()
+        model = MultiScale3dResNet(3, stem_pool=pool, **SMALL).eval()
         captured = []
         model.multiscale[0].register_forward_hook(lambda m, a, out: captured.append(tuple(out.shape[2:])))
         with torch.no_grad():
@@ -318,7 +318,7 @@ def test_stem_pool_option_doubles_the_maps() -> None:
 
 def test_no_flow_variant_reads_grey_frames_and_bad_input_is_named() -> None:
     torch.manual_seed(0)
-    model = build_ms3d_resnet(3, variant="no_flow", frame_channels=1, **SMALL)
+    model = MultiScale3dResNet(3, variant="no_flow", frame_channels=1, **SMALL)
     assert model.input_spec[0].channels == 1
     assert model({"frames": torch.randn(2, 4, 1, 16, 16)})["logits"].shape == (2, 3)
     with pytest.raises(ModelInputError, match="frames"):
@@ -329,20 +329,20 @@ def test_no_flow_variant_reads_grey_frames_and_bad_input_is_named() -> None:
 
 def test_bad_options_raise_config_error() -> None:
     with pytest.raises(ConfigError, match="variant"):
-        build_ms3d_resnet(3, variant="no_everything")
+        MultiScale3dResNet(3, variant="no_everything")
     with pytest.raises(ConfigError, match="fixed_output"):
-        build_ms3d_resnet(3, variant="no_temporal_ms", selection="fixed", fixed_output=2)
+        MultiScale3dResNet(3, variant="no_temporal_ms", selection="fixed", fixed_output=2)
     with pytest.raises(ConfigError, match="selection"):
-        build_ms3d_resnet(3, selection="best")
+        MultiScale3dResNet(3, selection="best")
     with pytest.raises(ConfigError, match="head_grid"):
-        build_ms3d_resnet(3, head_grid=0)
+        MultiScale3dResNet(3, head_grid=0)
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_training_steps_reach_every_parameter_and_decrease_loss(variant: str) -> None:
     torch.manual_seed(0)
     grey = {"frame_channels": 1} if variant == "no_flow" else {}
-    model = build_ms3d_resnet(3, variant=variant, base_width=8, head_hidden=16, num_frames=4, input_size=(16, 16), **grey)
+    model = MultiScale3dResNet(3, variant=variant, base_width=8, head_hidden=16, num_frames=4, input_size=(16, 16), **grey)
     spec = model.input_spec[0]
     target = torch.arange(9) % 3
     patterns = torch.randn(3, 4, spec.channels, 16, 16)

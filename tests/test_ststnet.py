@@ -4,12 +4,12 @@ import torch
 
 from merkit.config import load_config
 from merkit.errors import ConfigError, ModelInputError
-from merkit.models.ststnet import STSTNet, build_ststnet
+from merkit.models.ststnet import STSTNet
 
 
 def test_shapes_and_spec():
     torch.manual_seed(0)
-    model = build_ststnet(num_classes=3)
+    model = STSTNet(num_classes=3)
     assert model.input_spec[0].name == "flow" and model.input_spec[0].size == (28, 28)
     assert model.input_spec[0].shape() == (3, 28, 28)
     flow = torch.randn(4, 3, 28, 28)

@@ -6,17 +6,24 @@ from torch import nn
 
 from merkit.config import TrainConfig
 from merkit.errors import ModelInputError
-from merkit.models import create
+from merkit.models import MERModel, create
 from merkit.train.trainer import fit
 
 
-class TinyBatchNormNet(nn.Module):
+class TinyBatchNormNet(MERModel):
     """A BatchNorm layer in front of a linear classifier: training-mode calls move its statistics."""
 
     def __init__(self):
         super().__init__()
         self.norm = nn.BatchNorm1d(4)
         self.linear = nn.Linear(4, 2)
+
+    @classmethod
+    def input_spec_from(cls, options):
+        return ()
+
+    def classifier_keys(self):
+        return ["linear.weight", "linear.bias"]
 
     def forward(self, views):
         return self.linear(self.norm(views["x"]))

@@ -66,7 +66,7 @@ from merkit.data.synthme.actions import (
     format_aus,
 )
 from merkit.data.synthme.face import REFERENCE_SIZE, FaceIdentity, ProceduralFace
-from merkit.errors import ConfigError, DatasetError
+from merkit.errors import ConfigError, DatasetError, check_choice
 
 __all__ = [
     "SynthConfig", "PRESETS", "SynthClip", "FaceGeometry", "au_displacement", "generate_clip",
@@ -207,8 +207,7 @@ class SynthConfig:
         Raises:
             ConfigError: unknown preset or field.
         """
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown SynthME preset {preset!r}; known: {', '.join(PRESETS)}")
+        check_choice("SynthME preset", preset, PRESETS)
         changes = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items() if v is not None}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(changes) - names)
@@ -528,8 +527,7 @@ def generate_clip(
         raise ConfigError(f"generate_clip: indices must be >= 0, got subject {subject_index}, clip {clip_index}")
     if emotion is None:
         emotion = config.emotions[(subject_index + clip_index) % len(config.emotions)]
-    if emotion not in EMOTION_AUS:
-        raise ConfigError(f"generate_clip: unknown emotion {emotion!r}; expected one of {', '.join(EMOTIONS)}")
+    check_choice("generate_clip: emotion", emotion, EMOTIONS)
     au_rng, timing_rng, nuisance_rng, noise_rng = _streams(seed, subject_index, clip_index)
     size = config.size
     shape = (size, size)

@@ -1,5 +1,13 @@
-"""Models, built through one registry: ``create(name, num_classes=..., **config)``."""
+"""Models, built through one registry: ``create(name, num_classes=..., **options)``.
 
-from merkit.models.registry import available, create, logits_of, register
+Importing this package imports every model module (each registers its model), so the
+registry is complete whichever module is imported first.
+"""
 
-__all__ = ["available", "create", "logits_of", "register"]
+from merkit.models.base import MERModel
+from merkit.models.registry import available, create, input_spec, logits_of, model_class, register
+
+# the model modules, imported for their registration
+from merkit.models import atm_gcn, baselines, madv_net, ms3d_resnet, ststnet, tsfmicro  # noqa: E402,F401  isort: skip
+
+__all__ = ["MERModel", "available", "create", "input_spec", "logits_of", "model_class", "register"]

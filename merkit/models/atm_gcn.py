@@ -21,7 +21,7 @@ Pipeline, for a clip of T sampled frames ``f_1 .. f_T`` (``f_1`` the onset; the 
    ``A~(l) = FC_l(A~(l-1)) * (1 - f_l) + A~(0) * f_l``; the layer propagates node features
    with ``A~(l)``.
 5. **Classifier** (Eq. 11): self-attention over the final node features -> masked pooling -> FC.
-6. **Loss**: focal loss (:class:`merkit.train.losses.FocalLoss`, ``focal_alpha``, ``focal_gamma``).
+6. **Loss**: focal loss (:class:`merkit.models.blocks.losses.FocalLoss`, ``focal_alpha``, ``focal_gamma``).
 
 Variants (Table IV): ``full``; ``no_gcn`` (motion features pooled straight into the final FC:
 no graph and no self-attention, as the paper says this variant "fuses all motion features using
@@ -93,15 +93,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
+from merkit.models.base import MERModel, logits_of
 from merkit.models.blocks.attention import ContinuousAttentionStack
-from merkit.models.registry import logits_of, register
-from merkit.train.losses import FocalLoss
+from merkit.models.blocks.losses import FocalLoss
+from merkit.models.registry import register
 from merkit.views import ViewSpec
 
 VARIANTS = ("full", "no_gcn", "no_motion", "no_atm")
@@ -431,11 +433,11 @@ class AttentionPoolingClassifier(nn.Module):
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ConfigError(f"atm-gcn: {name} must be one of {tuple(choices)}, got {value!r}")
+    check_choice(f"atm-gcn: {name}", value, choices)
 
 
-class ATMGCN(nn.Module):
+@register("atm-gcn", "ATM-GCN: onset-paired motion, CA encoder, adaptive temporal-motion GCN (paper 001)")
+class ATMGCN(MERModel):
     """ATM-GCN (see the module docstring for the method and every choice made).
 
     Input: ``views["frames"]`` ``(B, T, C, H, W)`` with ``2 <= T <= num_frames``, frame 0 the
@@ -511,18 +513,13 @@ class ATMGCN(nn.Module):
         focal_gamma: float = 2.0,
     ):
         super().__init__()
-        _check_choice("variant", variant, VARIANTS)
         _check_choice("temporal_encoding", temporal_encoding, _TEMPORAL_ENCODINGS)
         _check_choice("adjacency_normalization", adjacency_normalization, _NORMALIZATIONS)
         _check_choice("propagation", propagation, _PROPAGATIONS)
         _check_choice("pooling", pooling, _POOLINGS)
         _check_choice("apex_rule", apex_rule, _APEX_RULES)
-        _check_choice("motion_input", motion_input, _MOTION_INPUTS)
-        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
-        if len(size) != 2:
-            raise ConfigError(f"atm-gcn: image_size must be one int or (H, W), got {image_size!r}")
-        if num_frames < 2:
-            raise ConfigError(f"atm-gcn: num_frames must be >= 2 (onset + one pair), got {num_frames}")
+        (spec,) = self.input_spec_from({"variant": variant, "num_frames": num_frames, "image_size": image_size,
+                                         "in_channels": in_channels, "motion_input": motion_input})
         if window < 1 or tau <= 0 or gcn_layers < 1 or pool_grid < 1 or stem_stride < 1:
             raise ConfigError(
                 f"atm-gcn: need window >= 1, tau > 0, gcn_layers >= 1, pool_grid >= 1, stem_stride >= 1; "
@@ -537,12 +534,12 @@ class ATMGCN(nn.Module):
 
         self.variant = variant
         self.num_frames = num_frames
-        self.image_size = size
+        self.image_size = spec.size
         self.apex_rule = apex_rule
-        self.uses_flow = motion_input == "flow" and variant != "no_motion"
-        self.view_name = "flow_seq" if self.uses_flow else "frames"
-        self.view_channels = 3 if self.uses_flow else in_channels
-        self.input_spec = (ViewSpec(self.view_name, size=size, channels=self.view_channels, length=num_frames),)
+        self.uses_flow = spec.name == "flow_seq"
+        self.view_name = spec.name
+        self.view_channels = spec.channels
+        self.input_spec = (spec,)
         self.encoder = MotionEncoder(
             self.view_channels, stem_channels, stem_stride, ca_channels, pool_grid, feature_dim, temporal_encoding, num_frames
         )
@@ -570,6 +567,26 @@ class ATMGCN(nn.Module):
             classifier_dim, num_classes, attention_heads, pooling, dropout, use_attention=self.graph is not None
         )
         self.focal_loss = FocalLoss(focal_alpha, focal_gamma)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """One sequence view of ``num_frames``: ``flow_seq`` (``motion_input="flow"``, except for
+        the ``no_motion`` variant) or ``frames``."""
+        _check_choice("variant", options["variant"], VARIANTS)
+        _check_choice("motion_input", options["motion_input"], _MOTION_INPUTS)
+        image_size, num_frames = options["image_size"], options["num_frames"]
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+        if len(size) != 2:
+            raise ConfigError(f"atm-gcn: image_size must be one int or (H, W), got {image_size!r}")
+        if num_frames < 2:
+            raise ConfigError(f"atm-gcn: num_frames must be >= 2 (onset + one pair), got {num_frames}")
+        flow = options["motion_input"] == "flow" and options["variant"] != "no_motion"
+        return (ViewSpec("flow_seq" if flow else "frames", size=size, channels=3 if flow else options["in_channels"],
+                         length=num_frames),)
+
+    def classifier_keys(self) -> list[str]:
+        """The classifier's final fully connected layer."""
+        return ["classifier.fc.weight", "classifier.fc.bias"]
 
     # ----------------------------------------------------------------------- inputs
 
@@ -653,8 +670,3 @@ class ATMGCN(nn.Module):
         """Focal loss (``focal_alpha``, ``focal_gamma``) of the logits against ``target (B,)``."""
         return self.focal_loss(logits_of(output), target)
 
-
-@register("atm-gcn", "ATM-GCN: onset-paired motion, CA encoder, adaptive temporal-motion GCN (paper 001)")
-def build_atm_gcn(num_classes: int, **config) -> ATMGCN:
-    """Build ATM-GCN; ``config`` holds the keyword options of :class:`ATMGCN`."""
-    return ATMGCN(num_classes, **config)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ModelInputError, check_choice
+from merkit.models.base import MERModel
 from merkit.models.registry import register
 from merkit.views import ViewSpec
 
 
-class LogisticRegression(nn.Module):
+@register("logreg", "multinomial logistic regression on the apex - onset difference or flow (trivial peer)")
+class LogisticRegression(MERModel):
     """Multinomial logistic regression on a flattened motion map.
 
     Input: ``views[view]`` of shape (B, C, H, W): the apex - onset difference (``diff``, C =
@@ -21,12 +25,21 @@ class LogisticRegression(nn.Module):
 
     def __init__(self, num_classes: int, image_size: int = 32, in_channels: int = 1, view: str = "diff"):
         super().__init__()
-        if view not in ("diff", "flow"):
-            raise ConfigError(f"logreg: view must be 'diff' or 'flow', got {view!r}")
-        channels = 3 if view == "flow" else in_channels
         self.view = view
-        self.input_spec = (ViewSpec(view, size=(image_size, image_size), channels=channels),)
-        self.linear = nn.Linear(channels * image_size * image_size, num_classes)
+        self.input_spec = self.input_spec_from({"image_size": image_size, "in_channels": in_channels, "view": view})
+        self.linear = nn.Linear(self.input_spec[0].channels * image_size * image_size, num_classes)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """One view: ``diff`` (``in_channels``) or ``flow`` (3 channels) at ``image_size``."""
+        view, size = options["view"], options["image_size"]
+        check_choice("logreg option 'view'", view, ("diff", "flow"))
+        channels = 3 if view == "flow" else options["in_channels"]
+        return (ViewSpec(view, size=(size, size), channels=channels),)
+
+    def classifier_keys(self) -> list[str]:
+        """The linear layer's weight and bias."""
+        return ["linear.weight", "linear.bias"]
 
     def forward(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
         """``views[view]: (B, C, H, W)`` -> ``(B, K)`` logits.
@@ -43,7 +56,3 @@ class LogisticRegression(nn.Module):
                                   f"got {tuple(x.shape)}")
         return self.linear(x.flatten(1))
 
-
-@register("logreg", "multinomial logistic regression on the apex - onset difference or flow (trivial peer)")
-def build_logreg(num_classes: int, image_size: int = 32, in_channels: int = 1, view: str = "diff") -> LogisticRegression:
-    return LogisticRegression(num_classes, image_size=image_size, in_channels=in_channels, view=view)

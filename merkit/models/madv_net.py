@@ -44,7 +44,7 @@ attention"):
 Losses (Eq. 18): ``L = L_multi-class + L_freq + L_AU`` with
 
 * Eq. 19 focal loss ``-mu_y (1 - p_y)^lambda log p_y`` on the final logits
-  (:class:`~merkit.train.losses.FocalLoss` with ``alpha = focal_mu`` (a float or one value per
+  (:class:`~merkit.models.blocks.losses.FocalLoss` with ``alpha = focal_mu`` (a float or one value per
   class) and ``gamma = focal_lambda``);
 * Eqs. 20-23 ``alpha L_low + beta L_mid + gamma L_high``, cross-entropy of each level head
   (``frequency_weights = (alpha, beta, gamma)``, off with ``multi_frequency=False``);
@@ -88,10 +88,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
+from merkit.models.base import MERModel
 from merkit.models.blocks.conv_attention import PROJECTIONS, ConvTransformerStage
 from merkit.models.registry import register
-from merkit.train.losses import FocalLoss
+from merkit.models.blocks.losses import FocalLoss
 from merkit.views import ViewSpec
 
 VARIANTS = ("full", "no_depth", "no_au")
@@ -198,7 +199,8 @@ class AUEncoder(nn.Module):
                 "rate": torch.stack(rates), "distortion": torch.stack(distortions)}
 
 
-class MADVNet(nn.Module):
+@register("madv-net", "MADV-Net: texture + depth + AU streams, convolutional-projection attention (Kong et al. 2025)")
+class MADVNet(MERModel):
     """MADV-Net (see the module docstring for the architecture, the losses and every choice).
 
     Args:
@@ -277,12 +279,13 @@ class MADVNet(nn.Module):
         au_classifier_loss: str = "bce",
     ):
         super().__init__()
-        for value, allowed, what in ((variant, VARIANTS, "variant"), (video_fusion, VIDEO_FUSIONS, "video_fusion"),
+        for value, allowed, what in ((video_fusion, VIDEO_FUSIONS, "video_fusion"),
                                      (video_input, VIDEO_INPUTS, "video_input"),
                                      (projection, PROJECTIONS, "projection"),
                                      (au_classifier_loss, AU_CLASSIFIER_LOSSES, "au_classifier_loss")):
-            if value not in allowed:
-                raise ConfigError(f"madv-net: {what} must be one of {allowed}, got {value!r}")
+            check_choice(f"madv-net: {what}", value, allowed)
+        self.input_spec: tuple[ViewSpec, ...] = self.input_spec_from(
+            {"variant": variant, "num_frames": num_frames, "image_size": image_size, "in_channels": in_channels})
         stage_pools = [tuple(p) for p in stage_pools]
         if not len(stage_dims) == len(stage_depths) == len(stage_heads) == len(stage_pools) == len(LEVELS):
             raise ConfigError(f"madv-net has three stages (low, mid, high): stage_dims {list(stage_dims)}, stage_depths "
@@ -306,13 +309,6 @@ class MADVNet(nn.Module):
         self.au_classifier_loss = au_classifier_loss
         self.focal = FocalLoss(alpha=focal_mu, gamma=focal_lambda)
 
-        size = (image_size, image_size)
-        specs = [ViewSpec("frames", size=size, channels=in_channels, length=num_frames)]
-        if self.use_depth:
-            specs.append(ViewSpec("depth_seq", size=size, channels=1, length=num_frames))
-        if self.use_au:
-            specs.append(ViewSpec("au", length=num_frames))
-        self.input_spec: tuple[ViewSpec, ...] = tuple(specs)
 
         factor = 2 if video_input == "frames+difference" else 1
         encoder_options = dict(
@@ -338,6 +334,26 @@ class MADVNet(nn.Module):
             nn.BatchNorm3d(conv_dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool3d((pool_t, pool_s, pool_s)), nn.Flatten(1))
         self.head_dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(attention_dim + conv_dim * pool_t * pool_s**2, num_classes)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """``frames``, plus ``depth_seq`` unless ``no_depth`` and ``au`` unless ``no_au``, all of
+        ``num_frames``."""
+        check_choice("madv-net: variant", options["variant"], VARIANTS)
+        size, length = (options["image_size"], options["image_size"]), options["num_frames"]
+        specs = [ViewSpec("frames", size=size, channels=options["in_channels"], length=length)]
+        if options["variant"] != "no_depth":
+            specs.append(ViewSpec("depth_seq", size=size, channels=1, length=length))
+        if options["variant"] != "no_au":
+            specs.append(ViewSpec("au", length=length))
+        return tuple(specs)
+
+    def classifier_keys(self) -> list[str]:
+        """The classifier, the three level heads and the AU stream's classifier."""
+        heads = [f"level_heads.{level}" for level in LEVELS] + ["classifier"]
+        if self.au_encoder is not None:
+            heads.append("au_encoder.classifier")
+        return [f"{head}.{p}" for head in heads for p in ("weight", "bias")]
 
     # ------------------------------------------------------------------ inputs
 
@@ -436,8 +452,3 @@ class MADVNet(nn.Module):
         """Eq. 18: ``L_multi-class + L_freq + L_AU`` (a float32 scalar); ``target`` ``(B,)`` class indices."""
         return torch.stack(list(self.loss_terms(output, target).values())).sum()
 
-
-@register("madv-net", "MADV-Net: texture + depth + AU streams, convolutional-projection attention (Kong et al. 2025)")
-def build_madv_net(num_classes: int, **config: Any) -> MADVNet:
-    """Build :class:`MADVNet`; ``config`` holds its keyword arguments (``configs/madv-net-*.yaml``)."""
-    return MADVNet(num_classes, **config)

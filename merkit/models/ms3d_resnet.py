@@ -73,7 +73,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
+from merkit.models.base import MERModel
 from merkit.models.blocks.fusion import AttentionalFeatureFusion
 from merkit.models.blocks.multiscale import rc1, rc2, rc3
 from merkit.models.blocks.resnet3d import resnet3d
@@ -218,7 +219,8 @@ def select_output(all_logits: torch.Tensor, rule: Selection = "max_confidence", 
     raise ConfigError(f"unknown output selection {rule!r}; expected one of {SELECTIONS}")
 
 
-class MultiScale3dResNet(nn.Module):
+@register("ms3d-resnet", "Multi-scale 3D-ResNet50 on optical flow sequences (Jin et al. 2024)")
+class MultiScale3dResNet(MERModel):
     """The multi-scale 3D-ResNet of paper 004 (see the module docstring for every choice).
 
     Args:
@@ -278,12 +280,10 @@ class MultiScale3dResNet(nn.Module):
         head_grid: int = 1,
     ):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ConfigError(f"ms3d-resnet: unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
-        if selection not in SELECTIONS:
-            raise ConfigError(f"ms3d-resnet: unknown selection {selection!r}; expected one of {SELECTIONS}")
-        if fusion_chain not in ("pairwise", "cascade"):
-            raise ConfigError(f"ms3d-resnet: fusion_chain must be 'pairwise' or 'cascade', got {fusion_chain!r}")
+        self.input_spec: tuple[ViewSpec, ...] = self.input_spec_from(
+            {"variant": variant, "input_size": input_size, "num_frames": num_frames, "frame_channels": frame_channels})
+        check_choice("ms3d-resnet: selection", selection, SELECTIONS)
+        check_choice("ms3d-resnet: fusion_chain", fusion_chain, ("pairwise", "cascade"))
         if num_classes < 2:
             raise ConfigError(f"ms3d-resnet: num_classes must be >= 2, got {num_classes}")
         if head_grid < 1:
@@ -296,10 +296,7 @@ class MultiScale3dResNet(nn.Module):
         self.fixed_output = fixed_output
         self.fusion_chain = fusion_chain
 
-        in_channels = frame_channels if self.variant.view == "frames" else 3
-        self.input_spec: tuple[ViewSpec, ...] = (
-            ViewSpec(self.variant.view, size=tuple(input_size), channels=in_channels, length=num_frames),
-        )
+        in_channels = self.input_spec[0].channels
         self.backbone = resnet3d(layout, in_channels=in_channels, base_width=base_width,
                                  zero_init_residual=zero_init_residual, stem_pool=stem_pool)
         channels = self.backbone.stage_channels
@@ -326,6 +323,19 @@ class MultiScale3dResNet(nn.Module):
             self.fusions = nn.ModuleList()
             head_channels = [channels[3]]
         self.heads = nn.ModuleList(ClassifierHead(c, num_classes, head_hidden, head_dropout, head_grid) for c in head_channels)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """One sequence view: ``flow_seq`` (3 channels), or ``frames`` (``frame_channels``) for
+        the ``no_flow`` variant."""
+        check_choice("ms3d-resnet: variant", options["variant"], VARIANTS)
+        view = VARIANTS[options["variant"]].view
+        channels = options["frame_channels"] if view == "frames" else 3
+        return (ViewSpec(view, size=tuple(options["input_size"]), channels=channels, length=options["num_frames"]),)
+
+    def classifier_keys(self) -> list[str]:
+        """The last fully connected layer of every head."""
+        return [f"heads.{i}.layers.{len(head.layers) - 1}.{p}" for i, head in enumerate(self.heads) for p in ("weight", "bias")]
 
     def _input(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
         spec = self.input_spec[0]
@@ -364,8 +374,3 @@ class MultiScale3dResNet(nn.Module):
         """Sum of the cross-entropy losses of all outputs; ``target (B,)`` class indices."""
         return sum(F.cross_entropy(logits.float(), target) for logits in output["all_logits"])
 
-
-@register("ms3d-resnet", "Multi-scale 3D-ResNet50 on optical flow sequences (Jin et al. 2024)")
-def build_ms3d_resnet(num_classes: int, **config: Any) -> MultiScale3dResNet:
-    """Build :class:`MultiScale3dResNet`; ``config`` holds its keyword arguments."""
-    return MultiScale3dResNet(num_classes, **config)

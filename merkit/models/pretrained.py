@@ -7,19 +7,19 @@ merkit model can do the same. The first stage's checkpoint is a LOSO fold's ``mo
 stage's classes cannot be reused when the classes change: with another count they are skipped
 by shape; with the same count, the checkpoint's ``classes`` decide: the same names in another
 order are re-ordered, other names keep the heads' fresh initialisation. The class-indexed
-entries are found by :func:`class_indexed_keys` (a model built for one class more).
+entries are the ones the model names (:meth:`~merkit.models.base.MERModel.classifier_keys`).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
-from torch import nn
 
 from merkit.errors import ConfigError, WeightsNotFoundError
+from merkit.models.base import MERModel
 
 log = logging.getLogger(__name__)
 
@@ -47,48 +47,32 @@ def read_checkpoint(checkpoint_path: str | Path) -> tuple[dict[str, torch.Tensor
     return state, (list(classes) if classes is not None else None)
 
 
-def class_indexed_keys(build: Callable[[int], nn.Module], num_classes: int) -> list[str]:
-    """State-dict keys whose size depends on the number of classes (the classifier heads).
-
-    Found without knowing the architecture: ``build(num_classes)`` and ``build(num_classes + 1)``
-    are compared and the entries whose shape differs are the class-indexed ones (their first
-    dimension is the class).
-    """
-    with torch.random.fork_rng():  # building models draws weights; leave the caller's RNG alone
-        state, wider = build(num_classes).state_dict(), build(num_classes + 1).state_dict()
-    return [k for k in state if k in wider and wider[k].shape != state[k].shape]
-
-
 def load_pretrained(
-    model: nn.Module,
+    model: MERModel,
     checkpoint_path: str | Path,
     *,
     skip_head: bool = True,
     classes: Sequence[str] | None = None,
-    head_keys: Sequence[str] | Callable[[], Sequence[str]] | None = None,
 ) -> list[str]:
     """Copy a first-stage checkpoint's weights into ``model`` (in place).
 
     Every entry of the model's ``state_dict`` must be in the checkpoint with the same shape,
     except, when ``skip_head`` is true, classifier heads sized for another number of classes:
-    entries whose shapes differ in the first (output) dimension only. Those keep the model's
-    current values. Any other difference (a position embedding of another input size, a layer
+    entries the model names in ``classifier_keys()`` whose shapes differ in the first (output)
+    dimension only. Those keep the model's current values. Any other difference (a position embedding of another input size, a layer
     of another width) and checkpoint entries the model does not have are errors, so weights of
     another architecture never load partially by accident.
 
     When the checkpoint records its classes and ``classes`` (the fine-tuning run's) are given,
     heads of the same size are matched by name: the same classes in another order have the rows
-    of the ``head_keys`` entries re-ordered; different class names keep the heads fresh (as for
-    another count). A plain ``state_dict`` records no classes and loads by shape alone.
+    of the heads re-ordered; different class names keep the heads fresh (as for another count).
+    A plain ``state_dict`` records no classes and loads by shape alone.
 
     Args:
         model: the freshly built model to fine-tune.
         checkpoint_path: ``model.pt`` of a LOSO fold or a file holding a plain ``state_dict``.
         skip_head: skip heads that do not fit the new classes instead of raising.
         classes: the class names ``model`` is trained on, in its output order.
-        head_keys: the class-indexed entries of ``model`` (:func:`class_indexed_keys`), or a
-            function returning them (called only when needed); needed when ``classes`` differ
-            from the checkpoint's but have the same count.
 
     Returns:
         The state-dict keys that were loaded (re-ordered heads included), in the model's order.
@@ -106,8 +90,10 @@ def load_pretrained(
     if missing or unexpected:
         raise ConfigError(f"{checkpoint_path} does not fit this model: missing {_few(missing)}, unexpected {_few(unexpected)}; "
                           "was it trained with another model or variant?")
+    head_keys = model.classifier_keys()
     mismatched = [k for k in target if source[k].shape != target[k].shape]
-    not_heads = [k for k in mismatched if not _differs_in_outputs_only(source[k].shape, target[k].shape)]
+    not_heads = [k for k in mismatched
+                 if k not in head_keys or not _differs_in_outputs_only(source[k].shape, target[k].shape)]
     if not_heads or (mismatched and not skip_head):
         bad = not_heads or mismatched
         hint = "the model was built with other sizes" if not_heads else "pass skip_head=True to keep fresh heads"
@@ -115,11 +101,6 @@ def load_pretrained(
                           f"{tuple(source[bad[0]].shape)}, model {tuple(target[bad[0]].shape)}); {hint}")
     source = dict(source)
     if not mismatched and classes is not None and source_classes is not None and list(classes) != source_classes:
-        if head_keys is None:
-            raise ConfigError(f"{checkpoint_path} was trained on classes {source_classes}, this run has {list(classes)}: "
-                              "pass head_keys (class_indexed_keys) to match the heads by class")
-        if callable(head_keys):
-            head_keys = head_keys()
         if sorted(classes) == sorted(source_classes):
             order = torch.tensor([source_classes.index(name) for name in classes])
             for key in head_keys:

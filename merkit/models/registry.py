@@ -1,12 +1,9 @@
-"""One registry for every model: ``merkit.models.create(name, num_classes=..., **config)``.
+"""One registry for every model: ``merkit.models.create(name, num_classes=..., **options)``.
 
-A registered model is a plain ``torch.nn.Module`` with
-
-* ``input_spec``: a tuple of :class:`~merkit.views.ViewSpec` naming the views it consumes;
-* ``forward(views: dict[str, Tensor])`` returning logits ``(B, K)`` or a dict holding at least
-  ``"logits"`` (plus auxiliary outputs);
-* optionally ``loss(output, target) -> Tensor``; without it the trainer uses cross-entropy on
-  the logits.
+A registered model is a :class:`~merkit.models.base.MERModel` subclass (the contract: input
+spec without building, ``forward(views)``, ``loss``, ``classifier_keys``), registered by
+decorating the class with :func:`register`. The package :mod:`merkit.models` imports every
+model module, so importing the registry registers them all.
 """
 
 from __future__ import annotations
@@ -14,81 +11,75 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-import torch
-from torch import nn
-
 from merkit.errors import ConfigError
+from merkit.models.base import MERModel, logits_of
+from merkit.views import ViewSpec
+
+__all__ = ["ModelEntry", "available", "create", "input_spec", "logits_of", "model_class", "register"]
 
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered model: its name, class and one-line description."""
+
     name: str
-    builder: Callable[..., nn.Module]
+    model_class: type[MERModel]
     description: str
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, description: str = "") -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator registering a builder ``builder(num_classes=..., **config) -> nn.Module``."""
+def register(name: str, description: str = "") -> Callable[[type[MERModel]], type[MERModel]]:
+    """Class decorator registering a :class:`MERModel` subclass under ``name``.
 
-    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    Raises:
+        ConfigError: ``name`` is taken, or the class is not a ``MERModel``.
+    """
+
+    def wrap(cls: type[MERModel]) -> type[MERModel]:
         if name in _REGISTRY:
             raise ConfigError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, builder, description or (builder.__doc__ or "").strip().split("\n")[0])
-        return builder
+        if not (isinstance(cls, type) and issubclass(cls, MERModel)):
+            raise ConfigError(f"model {name!r}: {cls!r} is not a MERModel subclass")
+        cls.registry_name = name
+        _REGISTRY[name] = ModelEntry(name, cls, description or (cls.__doc__ or "").strip().split("\n")[0])
+        return cls
 
     return wrap
 
 
-def _load_all() -> None:
-    # importing the model modules registers them
-    from merkit.models import baselines, tsfmicro  # noqa: F401
-    import importlib
-
-    for optional in ("atm_gcn", "ms3d_resnet", "madv_net", "ststnet"):
-        try:
-            importlib.import_module(f"merkit.models.{optional}")
-        except ModuleNotFoundError as err:  # a model file not written yet
-            if err.name != f"merkit.models.{optional}":
-                raise
-
-
 def available() -> dict[str, str]:
     """Registered model names and one-line descriptions."""
-    _load_all()
     return {n: e.description for n, e in sorted(_REGISTRY.items())}
 
 
-def create(name: str, num_classes: int, **config: Any) -> nn.Module:
+def model_class(name: str) -> type[MERModel]:
+    """The class registered as ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered models).
+    """
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; available models: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name].model_class
+
+
+def create(name: str, num_classes: int, **options: Any) -> MERModel:
     """Build model ``name`` for ``num_classes`` classes.
 
     Raises:
-        ConfigError: unknown model name or an option the model does not take.
+        ConfigError: unknown model name, an option the model does not take or of the wrong
+            type, or a value the model refuses.
     """
-    _load_all()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    try:
-        model = _REGISTRY[name].builder(num_classes=num_classes, **config)
-    except TypeError as err:
-        raise ConfigError(f"model {name!r}: {err}") from err
-    if not hasattr(model, "input_spec"):
-        raise ConfigError(f"model {name!r} declares no input_spec")
-    return model
+    cls = model_class(name)
+    return cls(num_classes, **cls.options(options))
 
 
-def input_spec(name: str, **config: Any) -> tuple:
-    """The views model ``name`` with ``config`` consumes, without touching the global RNG.
+def input_spec(name: str, **options: Any) -> tuple[ViewSpec, ...]:
+    """The views model ``name`` with ``options`` consumes, without building it.
 
     Raises:
         ConfigError: as :func:`create`.
     """
-    with torch.random.fork_rng():
-        return tuple(create(name, num_classes=2, **config).input_spec)
-
-
-def logits_of(output: torch.Tensor | dict[str, torch.Tensor]) -> torch.Tensor:
-    """The ``(B, K)`` logits of a model output (a tensor or a dict with ``"logits"``)."""
-    return output["logits"] if isinstance(output, dict) else output
+    return model_class(name).input_spec_for(**options)

@@ -22,10 +22,14 @@ Choices where the paper leaves room:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
+from merkit.models.base import MERModel
 from merkit.models.registry import register
 from merkit.views import ViewSpec
 
@@ -37,7 +41,8 @@ def _pooled(size: int, padding: int) -> int:
     return pooled // 2
 
 
-class STSTNet(nn.Module):
+@register("ststnet", "STSTNet (Liong et al., FG 2019): three shallow conv streams on the 28x28 onset->apex flow")
+class STSTNet(MERModel):
     """STSTNet on the ``flow`` view.
 
     Args:
@@ -50,15 +55,14 @@ class STSTNet(nn.Module):
     Input: ``views["flow"]`` (B, 3, image_size, image_size). Output: logits (B, K).
     """
 
-    def __init__(self, num_classes: int, stream_widths: tuple[int, ...] = (3, 5, 8), conv_padding: int = 2,
+    def __init__(self, num_classes: int, stream_widths: Sequence[int] = (3, 5, 8), conv_padding: int = 2,
                  dropout: float = 0.5, image_size: int = 28):
         super().__init__()
-        if conv_padding not in (1, 2):
-            raise ConfigError(f"STSTNet conv_padding must be 1 ('same') or 2 (release), got {conv_padding}")
+        check_choice("STSTNet conv_padding (1 'same', 2 release)", conv_padding, (1, 2))
         side = _pooled(image_size, conv_padding)
         if side < 1:
             raise ConfigError(f"STSTNet image_size {image_size} is too small (needs at least 6)")
-        self.input_spec = (ViewSpec("flow", size=(image_size, image_size)),)
+        self.input_spec = self.input_spec_from({"image_size": image_size})
         self.streams = nn.ModuleList(
             nn.Sequential(
                 nn.Conv2d(3, width, kernel_size=3, padding=conv_padding),
@@ -71,6 +75,15 @@ class STSTNet(nn.Module):
         )
         self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
         self.classifier = nn.Linear(sum(stream_widths) * side * side, num_classes)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """The ``flow`` view at ``image_size``."""
+        return (ViewSpec("flow", size=(options["image_size"], options["image_size"])),)
+
+    def classifier_keys(self) -> list[str]:
+        """The fully connected layer's weight and bias."""
+        return ["classifier.weight", "classifier.bias"]
 
     def features(self, flow: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, 16 * s * s) pooled stream maps, channel-major (s = 5 at 28 x 28)."""
@@ -92,9 +105,3 @@ class STSTNet(nn.Module):
                                   f"got {tuple(flow.shape)}")
         return self.classifier(self.features(flow))
 
-
-@register("ststnet", "STSTNet (Liong et al., FG 2019): three shallow conv streams on the 28x28 onset->apex flow")
-def build_ststnet(num_classes: int, stream_widths: tuple[int, ...] | list[int] = (3, 5, 8), conv_padding: int = 2,
-                  dropout: float = 0.5, image_size: int = 28) -> STSTNet:
-    return STSTNet(num_classes, stream_widths=tuple(stream_widths), conv_padding=conv_padding, dropout=dropout,
-                   image_size=image_size)

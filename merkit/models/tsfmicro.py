@@ -65,12 +65,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
+from merkit.models.base import MERModel
 from merkit.models.blocks.retention import RetNetBlock, check_retention_form
 from merkit.models.blocks.transformer import LearnedPositionEmbedding, PatchEmbedding, TransformerBlock
 from merkit.models.registry import register
@@ -124,7 +126,8 @@ class ClassifierHead(nn.Module):
         return self.classifier(F.silu(x).mean(dim=1))
 
 
-class TSFmicro(nn.Module):
+@register("tsfmicro", "TSFmicro (Liu et al. 2025): RetNet motion branch + ViT face branch, fused")
+class TSFmicro(MERModel):
     """TSFmicro: RetNet temporal branch on motion + ViT spatial branch on a face frame, fused.
 
     Args:
@@ -187,14 +190,11 @@ class TSFmicro(nn.Module):
     ):
         super().__init__()
         _check_choice("fusion", fusion, FUSION_MODES)
-        _check_choice("branches", branches, BRANCHES)
-        _check_choice("motion", motion, MOTION_VIEWS)
-        _check_choice("spatial_view", spatial_view, SPATIAL_VIEWS)
         _check_choice("head_norm", head_norm, HEAD_NORMS)
+        specs = self.input_spec_from({"image_size": image_size, "in_channels": in_channels, "branches": branches,
+                                      "motion": motion, "spatial_view": spatial_view})
         if branches != "both" and fusion != "late":
             raise ConfigError(f"fusion {fusion!r} needs both branches, but branches={branches!r}")
-        if in_channels not in (1, 3):
-            raise ConfigError(f"in_channels must be 1 or 3, got {in_channels}")
         if num_classes < 1:
             raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         if stem_stride < 2 or stem_stride & (stem_stride - 1):
@@ -214,26 +214,42 @@ class TSFmicro(nn.Module):
         self.uses_temporal = branches in ("both", "temporal")
         self.uses_spatial = branches in ("both", "spatial")
 
-        specs: list[ViewSpec] = []
         if self.uses_temporal:
-            motion_channels = 3 if motion == "flow" else in_channels
-            specs.append(ViewSpec(motion, size=size, channels=motion_channels))
-            self.stem = ConvStem(motion_channels, embed_dim, stem_stride)
+            self.stem = ConvStem(specs[0].channels, embed_dim, stem_stride)
             drop_paths = torch.linspace(0.0, drop_path_rate, temporal_depth).tolist()
             self.temporal_blocks = nn.ModuleList(
                 RetNetBlock(embed_dim, retention_heads, retention_mlp_ratio, retention, decay_schedule,
                             value_factor, drop_path=p)
                 for p in drop_paths)
         if self.uses_spatial:
-            specs.append(ViewSpec(spatial_view, size=size, channels=in_channels))
             self.patch_embedding = PatchEmbedding(in_channels, embed_dim, stem_stride, size)
             self.position_embedding = LearnedPositionEmbedding(self.patch_embedding.num_tokens, embed_dim)
             if fusion != "early":
                 self.spatial_blocks = nn.ModuleList(
                     TransformerBlock(embed_dim, spatial_heads, spatial_mlp_ratio) for _ in range(spatial_depth))
                 self.spatial_norm = nn.LayerNorm(embed_dim, eps=1e-6)
-        self.input_spec: tuple[ViewSpec, ...] = tuple(specs)
+        self.input_spec: tuple[ViewSpec, ...] = specs
         self.head = ClassifierHead(embed_dim, projection_dim, num_classes, head_norm)
+
+    @classmethod
+    def input_spec_from(cls, options: dict[str, Any]) -> tuple[ViewSpec, ...]:
+        """The motion view (``diff`` or ``flow``) and/or the face view, as ``branches`` says."""
+        _check_choice("branches", options["branches"], BRANCHES)
+        _check_choice("motion", options["motion"], MOTION_VIEWS)
+        _check_choice("spatial_view", options["spatial_view"], SPATIAL_VIEWS)
+        in_channels, motion = options["in_channels"], options["motion"]
+        _check_choice("in_channels", in_channels, (1, 3))
+        size = _image_size(options["image_size"])
+        specs = []
+        if options["branches"] in ("both", "temporal"):
+            specs.append(ViewSpec(motion, size=size, channels=3 if motion == "flow" else in_channels))
+        if options["branches"] in ("both", "spatial"):
+            specs.append(ViewSpec(options["spatial_view"], size=size, channels=in_channels))
+        return tuple(specs)
+
+    def classifier_keys(self) -> list[str]:
+        """The head's final linear layer."""
+        return ["head.classifier.weight", "head.classifier.bias"]
 
     def forward(self, views: dict[str, torch.Tensor]) -> torch.Tensor:
         """``views``: the tensors named in :attr:`input_spec`, each ``(B, C, H, W)`` -> logits ``(B, K)``.
@@ -290,9 +306,8 @@ class TSFmicro(nn.Module):
             raise ModelInputError(f"TSFmicro views have different batch sizes: {sorted(batch_sizes)}")
 
 
-def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"TSFmicro option {option}={value!r}; expected one of {choices}")
+def _check_choice(option: str, value: object, choices: tuple[object, ...]) -> None:
+    check_choice(f"TSFmicro option {option!r}", value, choices)
 
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
@@ -303,8 +318,3 @@ def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
         raise ConfigError(f"image_size must be an int or (H, W), got {image_size!r}")
     return size
 
-
-@register("tsfmicro", "TSFmicro (Liu et al. 2025): RetNet motion branch + ViT face branch, fused")
-def build_tsfmicro(num_classes: int, **config) -> TSFmicro:
-    """Build :class:`TSFmicro` from config options (see its docstring); defaults are the paper's."""
-    return TSFmicro(num_classes=num_classes, **config)

@@ -25,7 +25,7 @@ from typing import Iterable, Literal
 import numpy as np
 
 from merkit.data.annotations import au_term_groups
-from merkit.errors import AnnotationError, ConfigError
+from merkit.errors import AnnotationError, ConfigError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +136,8 @@ def parse_au_string(
     Raises:
         AnnotationError: an unknown or unreadable code under ``unknown="raise"``.
     """
-    if unknown not in ("raise", "skip"):
-        raise ConfigError(f"unknown={unknown!r}: expected 'raise' or 'skip'")
-    if alternatives not in ("both", "first"):
-        raise ConfigError(f"alternatives={alternatives!r}: expected 'both' or 'first'")
+    check_choice("unknown", unknown, ("raise", "skip"))
+    check_choice("alternatives", alternatives, ("both", "first"))
     if _is_missing(text):
         return []
     raw = _as_text(text, file, row)

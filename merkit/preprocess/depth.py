@@ -33,7 +33,7 @@ from typing import Literal, Sequence
 import cv2
 import numpy as np
 
-from merkit.errors import ConfigError, MissingFramesError, PreprocessError, WeightsNotFoundError
+from merkit.errors import ConfigError, MissingFramesError, PreprocessError, WeightsNotFoundError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,8 @@ def normalise_depth(
     Raises:
         PreprocessError: no valid value in the clip (or, per frame, in a frame).
     """
-    if per not in ("clip", "frame"):
-        raise ConfigError(f"normalise_depth: per={per!r}, expected 'clip' or 'frame'")
-    if near not in ("small", "large"):
-        raise ConfigError(f"normalise_depth: near={near!r}, expected 'small' or 'large'")
+    check_choice("normalise_depth: per", per, ("clip", "frame"))
+    check_choice("normalise_depth: near", near, ("small", "large"))
     depth = np.asarray(depth, dtype=np.float64)
     if per == "frame":
         return np.stack(

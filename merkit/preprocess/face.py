@@ -33,7 +33,7 @@ from typing import Literal, Sequence
 import cv2
 import numpy as np
 
-from merkit.errors import ConfigError, FaceNotFoundError, PreprocessError, WeightsNotFoundError
+from merkit.errors import ConfigError, FaceNotFoundError, PreprocessError, WeightsNotFoundError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,7 @@ def detect_face(
         ConfigError: unknown detector.
         FaceNotFoundError: no detector found a face.
     """
-    if detector not in FACE_DETECTORS:
-        raise ConfigError(f"unknown face detector {detector!r}; expected one of {FACE_DETECTORS}")
+    check_choice("face detector", detector, FACE_DETECTORS)
     image = _as_rgb(image)
     if dlib_upsample is None:
         dlib_upsample = 1 if min(image.shape[:2]) < 400 else 0
@@ -594,8 +593,7 @@ def align_clip(
         ConfigError: unknown ``stabilise`` method.
     """
     method = ("ecc" if stabilise else "none") if isinstance(stabilise, bool) else stabilise
-    if method not in STABILISE_METHODS:
-        raise ConfigError(f"unknown stabilise method {stabilise!r}; expected one of {STABILISE_METHODS}")
+    check_choice("stabilise method", method, STABILISE_METHODS)
     frames = np.asarray(frames)
     box = detect_face(frames[onset_index], detector, sample_id=sample_id, frame=onset_index)
     landmarks = track_landmarks(frames, box=box, reference_index=onset_index, sample_id=sample_id)
@@ -639,8 +637,7 @@ def crop_box_clip(
     Raises:
         FaceNotFoundError: no face on the onset frame.
     """
-    if box_from not in ("detector", "landmarks"):
-        raise ConfigError(f"unknown box_from {box_from!r}; expected 'detector' or 'landmarks'")
+    check_choice("box_from", box_from, ("detector", "landmarks"))
     frames = np.asarray(frames)
     box = detect_face(frames[onset_index], detector, sample_id=sample_id, frame=onset_index)
     landmarks = None

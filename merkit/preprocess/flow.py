@@ -34,7 +34,7 @@ from typing import Any, Literal
 import cv2
 import numpy as np
 
-from merkit.errors import ConfigError, PreprocessError
+from merkit.errors import ConfigError, PreprocessError, check_choice
 
 FlowMethod = Literal["tvl1", "dis", "farneback"]
 FLOW_METHODS: tuple[str, ...] = ("tvl1", "dis", "farneback")
@@ -99,8 +99,7 @@ def _solver(method: str, params: dict[str, Any]) -> Any:
         setters = _DIS_SETTERS
         options = {"finest_scale": 0, **params}
         preset = options.pop("preset", "medium")
-        if preset not in _DIS_PRESETS:
-            raise ConfigError(f"DIS preset {preset!r} unknown; expected one of {sorted(_DIS_PRESETS)}")
+        check_choice("DIS preset", preset, sorted(_DIS_PRESETS))
         solver = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
     for name, value in options.items():
         if name not in setters:
@@ -173,8 +172,7 @@ def optical_flow(prev: np.ndarray, next: np.ndarray, method: FlowMethod = "tvl1"
         ConfigError: unknown method or parameter.
         PreprocessError: images of different sizes or not images.
     """
-    if method not in FLOW_METHODS:
-        raise ConfigError(f"unknown optical-flow method {method!r}; expected one of {FLOW_METHODS}")
+    check_choice("optical-flow method", method, FLOW_METHODS)
     prev_gray = to_gray_float(prev, "prev")
     next_gray = to_gray_float(next, "next")
     if prev_gray.shape != next_gray.shape:

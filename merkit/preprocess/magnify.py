@@ -72,7 +72,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from merkit.errors import ConfigError, PreprocessError
+from merkit.errors import ConfigError, PreprocessError, check_choice
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,7 @@ def magnify(
         raise PreprocessError(f"magnify expects uint8 or float frames, got dtype {frames.dtype}")
     if fps <= 0:
         raise ConfigError(f"fps must be > 0, got {fps}")
-    if filter not in TEMPORAL_FILTERS:
-        raise ConfigError(f"unknown temporal filter {filter!r}; expected one of {TEMPORAL_FILTERS}")
+    check_choice("temporal filter", filter, TEMPORAL_FILTERS)
     if filter == "ideal" and not 0 <= low_hz < high_hz:
         raise ConfigError(f"ideal band needs 0 <= low_hz < high_hz, got [{low_hz}, {high_hz}]")
     if filter == "iir" and not 0 < low_hz < high_hz < fps / 2:

@@ -28,12 +28,11 @@ import numpy as np
 from merkit.config import ViewsConfig
 from merkit.data.sample import Sample
 from merkit.errors import MerkitError, PreprocessError
-from merkit.views import ViewSpec
+from merkit.views import SEQUENCE_VIEWS, ViewSpec
 
 log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = 2  # 2: sampling "interpolate" interpolates the course (was uniform picks)
-SEQUENCE_VIEWS = ("frames", "flow_seq", "depth_seq", "au")
 
 
 @dataclass(frozen=True)

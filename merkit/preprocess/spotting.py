@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
-from merkit.errors import ConfigError, PreprocessError
+from merkit.errors import ConfigError, PreprocessError, check_choice
 from merkit.preprocess.flow import optical_flow, to_gray_float
 
 SpottingMethod = Literal["diff", "flow", "frequency"]
@@ -133,10 +133,8 @@ def apex_scores(
     Returns:
         (T,) float64 scores.
     """
-    if method not in SPOTTING_METHODS:
-        raise ConfigError(f"unknown apex spotting method {method!r}; expected one of {SPOTTING_METHODS}")
-    if reference not in ("onset", "onset_offset"):
-        raise ConfigError(f"unknown spotting reference {reference!r}; expected 'onset' or 'onset_offset'")
+    check_choice("apex spotting method", method, SPOTTING_METHODS)
+    check_choice("spotting reference", reference, ("onset", "onset_offset"))
     gray = _gray_clip(frames)
     references = [0] if reference == "onset" else [0, len(gray) - 1]
     if method == "diff":
@@ -204,10 +202,8 @@ def resolve_apex(
             ``spotted`` without (matching) frames.
         ConfigError: unknown policy, fallback or method.
     """
-    if policy not in APEX_POLICIES:
-        raise ConfigError(f"unknown apex policy {policy!r}; expected one of {APEX_POLICIES}")
-    if fallback not in (None, "middle", "spotted"):
-        raise ConfigError(f"unknown apex fallback {fallback!r}; expected None, 'middle' or 'spotted'")
+    check_choice("apex policy", policy, APEX_POLICIES)
+    check_choice("apex fallback", fallback, (None, "middle", "spotted"))
     if sample_frames_count < 1:
         raise PreprocessError(f"{sample_id}: the clip has no frames between onset and offset")
     if policy == "annotated":

@@ -1,1 +1,4 @@
-"""Training: losses, augmentation, the trainer, the LOSO runner and model selection."""
+"""Training: augmentation, the trainer, the LOSO runner and model selection.
+
+The models' losses live with the models (:mod:`merkit.models.blocks.losses`).
+"""

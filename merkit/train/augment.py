@@ -13,10 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from merkit.config import AugmentConfig
-
-SPATIAL_VIEWS = ("onset", "apex", "diff", "flow", "frames", "flow_seq", "depth_seq")
-FLOW_VIEWS = ("flow", "flow_seq")
-INTENSITY_VIEWS = ("onset", "apex", "frames")
+from merkit.views import FLOW_VIEWS, INTENSITY_VIEWS, SPATIAL_VIEWS, VIEWS
 
 
 def _flip_sign(name: str, view: torch.Tensor, component: int, mask: torch.Tensor) -> torch.Tensor:
@@ -64,7 +61,7 @@ def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generat
             if name in INTENSITY_VIEWS:
                 shape = (batch,) + (1,) * (out[name].dim() - 1)
                 out[name] = (out[name] * _on(gain, out[name]).view(shape) + _on(bias, out[name]).view(shape)).clamp(0, 1)
-            elif name == "diff":
+            elif name in VIEWS and VIEWS[name].content == "difference":
                 out[name] = out[name] * _on(gain, out[name]).view((batch,) + (1,) * (out[name].dim() - 1))
     return out
 

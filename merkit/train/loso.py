@@ -49,6 +49,7 @@ from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.device import configure_determinism, cpu_state_dict, place_views, resolve_device
 from merkit.train.executors import Executor, LocalExecutor
 from merkit.train.trainer import History, Views, fit, predict_proba, subset, to_tensors
+from merkit.views import CHANNEL_VIEWS, VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -225,9 +226,9 @@ def check_views_config(specs, config: RunConfig) -> None:
     """The ``views`` section's optional size/channels/num_frames must agree with the input spec."""
     v = config.views
     for spec in specs:
-        if v.size is not None and spec.name != "au" and tuple(v.size) != tuple(spec.size):
+        if v.size is not None and VIEWS[spec.name].spatial and tuple(v.size) != tuple(spec.size):
             raise ConfigError(f"views.size {list(v.size)} disagrees with the model's {spec.name} view size {list(spec.size)}")
-        if v.channels is not None and spec.name in ("onset", "apex", "diff", "frames") and v.channels != spec.channels:
+        if v.channels is not None and spec.name in CHANNEL_VIEWS and v.channels != spec.channels:
             raise ConfigError(f"views.channels {v.channels} disagrees with the model's {spec.name} view ({spec.channels})")
         if v.num_frames is not None and spec.length is not None and v.num_frames != spec.length:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
@@ -239,12 +240,9 @@ def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.
     torch.manual_seed(seed)
     model = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
     if config.pretrained is not None:
-        from merkit.models.pretrained import class_indexed_keys, load_pretrained
+        from merkit.models.pretrained import load_pretrained
 
-        def heads() -> list[str]:  # only needed (and built) when the checkpoint's classes differ
-            return class_indexed_keys(lambda k: create(config.model_name, num_classes=k, **config.model_kwargs), len(classes))
-
-        load_pretrained(model, config.pretrained, classes=classes, head_keys=heads)
+        load_pretrained(model, config.pretrained, classes=classes)
     return model
 
 

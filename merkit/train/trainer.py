@@ -15,11 +15,10 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from merkit.config import TrainConfig
-from merkit.models.registry import logits_of
+from merkit.models.base import MERModel, logits_of
 from merkit.train.augment import augment_batch
 from merkit.train.device import (Precision, Views, describe_device, model_device, place_views, resolve_device,
                                  resolve_precision, take_batch)
@@ -65,14 +64,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
-def compute_loss(model: nn.Module, output, target: torch.Tensor) -> torch.Tensor:
-    """The model's own ``loss(output, target)`` if it has one, else cross-entropy on the logits."""
-    if hasattr(model, "loss"):
-        return model.loss(output, target)
-    return F.cross_entropy(logits_of(output).float(), target)
-
-
-def train_step(model: nn.Module, batch: Views, target: torch.Tensor, optimizer: torch.optim.Optimizer,
+def train_step(model: MERModel, batch: Views, target: torch.Tensor, optimizer: torch.optim.Optimizer,
                precision: Precision, scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> torch.Tensor:
     """One optimisation step on one batch; returns the (detached) loss.
 
@@ -86,7 +78,7 @@ def train_step(model: nn.Module, batch: Views, target: torch.Tensor, optimizer: 
     """
     with precision.autocast():
         output = model(batch)
-        loss = compute_loss(model, output, target)
+        loss = model.loss(output, target)
     optimizer.zero_grad(set_to_none=True)
     if scaler is None:
         loss.backward()
@@ -104,7 +96,7 @@ def train_step(model: nn.Module, batch: Views, target: torch.Tensor, optimizer: 
 
 
 def fit(
-    model: nn.Module,
+    model: MERModel,
     views: Views,
     labels: torch.Tensor,
     config: TrainConfig,
@@ -120,7 +112,7 @@ def fit(
     and the labels are moved to the device once; the model stays there.
 
     Args:
-        model: a registered merkit model.
+        model: a registered merkit model (its ``loss`` is minimised).
         views: view name -> ``(N, ...)`` tensors.
         labels: ``(N,)`` class indices.
         config: optimiser, schedule, batch size, augmentation, precision (``amp``).

@@ -26,7 +26,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from merkit.errors import ConfigError
+from merkit.errors import ConfigError, check_choice
 
 Point = tuple[float, float]
 
@@ -430,8 +430,7 @@ def draw_aus(
     Raises:
         ConfigError: unknown emotion.
     """
-    if emotion not in EMOTION_AUS:
-        raise ConfigError(f"emotion {emotion!r} has no AU model; expected one of {', '.join(EMOTIONS)}")
+    check_choice("emotion with an AU model", emotion, EMOTIONS)
     options = EMOTION_AUS[emotion]
     codes = list(options[int(rng.integers(len(options)))])
     drop = rng.random() < drop_probability

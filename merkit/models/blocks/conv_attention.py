@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
 from merkit.models.blocks.transformer import DropPath, FeedForward, LearnedPositionEmbedding
 
 Grid = tuple[int, int, int]
@@ -108,8 +108,7 @@ class ConvProjection(nn.Module):
 
     def __init__(self, dim: int, kernel: int = 3, stride: int = 1, projection: str = "2d", bias: bool = True):
         super().__init__()
-        if projection not in PROJECTIONS:
-            raise ConfigError(f"convolutional projection must be one of {PROJECTIONS}, got {projection!r}")
+        check_choice("convolutional projection", projection, PROJECTIONS)
         if kernel < 1 or kernel % 2 == 0 or stride < 1:
             raise ConfigError(f"convolutional projection: kernel {kernel} must be odd and stride {stride} >= 1 "
                               "(an even kernel would change the number of query tokens)")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
 
 
 class ChannelAttention(nn.Module):
@@ -82,8 +82,7 @@ class AttentionalFeatureFusion(nn.Module):
 
     def __init__(self, channels: int, reduction: int = 4, iterations: int = 2):
         super().__init__()
-        if iterations not in (1, 2):
-            raise ConfigError(f"AttentionalFeatureFusion: iterations must be 1 or 2, got {iterations}")
+        check_choice("AttentionalFeatureFusion: iterations", iterations, (1, 2))
         self.attention = nn.ModuleList(ChannelAttention(channels, reduction) for _ in range(iterations))
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -43,7 +43,7 @@ from typing import Literal, Sequence
 import torch
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ModelInputError, check_choice
 
 Weighting = Literal["free", "softmax"]
 
@@ -115,8 +115,7 @@ class MultiScaleModule(nn.Module):
     def __init__(self, branches: Sequence[nn.Module], num_maps: int, weighting: Weighting = "free", residual: bool = False):
         super().__init__()
         self.residual = residual
-        if weighting not in ("free", "softmax"):
-            raise ConfigError(f"multi-scale weighting must be 'free' or 'softmax', got {weighting!r}")
+        check_choice("multi-scale weighting", weighting, ("free", "softmax"))
         self.branches = nn.ModuleList(branches)
         self.weighting = weighting
         initial = torch.full((num_maps,), 1.0 / num_maps) if weighting == "free" else torch.zeros(num_maps)

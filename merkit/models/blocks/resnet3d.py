@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from merkit.errors import ConfigError
+from merkit.errors import ConfigError, check_choice
 
 Triple = tuple[int, int, int]
 
@@ -173,8 +173,7 @@ def resnet3d(layout: str, in_channels: int = 3, base_width: int = 64, **kwargs: 
     Raises:
         ConfigError: unknown layout name.
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"unknown 3D-ResNet layout {layout!r}; expected one of {sorted(LAYOUTS)}")
+    check_choice("3D-ResNet layout", layout, sorted(LAYOUTS))
     block, layers = LAYOUTS[layout]
     return ResNet3d(block, layers, in_channels=in_channels, base_width=base_width, **kwargs)
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
 from merkit.models.blocks.transformer import DropPath, FeedForward
 
 RETENTION_MODES = ("causal-1d", "manhattan-2d")
@@ -190,8 +190,7 @@ class MultiScaleRetention(nn.Module):
     def __init__(self, dim: int, num_heads: int, mode: str = "causal-1d", decay_schedule: str = "retnet",
                  value_factor: int = 1):
         super().__init__()
-        if mode not in RETENTION_MODES:
-            raise ConfigError(f"unknown retention mode {mode!r}; expected one of {RETENTION_MODES}")
+        check_choice("retention mode", mode, RETENTION_MODES)
         if dim % num_heads or (dim // num_heads) % 2:
             raise ConfigError(f"retention: dim {dim} must split into {num_heads} heads of even width")
         self.mode = mode
@@ -252,8 +251,7 @@ class MultiScaleRetention(nn.Module):
 
 def check_retention_form(mode: str, form: str) -> None:
     """Raise :class:`ConfigError` unless ``form`` exists for retention ``mode``."""
-    if form not in RETENTION_FORMS:
-        raise ConfigError(f"unknown retention form {form!r}; expected one of {RETENTION_FORMS}")
+    check_choice("retention form", form, RETENTION_FORMS)
     if mode == "manhattan-2d" and form != "parallel":
         raise ConfigError(
             f"retention form {form!r} exists only for causal-1d retention; manhattan-2d decay is "

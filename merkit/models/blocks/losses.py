@@ -1,4 +1,4 @@
-"""Losses shared by the models: focal loss and class-balancing weights.
+"""Losses the models use: focal loss and class-balancing weights.
 
 Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017), in its multi-class
 softmax form, for one sample with true class ``y`` and predicted probability ``p_y``:
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from merkit.errors import ConfigError, ModelInputError
+from merkit.errors import ConfigError, ModelInputError, check_choice
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -45,8 +45,7 @@ class FocalLoss(nn.Module):
         super().__init__()
         if gamma < 0:
             raise ConfigError(f"focal loss gamma must be >= 0, got {gamma}")
-        if reduction not in _REDUCTIONS:
-            raise ConfigError(f"focal loss reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        check_choice("focal loss reduction", reduction, _REDUCTIONS)
         weights = None if alpha is None else torch.as_tensor(alpha, dtype=torch.float32).reshape(-1)
         if weights is not None and (weights < 0).any():
             raise ConfigError(f"focal loss alpha must be non-negative, got {alpha}")
