@@ -13,8 +13,6 @@ from merkit.errors import ConfigError
 from merkit.train.executors import RayExecutor
 from test_device import REFERENCE, reference_run
 
-pytestmark = pytest.mark.xdist_group("ray")  # one Ray instance per test session
-
 
 @pytest.fixture(scope="module")
 def ray_instance():
@@ -51,18 +49,6 @@ def test_folds_as_ray_tasks_give_the_local_predictions_and_resume(ray_instance, 
     assert (run / "folds" / "sub02" / "predictions.csv").read_bytes() == retrained
 
 
-def test_ray_needs_a_shared_view_cache_and_reserves_gpus_only_on_request(ray_instance, synth_samples, tmp_path):
-    with pytest.raises(ConfigError, match="read views from the view cache"):
-        reference_run(synth_samples, tmp_path / "run", None, executor=RayExecutor())
-    assert RayExecutor().prepare("auto") == "cpu"  # no GPU reserved: auto computes on the CPU
-    with pytest.raises(ConfigError, match="has no GPU"):
-        RayExecutor().prepare("cuda")
-    with pytest.raises(ConfigError, match="use --device cuda or auto"):
-        RayExecutor().prepare("cuda:1")
-    with pytest.raises(ConfigError, match="idle"):
-        RayExecutor(gpus_per_fold=0.5).prepare("cpu")
-
-
 def fail_on_first_attempt(marker: Path, shared: str) -> str:
     """Raises on the first attempt (an error) or, for markers named ``crash*``, kills its worker
     process (a lost task); returns the marker's name on the next attempt."""
@@ -82,7 +68,8 @@ def config_mistake(marker: Path, shared: None) -> str:
     raise ConfigError(f"{marker.name}: a mistake a retry would only repeat")
 
 
-def test_a_failed_task_is_retried_and_a_user_mistake_is_not(ray_instance, tmp_path):
+def test_a_failed_task_is_retried_a_mistake_is_not_and_gpus_are_reserved_on_request(ray_instance, synth_samples,
+                                                                                    tmp_path):
     markers = [tmp_path / "task0", tmp_path / "crash1", tmp_path / "task2"]
     done = []
     results = RayExecutor(max_retries=2).map(fail_on_first_attempt, markers, "shared",
@@ -92,3 +79,13 @@ def test_a_failed_task_is_retried_and_a_user_mistake_is_not(ray_instance, tmp_pa
     with pytest.raises(ConfigError, match="a mistake a retry would only repeat"):
         RayExecutor(max_retries=2).map(config_mistake, [tmp_path / "mistake"])
     assert (tmp_path / "mistake.attempts").read_text() == "x"
+    # settings the executor refuses before any task runs
+    with pytest.raises(ConfigError, match="read views from the view cache"):
+        reference_run(synth_samples, tmp_path / "run", None, executor=RayExecutor())
+    assert RayExecutor().prepare("auto") == "cpu"  # no GPU reserved: auto computes on the CPU
+    with pytest.raises(ConfigError, match="has no GPU"):
+        RayExecutor().prepare("cuda")
+    with pytest.raises(ConfigError, match="use --device cuda or auto"):
+        RayExecutor().prepare("cuda:1")
+    with pytest.raises(ConfigError, match="idle"):
+        RayExecutor(gpus_per_fold=0.5).prepare("cpu")
