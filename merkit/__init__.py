@@ -11,6 +11,8 @@ merkit`` stays light)::
     merkit.load_config(name_or_path, overrides)
     merkit.prepare_run(dataset=..., root=..., model=...)   # samples, protocol, config, run_dir
     merkit.run_loso(samples, protocol, config, run_dir)    # trains, writes the run directory
+    merkit.run_nested(samples, protocol, config, grid, run_dir)   # nested LOSO over a grid
+    merkit.run_benchmark(models, datasets, out, roots=..., seeds=...)   # one results table
     merkit.evaluate_run(run_dir)              # metrics recomputed from predictions.csv
 """
 
@@ -28,6 +30,8 @@ _PUBLIC: dict[str, tuple[str, str]] = {
     "load_config": ("merkit.config", "load_config"),
     "prepare_run": ("merkit.api", "prepare_run"),
     "run_loso": ("merkit.train.loso", "run_loso"),
+    "run_nested": ("merkit.train.tune", "run_nested"),
+    "run_benchmark": ("merkit.benchmark", "run_benchmark"),
     "evaluate_run": ("merkit.eval.metrics", "evaluate_run"),
 }
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from merkit.config import RunConfig, find_config, load_config
-from merkit.data.protocols import Protocol, apply_protocol, get_protocol
-from merkit.data.registry import get_dataset, load_dataset
+from merkit.data.protocols import Protocol, apply_protocol, get_protocol, label_samples
+from merkit.data.registry import OnError, get_dataset, load_dataset
+from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
 from merkit.errors import ConfigError, DatasetError
 
@@ -43,7 +44,9 @@ class PreparedRun:
     Attributes:
         samples: labelled samples. protocol: the label protocol. config: the resolved config.
         run_dir: where the run is written. notes: adjustments merkit made (e.g. a fallback
-        variant for a release lacking a view). skipped: annotation rows the loader skipped.
+        variant for a release lacking a view). skipped: annotation rows the loader skipped and
+        samples whose emotion the protocol does not know (one line each, with the reason).
+        fixes: the loader's recorded changes to annotation rows (repairs and readings).
     """
 
     samples: list[Sample]
@@ -52,6 +55,7 @@ class PreparedRun:
     run_dir: Path
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    fixes: list[Fix] = field(default_factory=list)
 
 
 def prepare_run(
@@ -70,18 +74,22 @@ def prepare_run(
     device: str | None = None,
     amp: str | None = None,
     deterministic: bool | None = None,
-    on_error: str = "raise",
+    on_error: OnError = "repair",
 ) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
 
     Without ``config`` the model's ``configs/<model>-<dataset>.yaml`` is used when it exists,
     else its reduced ``configs/<model>-cpu.yaml``. ``epochs``, ``seed``, ``selection``,
     ``apex_policy``, ``pretrained``, ``device``, ``amp`` and ``deterministic`` override the
-    config's values when given.
+    config's values when given. ``on_error`` is the loader's policy
+    (``repair``, ``strict`` or ``skip``, see :mod:`merkit.data.repairs`); under ``strict`` a
+    sample whose emotion the protocol does not know is an error too, otherwise it is skipped
+    and listed in ``skipped``.
 
     Raises:
         ConfigError: neither ``model`` nor ``config`` given, or they disagree.
         DatasetError: the dataset root is missing or malformed.
+        ProtocolError: ``strict`` and an emotion the protocol does not know.
     """
     if model is None and config is None:
         raise ConfigError("give --model NAME or --config FILE")
@@ -105,14 +113,17 @@ def prepare_run(
     info = get_dataset(dataset)
     proto = get_protocol(protocol or cfg.dataset.protocol or info.protocols[0])
     result = load_dataset(dataset, root, on_error=on_error)
-    samples = apply_protocol(result.samples, proto)
+    labelled = label_samples(result.samples, proto, strict=on_error == "strict")
+    samples = labelled.samples
     if not samples:
         raise DatasetError(f"{dataset}: protocol {proto.name} keeps no sample")
     cfg, notes = fit_to_release(cfg, samples)
     cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={
         "name": dataset, "protocol": proto.name, "root": str(root) if root is not None else None})})
     run_dir = Path(out) if out is not None else Path("runs") / f"{dataset}-{cfg.model_name}"
-    return PreparedRun(samples, proto, cfg, run_dir, notes=notes, skipped=list(result.skipped))
+    return PreparedRun(samples, proto, cfg, run_dir, notes=notes, skipped=[*result.skipped, *labelled.skipped],
+                       fixes=list(result.fixes))
+
 
 
 def default_config_name(model: str, dataset: str) -> str:
@@ -132,15 +143,17 @@ def fit_to_release(cfg: RunConfig, samples: list[Sample]) -> tuple[RunConfig, li
     """Check a model's views against what a precomputed release ships (MEGC2019 flow format).
 
     Samples built from frames can give every view. A release of ready-made views (``meta
-    ["precomputed_views"]``) gives only those; a model asking for more falls back to its
-    variant in :data:`RELEASE_FALLBACKS` with a note, or the run is refused.
+    ["precomputed_views"]``) gives only those and the views derived from them
+    (:func:`merkit.preprocess.pipeline.release_views`); a model asking for more falls back to
+    its variant in :data:`RELEASE_FALLBACKS` with a note, or the run is refused.
 
     Raises:
         ConfigError: the model needs views the release lacks and has no fallback.
     """
     from merkit.models.registry import input_spec
+    from merkit.preprocess.pipeline import release_views
 
-    shipped = [set(s.meta["precomputed_views"]) for s in samples if s.meta.get("precomputed_views")]
+    shipped = [release_views(s.meta["precomputed_views"]) for s in samples if s.meta.get("precomputed_views")]
     if not shipped:
         return cfg, []
     available = set.intersection(*shipped)
@@ -206,20 +219,32 @@ def demo_samples(data_dir: str | Path) -> tuple[list[Sample], Protocol]:
     return apply_protocol(load_dataset("synthme", data_dir).samples, protocol), protocol
 
 
-def inspect_dataset(name: str, root: str | Path | None, protocol: str | None = None, on_error: str = "raise") -> dict[str, Any]:
+def inspect_dataset(name: str, root: str | Path | None, protocol: str | None = None, on_error: OnError = "repair",
+                    **options: Any) -> dict[str, Any]:
     """Counts per class, subject and source dataset plus the fixes and skips of a loader run.
 
+    Args:
+        on_error: the loader's policy (see :func:`prepare_run`).
+        options: the loader's own keyword options.
+
     Returns:
-        dict with keys ``dataset, protocol, n_samples, n_subjects, class_counts, per_dataset,
-        per_subject, fixes, skipped`` (class counts under the protocol; without a protocol the
-        raw emotion strings are counted).
+        dict with keys ``dataset, protocol, policy, n_samples, n_subjects, class_counts,
+        per_dataset, per_subject, left_out, fixes, skipped`` (class counts under the protocol;
+        without a protocol the raw emotion strings are counted). ``left_out``: emotion ->
+        samples the protocol leaves out by design; ``fixes``: one dict per recorded change
+        (file, row, sample_id, field, old, new, rule, detail); ``skipped``: one line per row or
+        sample left out otherwise, with the reason.
     """
     info = get_dataset(name)
-    result = load_dataset(name, root, on_error=on_error)
+    result = load_dataset(name, root, on_error=on_error, **options)
     samples = result.samples
     proto = get_protocol(protocol) if protocol else (get_protocol(info.protocols[0]) if info.protocols else None)
+    left_out: dict[str, int] = {}
+    skipped = list(result.skipped)
     if proto is not None:
-        samples = apply_protocol(samples, proto)
+        labelled = label_samples(samples, proto, strict=on_error == "strict")
+        samples, left_out = labelled.samples, labelled.left_out
+        skipped += labelled.skipped
         class_counts = Counter(proto.classes[s.label] for s in samples)
         class_counts = {c: class_counts.get(c, 0) for c in proto.classes}
     else:
@@ -233,11 +258,13 @@ def inspect_dataset(name: str, root: str | Path | None, protocol: str | None = N
     return {
         "dataset": name,
         "protocol": proto.name if proto else None,
+        "policy": on_error,
         "n_samples": len(samples),
         "n_subjects": len({s.group for s in samples}),
         "class_counts": class_counts,
         "per_dataset": per_dataset,
         "per_subject": dict(sorted(Counter(s.group for s in samples).items())),
-        "fixes": list(result.fixes),
-        "skipped": list(result.skipped),
+        "left_out": left_out,
+        "fixes": [fix.as_dict() for fix in result.fixes],
+        "skipped": skipped,
     }

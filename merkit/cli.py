@@ -26,6 +26,18 @@ def _fail(err: MerkitError) -> None:
     raise typer.Exit(code=2)
 
 
+def _policy(strict: bool, skip_bad: bool) -> str:
+    """The loaders' ``on_error`` policy of the --strict / --skip-bad flags (default: repair)."""
+    if strict and skip_bad:
+        raise ConfigError("give --strict or --skip-bad, not both")
+    return "strict" if strict else "skip" if skip_bad else "repair"
+
+
+def _warn_skipped(lines) -> None:
+    for line in lines:
+        console.print(f"[yellow]warning: skipped[/] {escape(line)}", highlight=False)
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=console, transient=True)
@@ -49,7 +61,8 @@ def synth(
     console.print(f"wrote SynthME ({subjects} subjects x {clips_per_subject} clips, preset {preset}, seed {seed}) to {path}")
 
 
-def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, executor=None) -> dict:
+def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, fold_workers=1, fixes=(), skipped=(),
+                       executor=None) -> dict:
     from merkit.train.loso import run_loso
 
     with _progress() as progress:
@@ -63,7 +76,8 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
                             total=total)
 
         return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
-                        fold_workers=fold_workers, executor=executor, on_fold=on_fold, on_progress=on_progress)
+                        fold_workers=fold_workers, executor=executor, on_fold=on_fold, on_progress=on_progress,
+                        fixes=fixes, skipped=skipped)
 
 
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the config's train.device, auto: a CUDA GPU, else MPS, else the CPU)"
@@ -102,7 +116,8 @@ def train(
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
     pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
-    skip_bad: bool = typer.Option(False, help="skip malformed annotation rows instead of failing (recorded)"),
+    strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
+    skip_bad: bool = typer.Option(False, help="leave inconsistent or unreadable annotation rows out (recorded) instead of repairing them"),
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
     amp: Optional[str] = typer.Option(None, help=AMP_HELP),
     deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
@@ -111,7 +126,11 @@ def train(
     gpus_per_fold: Optional[float] = typer.Option(None, help="with --executor ray: GPUs per fold, fractions share a GPU (default: 1 when the device is a GPU, else 0)"),
     cpus_per_fold: float = typer.Option(1, help="with --executor ray: CPUs (and torch threads) per fold"),
 ) -> None:
-    """Leave-one-subject-out training and evaluation; writes a run directory."""
+    """Leave-one-subject-out training and evaluation; writes a run directory.
+
+    By default inconsistent frame numbers in the annotation are repaired by the rules that
+    `merkit datasets list` shows, and every repair is recorded in metrics.json and log.txt.
+    """
     from merkit.api import prepare_run
 
     try:
@@ -119,13 +138,16 @@ def train(
         run = prepare_run(
             dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, epochs=epochs,
             seed=seed, selection=selection, apex_policy=apex_policy, pretrained=pretrained, device=device, amp=amp,
-            deterministic=deterministic or None, on_error="skip" if skip_bad else "raise")
+            deterministic=deterministic or None, on_error=_policy(strict, skip_bad))
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
-        for line in run.skipped:
-            console.print(f"[yellow]skipped[/] {line}")
+        if run.fixes:
+            console.print(f"[cyan]note[/] {len(run.fixes)} annotation fix(es) applied, listed in the run's "
+                          f"metrics.json and log.txt (`merkit datasets inspect {dataset}` shows them)")
+        _warn_skipped(run.skipped)
         cfg, run_dir = run.config, run.run_dir
-        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers, fold_executor)
+        metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers,
+                                     fixes=run.fixes, skipped=run.skipped, executor=fold_executor)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results
@@ -166,6 +188,7 @@ def pretrain(
     try:
         run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
                           epochs=epochs, device=device, amp=amp, deterministic=deterministic or None)
+        _warn_skipped(run.skipped)
         with console.status(f"pre-training {run.config.model_name} on {len(run.samples)} clips of {dataset}"):
             path = train_all(run.samples, run.protocol, run.config, out, cache_dir=cache, workers=workers)
     except MerkitError as err:
@@ -243,7 +266,8 @@ def preprocess(
     num_frames: int = typer.Option(8, help="length of sequence views (with --views)"),
     workers: int = typer.Option(1, min=1),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
-    skip_bad: bool = typer.Option(False, help="skip samples whose views fail (recorded) instead of stopping"),
+    strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
+    skip_bad: bool = typer.Option(False, help="leave inconsistent annotation rows and samples whose views fail out (recorded)"),
 ) -> None:
     """Build and cache views for every sample of a dataset (N worker processes)."""
     from merkit.api import preprocess_specs
@@ -253,7 +277,12 @@ def preprocess(
     try:
         specs, views_config = preprocess_specs(views=views, model=model, config=config, dataset=dataset, size=size,
                                                channels=channels, num_frames=num_frames)
-        samples = load_dataset(dataset, root, on_error="skip" if skip_bad else "raise").samples
+        loaded = load_dataset(dataset, root, on_error=_policy(strict, skip_bad))
+        samples = loaded.samples
+        _warn_skipped(loaded.skipped)
+        if loaded.fixes:
+            console.print(f"[cyan]note[/] {len(loaded.fixes)} annotation fix(es) applied "
+                          f"(`merkit datasets inspect {dataset}` lists them)")
         builder = ViewBuilder(specs, views_config, cache_dir=cache, workers=workers,
                               on_error="skip" if skip_bad else "raise")
         with _progress() as progress:
@@ -266,6 +295,134 @@ def preprocess(
     for line in builder.skipped:
         console.print(f"[yellow]skipped[/] {line}")
     console.print(f"{len(kept)} of {len(samples)} samples cached in {cache}")
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _roots(values: list[str], datasets: list[str]) -> dict[str, Path]:
+    """``--root DIR`` (one dataset) or ``--root NAME=DIR`` (repeatable) -> dataset name -> root."""
+    roots: dict[str, Path] = {}
+    for value in values:
+        name, sep, folder = value.partition("=")
+        if not sep:
+            if len(datasets) != 1:
+                raise ConfigError(f"--root {value}: with several datasets write --root NAME=DIR for each")
+            name, folder = datasets[0], value
+        if name not in datasets:
+            raise ConfigError(f"--root {value}: {name!r} is not one of the benchmark's datasets {datasets}")
+        roots[name] = Path(folder)
+    return roots
+
+
+def _read_grid(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: grid file not found")
+    try:
+        grid = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{path}: expected a mapping of dotted config keys to lists of values (train.lr: [1e-3, 1e-4])")
+    return grid
+
+
+@app.command()
+def benchmark(
+    models: str = typer.Option(..., help="comma-separated model names or config names/files"),
+    datasets: str = typer.Option(..., help="comma-separated dataset names"),
+    out: Path = typer.Option(..., help="benchmark folder (one run directory per run; resumable)"),
+    root: list[str] = typer.Option([], help="DIR for one dataset, or NAME=DIR (repeatable)"),
+    seeds: str = typer.Option("0", help="comma-separated run seeds"),
+    protocol: Optional[str] = typer.Option(None, help="label protocol for every dataset"),
+    epochs: Optional[int] = typer.Option(None, help="override train.epochs of every model"),
+    ensemble: list[str] = typer.Option([], help="models whose probabilities are averaged, joined by '+' (repeatable)"),
+    tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key: [values]): every run is a nested LOSO"),
+    inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
+    inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
+    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+) -> None:
+    """Models x datasets x seeds under LOSO -> one table (results.md/.csv/.tex) in OUT."""
+    import shlex
+    import sys
+
+    from merkit.benchmark import format_markdown, run_benchmark
+
+    try:
+        dataset_names = _split_list(datasets)
+        seed_values = [int(s) for s in _split_list(seeds)] if all(s.isdigit() for s in _split_list(seeds)) else None
+        if not seed_values:
+            raise ConfigError(f"--seeds {seeds!r}: expected comma-separated non-negative integers")
+        with _progress() as progress:
+            task = progress.add_task("benchmark", total=None)
+
+            def on_run(number: int, total: int, spec) -> None:
+                progress.update(task, description=f"run {number}/{total}: {spec.entry} on {spec.dataset}, seed {spec.seed}",
+                                completed=0, total=None)
+
+            def on_fold(done: int, total: int, name: str) -> None:
+                progress.update(task, completed=done, total=total)
+
+            result = run_benchmark(
+                _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
+                protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
+                grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
+                cache_dir=cache, workers=workers, fold_workers=fold_workers,
+                command=shlex.join(["merkit", *sys.argv[1:]]), on_run=on_run, on_fold=on_fold)
+    except MerkitError as err:
+        _fail(err)
+    console.print(format_markdown(result.rows))
+    console.print("tables: " + ", ".join(str(p) for p in result.files.values()))
+
+
+@app.command("tune")
+def tune_command(
+    dataset: str = typer.Option(..., help="dataset name"),
+    grid: Path = typer.Option(..., help="grid YAML: dotted config keys -> lists of values (train.lr: [1e-3, 1e-4])"),
+    root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
+    model: Optional[str] = typer.Option(None, help="model name (config as for `merkit train`)"),
+    config: Optional[str] = typer.Option(None, help="base config file or name"),
+    protocol: Optional[str] = typer.Option(None, help="label protocol"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<dataset>-<model>-nested)"),
+    seed: Optional[int] = typer.Option(None, min=0, help="override the run seed"),
+    inner: str = typer.Option("kfold", help="inner scheme on each outer fold's training subjects: loso | kfold"),
+    inner_folds: int = typer.Option(3, min=2, help="subject-grouped folds of --inner kfold"),
+    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    fold_workers: int = typer.Option(1, min=1, help="outer folds tuned at once"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+) -> None:
+    """Nested LOSO: hyper-parameters chosen per outer fold on its training subjects only."""
+    from merkit.api import prepare_run
+    from merkit.eval.reports import format_results
+    from merkit.train.tune import run_nested
+
+    try:
+        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, seed=seed)
+        run_dir = out if out is not None else Path("runs") / f"{dataset}-{run.config.model_name}-nested"
+        for line in run.notes:
+            console.print(f"[cyan]note[/] {line}")
+        _warn_skipped(run.skipped)
+        with _progress() as progress:
+            task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
+            metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
+                                 inner_folds=inner_folds, cache_dir=cache, workers=workers, fold_workers=fold_workers,
+                                 on_fold=lambda done, total, name: progress.update(task, completed=done, total=total))
+    except MerkitError as err:
+        _fail(err)
+    console.print(format_results({run.config.model_name: metrics}))
+    chosen = metrics["selection"]["chosen"]
+    counts: dict[str, int] = {}
+    for point in chosen.values():
+        key = json.dumps(point, sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    for key, count in sorted(counts.items(), key=lambda item: -item[1]):
+        console.print(f"chosen in {count} of {len(chosen)} outer folds: {key}")
+    console.print(f"run directory: {run_dir}  (selection: nested, inner {inner})")
 
 
 @app.command("models")
@@ -286,10 +443,22 @@ def datasets_list() -> None:
     """Registered datasets, their protocols and the files each expects."""
     from merkit.data.registry import all_datasets
 
+    from merkit.data.repairs import READINGS, RULES
+
     for name, info in all_datasets().items():
         console.rule(f"[bold]{name}[/]" + ("  (licensed)" if info.licensed else ""))
         console.print(f"protocols: {', '.join(info.protocols)}")
-        console.print(info.layout)
+        console.print(info.layout, markup=False)
+        if info.repairs:
+            console.print("repairs (default policy):", markup=False)
+            console.print(info.repairs, markup=False)
+    console.rule("[bold]annotation policies[/]")
+    console.print("default (repair): every row with a usable label is kept; inconsistent frame numbers are repaired "
+                  "by the first rule that applies, each change recorded (datasets inspect --json: fixes; a run: "
+                  "metrics.json and log.txt). --strict: the first inconsistent row is an error. --skip-bad: "
+                  "inconsistent rows are left out, recorded.", markup=False)
+    for rule, text in {**RULES, **READINGS}.items():
+        console.print(f"  {rule}: {text}", markup=False)
 
 
 @datasets_app.command("inspect")
@@ -298,13 +467,15 @@ def datasets_inspect(
     root: Optional[Path] = typer.Option(None),
     protocol: Optional[str] = typer.Option(None),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
-    skip_bad: bool = typer.Option(False, help="skip malformed rows instead of failing (recorded)"),
+    strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
+    skip_bad: bool = typer.Option(False, help="leave inconsistent or unreadable rows out (recorded) instead of repairing them"),
 ) -> None:
     """Counts per class, subject and source dataset, with every fix and skip applied."""
     from merkit.api import inspect_dataset
+    from merkit.data.repairs import Fix
 
     try:
-        report = inspect_dataset(name, root, protocol, on_error="skip" if skip_bad else "raise")
+        report = inspect_dataset(name, root, protocol, on_error=_policy(strict, skip_bad))
     except MerkitError as err:
         _fail(err)
     if as_json:
@@ -319,10 +490,11 @@ def datasets_inspect(
         for k, v in report[key].items():
             table.add_row(str(k), str(v if not isinstance(v, dict) else v.get("n_samples", v)))
         console.print(table)
-    for line in report["fixes"]:
-        console.print(f"[cyan]fix[/] {line}")
-    for line in report["skipped"]:
-        console.print(f"[yellow]skipped[/] {line}")
+    if report["left_out"]:
+        console.print("left out by the protocol: " + ", ".join(f"{k} {v}" for k, v in report["left_out"].items()))
+    for fix in report["fixes"]:
+        console.print(f"[cyan]fix[/] {escape(str(Fix(**fix)))}", highlight=False)
+    _warn_skipped(report["skipped"])
 
 
 if __name__ == "__main__":  # pragma: no cover

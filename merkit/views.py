@@ -3,18 +3,21 @@
 A view is a named float32 array built from one :class:`~merkit.data.Sample`. Shapes, per sample
 (a batch puts ``B`` in front):
 
-========== ================= ===============================================================
-name       shape             content
-========== ================= ===============================================================
-onset      (C, H, W)         onset frame, values in [0, 1]
-apex       (C, H, W)         apex frame, values in [0, 1]
-diff       (C, H, W)         apex - onset, values in [-1, 1]
-flow       (3, H, W)         onset->apex optical flow u, v (pixels at H x W) and optical strain
-frames     (T, C, H, W)      T frames from onset to offset, values in [0, 1]
-flow_seq   (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
-depth_seq  (T, 1, H, W)      depth of T frames, values in [0, 1]
-au         (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
-========== ================= ===============================================================
+============ ================= ===============================================================
+name         shape             content
+============ ================= ===============================================================
+onset        (C, H, W)         onset frame, values in [0, 1]
+apex         (C, H, W)         apex frame, values in [0, 1]
+diff         (C, H, W)         apex - onset, values in [-1, 1]
+flow         (3, H, W)         onset->apex optical flow u, v (pixels at H x W) and optical strain
+flow_regions (3, H, W)         the ``flow`` view cut into four (H/2, W/2) facial regions around
+                               the eyes and mouth corners, arranged 2 x 2 (HTNet; see
+                               :mod:`merkit.preprocess.regions`); never flipped or shifted
+frames       (T, C, H, W)      T frames from onset to offset, values in [0, 1]
+flow_seq     (T, 3, H, W)      onset->frame flow (u, v, strain) for T frames
+depth_seq    (T, 1, H, W)      depth of T frames, values in [0, 1]
+au           (T, A)            per-frame AU intensities minus the onset frame's (A = len(AU_VOCAB))
+============ ================= ===============================================================
 
 ``C`` is 1 (grey) or 3 (RGB). Every model declares the views it needs in its ``input_spec``
 attribute; the pipeline builds exactly those. :data:`VIEWS` is the one table of view names and
@@ -33,8 +36,9 @@ class ViewKind:
     Attributes:
         sequence: the view has a time axis ``T`` (its spec needs a ``length``).
         content: ``image`` (intensities in [0, 1], ``C`` = 1 or 3 channels), ``difference``
-            (apex - onset intensities), ``flow`` (u, v, strain: 3 channels), ``depth`` (one
-            channel) or ``au`` (per-frame AU intensities, no image axes).
+            (apex - onset intensities), ``flow`` (u, v, strain: 3 channels), ``regions`` (flow
+            cut into facial regions and rearranged: 3 channels), ``depth`` (one channel) or
+            ``au`` (per-frame AU intensities, no image axes).
     """
 
     sequence: bool
@@ -42,8 +46,14 @@ class ViewKind:
 
     @property
     def spatial(self) -> bool:
-        """The view has image axes ``(H, W)`` last (augmentation moves them)."""
+        """The view has image axes ``(H, W)`` last."""
         return self.content != "au"
+
+    @property
+    def augmented(self) -> bool:
+        """Augmentation flips and shifts it: every spatial view but a region arrangement, whose
+        flip or shift would move regions into each other's places."""
+        return self.spatial and self.content != "regions"
 
     @property
     def takes_channels(self) -> bool:
@@ -58,6 +68,7 @@ VIEWS: dict[str, ViewKind] = {
     "apex": ViewKind(sequence=False, content="image"),
     "diff": ViewKind(sequence=False, content="difference"),
     "flow": ViewKind(sequence=False, content="flow"),
+    "flow_regions": ViewKind(sequence=False, content="regions"),
     "frames": ViewKind(sequence=True, content="image"),
     "flow_seq": ViewKind(sequence=True, content="flow"),
     "depth_seq": ViewKind(sequence=True, content="depth"),
@@ -65,7 +76,7 @@ VIEWS: dict[str, ViewKind] = {
 }
 VIEW_NAMES: tuple[str, ...] = tuple(VIEWS)
 SEQUENCE_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.sequence)
-SPATIAL_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.spatial)
+AUGMENTED_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.augmented)
 FLOW_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.content == "flow")
 INTENSITY_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.content == "image")
 CHANNEL_VIEWS: tuple[str, ...] = tuple(name for name, kind in VIEWS.items() if kind.takes_channels)
@@ -107,6 +118,6 @@ class ViewSpec:
         kind = VIEWS[self.name]
         if kind.content == "au":
             return (self.length, num_aus if num_aus is not None else -1)
-        channels = {"flow": 3, "depth": 1}.get(kind.content, self.channels)
+        channels = {"flow": 3, "regions": 3, "depth": 1}.get(kind.content, self.channels)
         image = (channels, *self.size)
         return (self.length, *image) if kind.sequence else image

@@ -48,6 +48,8 @@ def write_xlsx(path: Path, sheets: dict[str, list[list[Any]]]) -> Path:
 
 
 def _frames_of(row: dict) -> set[int]:
+    """The frame numbers written for a row: ``row["frames"]`` (any iterable, e.g. a range for a
+    clip folder running onset..offset), else the row's own numbers."""
     if "frames" in row:
         return set(row["frames"])
     return {n for n in (row["onset"], row["apex"], row["offset"]) if isinstance(n, int) and n >= 0}
@@ -68,21 +70,23 @@ CASME2_MEGC_SUBJECTS = {
 }
 CASME2_EXCLUDED = (("sub04", "EP12_01f"), ("sub05", "EP09_05f"), ("sub24", "EP07_01"), ("sub24", "EP07_04f"),
                    ("sub24", "EP10_03"))
-# the 255-row coding file (2014-05-08) as modelled here
-CASME2_EMOTIONS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 25, "sadness": 7, "fear": 2}
+# the 255-row coding file (2019-07-01) as modelled here
+CASME2_EMOTIONS = {"others": 99, "disgust": 63, "happiness": 32, "repression": 27, "surprise": 28, "sadness": 4, "fear": 2}
+CASME2_SHEET = "CASME2-coding-20190701.xlsx"
 CASME2_HEADER = ["Subject", "Filename", None, "OnsetFrame", "ApexFrame", "OffsetFrame", None, "Action Units",
                  "Estimated Emotion"]
 _AU_CELLS = [4, "4+7", "R12", "L10+25", "1+2", "12+15", "4+9"]
 
 
 def casme2_rows() -> list[dict]:
-    """255 rows of 26 subjects: the 145 clips of the composite (disgust 61, repression 27,
-    happiness 32, surprise 25, per-subject counts as in MEGC2019), the five clips the challenge
-    excluded (sub04/EP12_01f and sub05/EP09_05f disgust, the three sub24 ones others) and 105
-    others/sadness/fear clips; sub10 and sub18 have only those. Quirks: sub04/EP12_01f has
-    ApexFrame ``/``, sub05/EP09_05f onset == apex, sub16/EP01_08's offset lies past its frames,
-    row 62's offset contradicts the frames (91 is on disk), one emotion is spelled ``suprise``,
-    one ``Happiness ``."""
+    """255 rows of 26 subjects, the emotions of the 2019-07-01 sheet: the 145 clips of the
+    composite (disgust 61, repression 27, happiness 32, surprise 25, per-subject counts as in
+    MEGC2019), the five clips the challenge excluded (sub04/EP12_01f and sub05/EP09_05f disgust,
+    the three sub24 ones surprise, as the 2019 sheet labels them) and 105 others/sadness/fear
+    clips; sub10 and sub18 have only those. Quirks of the real sheet: sub04/EP12_01f has
+    ApexFrame ``/``, sub05/EP09_05f onset == apex. Planted from reports on other releases:
+    sub16/EP01_08's offset lies past its frames, row 62's offset contradicts the frames (the
+    2014 sheet's error, 91 is on disk), one emotion is spelled ``suprise``, one ``Happiness ``."""
     composite = _spread(["disgust"] * 61 + ["repression"] * 27 + ["happiness"] * 32 + ["surprise"] * 25, seed=2)
     rows: list[dict] = []
     for subject, count in CASME2_MEGC_SUBJECTS.items():
@@ -91,8 +95,8 @@ def casme2_rows() -> list[dict]:
             rows.append({"subject": subject, "filename": name, "emotion": composite.pop()})
     rows += [{"subject": 4, "filename": "EP12_01f", "emotion": "disgust"},
              {"subject": 5, "filename": "EP09_05f", "emotion": "disgust"}]
-    rows += [{"subject": 24, "filename": name, "emotion": "others"} for name in ("EP07_01", "EP07_04f", "EP10_03")]
-    extra = ["others"] * 96 + ["sadness"] * 7 + ["fear"] * 2
+    rows += [{"subject": 24, "filename": name, "emotion": "surprise"} for name in ("EP07_01", "EP07_04f", "EP10_03")]
+    extra = ["others"] * 99 + ["sadness"] * 4 + ["fear"] * 2
     subjects = [s for s in range(1, 27)]
     for k, emotion in enumerate(extra):
         subject = subjects[k % len(subjects)]
@@ -108,14 +112,14 @@ def casme2_rows() -> list[dict]:
     row62 = rows[62 - 2]
     assert row62["subject"] not in (4, 5, 16, 24), row62
     row62.update(onset=60, apex=75, offset=190, frames=[60, 75, 91])
-    spelled = [r for r in rows if r["emotion"] == "surprise"][3]
+    spelled = [r for r in rows if r["emotion"] == "surprise" and r["subject"] != 24][3]
     spelled["emotion"] = "suprise"
     [r for r in rows if r["emotion"] == "happiness"][5]["emotion"] = "Happiness "
     assert len(rows) == 255
     return rows
 
 
-def build_casme2(root: Path, rows: list[dict] | None = None, *, sheet: str = "CASME2-coding-20140508.xlsx",
+def build_casme2(root: Path, rows: list[dict] | None = None, *, sheet: str = CASME2_SHEET,
                  frames_dir: str = "Cropped") -> Path:
     """Write ``root/<sheet>`` and ``root/Cropped/subNN/<Filename>/reg_img<N>.jpg``."""
     rows = casme2_rows() if rows is None else rows
@@ -165,16 +169,17 @@ SAMM_TITLE_BLOCK = [
     [],
     [],
 ]
-SAMM_APEX_MISSING_ROWS = (140, 147, 148)
 SAMM_OR_AU_ROWS = (30, 33, 56, 79, 169)
 
 
 def samm_rows() -> list[dict]:
     """159 rows of 32 subjects (006..037): the 133 composite clips (anger 57, contempt 12,
     disgust 9, fear 8, sadness 6, happiness 26, surprise 15; per-subject counts as in MEGC2019)
-    and 26 Other clips; 008, 025, 027 and 029 have only Other. Quirks: apex -1 in rows 140, 147,
-    148; AUs with ``or`` in rows 30, 33, 56, 79, 169; row 71's offset contradicts its frames
-    (5739 is on disk); two Other clips spelled ``Others``; Subject cells are numbers or text."""
+    and 26 Other clips; 008, 025, 027 and 029 have only Other. Quirks of the real v2 sheet, each
+    clip folder holding onset..offset: row 140 apex 1143 after the offset (onset 1071, offset
+    1134), row 147 apex 1930 before the onset (4896..4970). Planted: AUs with ``or`` in rows 30,
+    33, 56, 79, 169; row 71's offset contradicts its frames as in an earlier release (5739 is on
+    disk); two Other clips spelled ``Others``; Subject cells are numbers or text."""
     composite = _spread([e for e, n in SAMM_EMOTIONS.items() if e != "Other" for _ in range(n)], seed=3)
     rows: list[dict] = []
     for subject, count in SAMM_MEGC_SUBJECTS.items():
@@ -187,8 +192,9 @@ def samm_rows() -> list[dict]:
         onset = 1000 + 37 * i
         row.update(onset=onset, apex=onset + 30, offset=onset + 60, aus=_AU_CELLS[i % len(_AU_CELLS)],
                    padded=row["subject"] % 2 == 0)
-    for row_number in SAMM_APEX_MISSING_ROWS:
-        rows[row_number - 15]["apex"] = -1
+    assert rows[140 - 15]["subject"] == 28
+    rows[140 - 15].update(filename="028_4_1", onset=1071, apex=1143, offset=1134, frames=range(1071, 1135))
+    rows[147 - 15].update(onset=4896, apex=1930, offset=4970, frames=range(4896, 4971))  # 032_3_1 in v2
     for row_number, aus in zip(SAMM_OR_AU_ROWS, ("R12 or R15", "R12 or R15+R20", "L14 or R14", "R14 or L14",
                                                  "R14A or R14B")):
         rows[row_number - 15]["aus"] = aus
@@ -315,10 +321,11 @@ CASME3_HEADER = ["Subject", "Filename", "Onset", "Apex", "Offset", "AU", "Object
 
 def casme3_rows() -> list[dict]:
     """860 rows (disgust 250, surprise 187, others 161, fear 86, anger 64, sad 57, happy 55) of
-    100 subjects, about two micro-expressions per material. Quirks: ``Others`` for a third of
-    the others, onset == apex in every 40th row, two rows of one material with the same onset,
-    subject folders ``spNo.<k>`` for every fifth subject, and the rows the known fixes name
-    (130, 710, 751, 752, 798, 800) written as the errors they fix."""
+    100 subjects, about two micro-expressions per material, 8 to 64 frames long. Quirks:
+    ``Others`` for a third of the others, onset == apex in every 40th row, two rows of one
+    material with the same onset, subject folders ``spNo.<k>`` for every fifth subject, and the
+    inconsistent rows of the real v2 sheet (130, 710, 751, 752, 798, 800) with their values, each
+    in a material of its own whose folder holds a run of frames as a recording does."""
     emotions = _spread([e for e, n in CASME3_EMOTIONS.items() for _ in range(n)], seed=7)
     rows = []
     for i in range(860):
@@ -329,18 +336,18 @@ def casme3_rows() -> list[dict]:
         if emotion == "others" and i % 3 == 0:
             emotion = "Others"
         rows.append({"subject": subject, "filename": material, "onset": onset,
-                     "apex": onset if i % 40 == 0 else onset + 5, "offset": onset + 12, "aus": "4,7" if i % 2 else "L12",
-                     "objective": f"{i % 7 + 1}", "emotion": emotion})
+                     "apex": onset if i % 40 == 0 else onset + 5, "offset": onset + 8 + (7 * i) % 57,
+                     "aus": "4,7" if i % 2 else "L12", "objective": f"{i % 7 + 1}", "emotion": emotion})
     rows.sort(key=lambda r: (int(r["subject"].split(".")[1]), r["filename"], r["onset"]))
     twin = next(r for r in rows if r["subject"] == "spNO.7" and r["filename"] == "a")
     twin_index = rows.index(twin)
     rows[twin_index + 1].update(onset=twin["onset"], apex=twin["onset"] + 2, offset=twin["onset"] + 30)
-    fixes = {130: dict(onset=150, apex=1600, offset=170, frames=[150, 170]),
-             710: dict(onset=10, apex=20, offset=3, frames=[10, 20, 34]),
-             751: dict(onset=2746, apex=2660, offset=2700, frames=[2647, 2660, 2700]),
-             752: dict(onset=0, apex=0, offset=30, frames=[1, 30]),
-             798: dict(onset=1800, apex=1820, offset=1548, frames=[1800, 1820, 1845]),
-             800: dict(onset=2350, apex=2380, offset=2043, frames=[2350, 2380, 2403])}
+    fixes = {130: dict(onset=112, apex=83, offset=358, frames=range(1, 400)),
+             710: dict(onset=5, apex=5, offset=3460, frames=range(1, 60)),
+             751: dict(onset=3647, apex=2668, offset=2694, frames=range(1, 3700)),
+             752: dict(onset=0, apex=0, offset=25, frames=range(1, 40)),
+             798: dict(onset=1812, apex=1824, offset=0, frames=range(1800, 1900)),
+             800: dict(onset=2327, apex=2363, offset=0, frames=range(2300, 2450))}
     for row_number, change in fixes.items():
         row = rows[row_number - 2]
         assert row["subject"] != "spNO.7", row_number

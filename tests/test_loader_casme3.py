@@ -1,3 +1,4 @@
+import re
 from collections import Counter
 
 import pytest
@@ -5,7 +6,7 @@ import pytest
 from fixtures_datasets import build_casme3, casme3_rows
 from merkit.data.protocols import apply_protocol
 from merkit.data.registry import get_dataset, load_dataset
-from merkit.errors import DatasetError, MissingFramesError
+from merkit.errors import AnnotationError, DatasetError, MissingFramesError
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +44,33 @@ def test_fields_and_materials(casme3):
 def test_quirks(casme3):
     _, result = casme3
     by_row = {s.meta["row"]: s for s in result.samples}
-    assert by_row[130].apex_frame is None
+    assert by_row[130].apex_frame == 160  # the release's full annotation
     assert by_row[710].offset_frame == 34 and by_row[751].onset_frame == 2647
     assert (by_row[752].onset_frame, by_row[752].apex_frame) == (1, 1)
     assert by_row[798].offset_frame == 1845 and by_row[800].offset_frame == 2403
     twins = [s for s in result.samples if s.subject == "spNO.7" and s.meta["material"] == "a"]
     assert [s.clip_id for s in twins] == ["a_100", "a_100_2"]
-    fixes = result.fixes
-    assert sum("case differs" in f for f in fixes) == 20  # one line per subject
-    assert any("row 752" in f and "onset frame 0 -> 1" in f for f in fixes)
-    assert any("row 752" in f and "apex frame 0 -> 1" in f for f in fixes)
-    assert any("row 130" in f and "apex frame 1600 -> None" in f for f in fixes)
-    assert sum("clip id a_100_2" in f for f in fixes) == 1
-    assert len(fixes) == 20 + 7 + 1
+    assert Counter(f.rule for f in result.fixes) == {"folder-case": 20, "clip-id-repeat": 1, "known-fix": 4,
+                                                    "digit-typo": 1, "first-frame": 2}
+    repairs = {(f.row, f.field): (f.old, f.new, f.rule) for f in result.fixes
+               if f.rule in ("known-fix", "digit-typo", "first-frame")}
+    assert repairs == {(130, "apex"): (83, 160, "known-fix"), (710, "offset"): (3460, 34, "known-fix"),
+                       (751, "onset"): (3647, 2647, "digit-typo"), (752, "onset"): (0, 1, "first-frame"),
+                       (752, "apex"): (0, 1, "first-frame"), (798, "offset"): (0, 1845, "known-fix"),
+                       (800, "offset"): (0, 2403, "known-fix")}
+    typo = next(f for f in result.fixes if f.rule == "digit-typo")
+    assert typo.sample_id.endswith("/f751_3647")  # the clip id keeps the onset as annotated
+    [repeat] = [f for f in result.fixes if f.rule == "clip-id-repeat"]
+    assert (repeat.field, repeat.old, repeat.new) == ("clip_id", "a_100", "a_100_2")
+
+
+def test_strict_and_skip(casme3):
+    root, _ = casme3
+    with pytest.raises(AnnotationError, match=r"row 130: spNO.\d+/f130_112: apex frame 83 is before the onset"):
+        load_dataset("casme3", root, depth=False, on_error="strict")
+    result = load_dataset("casme3", root, depth=False, on_error="skip")
+    rows = [int(re.search(r", row (\d+)", line).group(1)) for line in result.skipped]
+    assert rows == [130, 710, 751, 752, 798, 800] and len(result.samples) == 854
 
 
 def test_exception_lists(casme3, tmp_path):
@@ -94,7 +109,7 @@ def test_one_folder_is_one_subject_however_the_sheet_spells_it(tmp_path):
     rows[2] = {**rows[2], "subject": rows[2]["subject"].lower()}  # 'spno.1' for the folder of 'spNO.1'
     result = load_dataset("casme3", build_casme3(tmp_path, rows, depth=False), depth=False)
     assert {s.subject for s in result.samples} == {rows[0]["subject"]}
-    assert any("subject spno.1 read as spNO.1" in f for f in result.fixes)
+    assert any(f.rule == "subject-spelling" and (f.old, f.new) == ("spno.1", "spNO.1") for f in result.fixes)
 
 
 def test_registered_and_sheet_required(tmp_path):

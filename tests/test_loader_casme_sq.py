@@ -46,8 +46,9 @@ def test_quirks(casme_sq):
     _, result = casme_sq
     uncoded = next(s for s in result.samples if s.meta["row"] == 4)
     assert uncoded.offset_frame == uncoded.apex_frame and uncoded.meta["offset_coded"] is False
-    assert any("row 4" in f and "offset 0" in f for f in result.fixes)
-    assert any("'other' read as 'others'" in f for f in result.fixes)
+    [offset] = [f for f in result.fixes if f.rule == "offset-not-coded-apex"]
+    assert (offset.row, offset.field, offset.old, offset.new) == (4, "offset", 0, uncoded.apex_frame)
+    assert any(f.rule == "emotion-spelling" and (f.old, f.new) == ("other", "others") for f in result.fixes)
     assert len(result.fixes) == 2  # the macro row with offset 0 is not read
 
 
@@ -56,24 +57,34 @@ def test_registered():
     assert info.protocols == ("casme_sq-4", "casme_sq-3") and "naming rule2" in info.layout
 
 
-@pytest.mark.parametrize("column, value, message", [
-    (2, "fear9_1", "video name 'fear9' is not listed in 'naming rule2'"),
-    (1, 99, "participant .column A. '99' is not listed"),
-    (8, "micro", "expression type .column H."),
-    (4, 1, "apex frame 1 is before the onset"),
-    (5, 1, "onset frame 150 is after offset frame 1"),
+@pytest.mark.parametrize("column, value, message, repaired", [
+    (2, "fear9_1", "video name 'fear9' is not listed in 'naming rule2'", None),
+    (1, 99, "participant .column A. '99' is not listed", None),
+    (8, "micro", "expression type .column H.", None),
+    (4, 1, "apex frame 1 is before the onset", ("apex_frame", None, "apex-unreliable")),
+    # a video folder is a recording: onset 150 + the sheet's median length 9 = 159, on disk
+    (5, 1, "onset frame 150 is after offset frame 1", ("offset_frame", 159, "offset-unreliable")),
 ])
-def test_bad_rows(tmp_path, column, value, message):
+def test_bad_rows(tmp_path, column, value, message, repaired):
     root = build_casme_sq(tmp_path, casme_sq_rows()[:5])
     book_path = root / "CAS(ME)^2code_final.xlsx"
     book = openpyxl.load_workbook(book_path)
     book["CASFEcode_final"].cell(row=2, column=column, value=value)
     book.save(book_path)
     with pytest.raises(AnnotationError, match=message) as info:
-        load_dataset("casme_sq", root)
+        load_dataset("casme_sq", root, on_error="strict")
     assert info.value.row == 2 and "CAS(ME)^2code_final.xlsx" in info.value.file
     result = load_dataset("casme_sq", root, on_error="skip")
     assert len(result.samples) == 4 and "row 2" in result.skipped[0]
+    if repaired is None:  # nothing to repair: the default policy fails too
+        with pytest.raises(AnnotationError, match=message):
+            load_dataset("casme_sq", root)
+        return
+    result = load_dataset("casme_sq", root)
+    attribute, new, rule = repaired
+    assert getattr(result.samples[1], attribute) == new
+    [fix] = [f for f in result.fixes if f.row == 2]
+    assert (fix.old, fix.new, fix.rule) == (value, new, rule)
 
 
 def test_title_row_is_skipped_but_a_bad_first_row_is_an_error(tmp_path):

@@ -15,6 +15,7 @@ SMALL = {
     "madv-net": "madv-net-synthme",
     "ms3d-resnet": "ms3d-resnet-cpu",
     "ststnet": "ststnet-megc2019-flow",
+    "htnet": "htnet-cpu",
 }
 
 
@@ -59,7 +60,7 @@ def test_a_misspelt_option_or_a_value_of_the_wrong_type_names_the_option(name):
 
 
 def test_unknown_model_lists_the_models():
-    with pytest.raises(ConfigError, match="unknown model 'nosuch'; available models: atm-gcn, logreg"):
+    with pytest.raises(ConfigError, match="unknown model 'nosuch'; available models: atm-gcn, htnet, logreg"):
         create("nosuch", num_classes=3)
 
 

@@ -2,8 +2,11 @@
 building a checked :class:`~merkit.data.sample.Sample`, and recording fixes and skips.
 
 Spreadsheet rows are numbered as a spreadsheet program shows them: 1-based, header included.
-Every problem found in a row is a typed error naming the file and that row; with
-``on_error="skip"`` the row is left out and one line saying why is recorded instead.
+Every problem found in a row is a typed error naming the file and that row. The loader's
+``on_error`` policy (see :mod:`merkit.data.repairs`) decides what happens to it: ``repair``
+(default) mends inconsistent frame numbers by documented rules and records each change as a
+:class:`~merkit.data.repairs.Fix`, ``strict`` raises the first problem, ``skip`` leaves the row
+out and records one line saying why.
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 from merkit.data.protocols import normalise_emotion
-from merkit.data.registry import LoadResult, OnError
+from merkit.data.registry import ON_ERROR, LoadResult, OnError
+from merkit.data.repairs import Change, FolderKind, Fix, SheetStats, ordered, repair_frames
 from merkit.data.sample import FrameSource, Sample
-from merkit.errors import AnnotationError, DatasetError, MissingFramesError
+from merkit.errors import AnnotationError, DatasetError, MissingFramesError, check_choice
 
 Row = tuple[int, tuple[Any, ...]]
 """One spreadsheet row: (1-based row number, cell values)."""
@@ -177,16 +181,27 @@ def cell_text(value: Any) -> str:
     return str(value).strip()
 
 
+MAX_FRAME = 10**8
+"""Frame numbers are below this (a day at 1000 fps); larger cells are errors, not frames."""
+
+
 def parse_frame(value: Any, column: str, *, file: Path, row: int) -> int:
-    """A frame number cell as an int.
+    """A frame number cell as an int: a whole number, written as a number or as text
+    (``355``, ``"355"``, ``355.0``, ``" 355 "``), from 0 to :data:`MAX_FRAME`.
 
     Raises:
-        AnnotationError: the cell is empty or not a whole number.
+        AnnotationError: the cell is empty, not a whole number, negative or implausibly large.
     """
     text = cell_text(value)
-    if re.fullmatch(r"-?\d+", text):
-        return int(text)
-    raise AnnotationError(f"{column}: expected a frame number, got {text or 'an empty cell'!r}", file=str(file), row=row)
+    if isinstance(value, bool) or not re.fullmatch(r"[0-9]+(\.0*)?", text):
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise AnnotationError(f"{column}: expected a frame number, got {shown or 'an empty cell'!r}",
+                              file=str(file), row=row)
+    number = int(text.split(".")[0])
+    if number >= MAX_FRAME:
+        raise AnnotationError(f"{column}: frame number {number} is implausibly large (expected below {MAX_FRAME})",
+                              file=str(file), row=row)
+    return number
 
 
 _AU_INTENSITIES = "ABCDE"
@@ -268,15 +283,16 @@ def parse_aus(value: Any, or_policy: AUPolicy = "drop") -> tuple[tuple[str, ...]
     return tuple(codes), tuple(alternatives)
 
 
-def canonical_emotion(raw: Any, aliases: Mapping[str, str]) -> tuple[str, str | None]:
+def canonical_emotion(raw: Any, aliases: Mapping[str, str]) -> tuple[str, Change | None]:
     """Normalised emotion (:func:`normalise_emotion`) and the alias applied, if any.
 
     Returns:
-        (emotion, None) or (alias target, ``"'suprise' read as 'surprise'"``).
+        (emotion, None) or (alias target, the change ``'suprise' -> 'surprise'``).
     """
     emotion = normalise_emotion(cell_text(raw))
     if emotion in aliases:
-        return aliases[emotion], f"emotion {cell_text(raw)!r} read as {aliases[emotion]!r}"
+        return aliases[emotion], Change("emotion", cell_text(raw), aliases[emotion], "emotion-spelling",
+                                        f"{cell_text(raw)!r} read as {aliases[emotion]!r}")
     return emotion, None
 
 
@@ -284,23 +300,28 @@ def canonical_emotion(raw: Any, aliases: Mapping[str, str]) -> tuple[str, str | 
 
 
 class LoadLog:
-    """Collects a loader's fixes and skipped rows and applies its ``on_error`` choice."""
+    """Collects a loader's fixes and skipped rows and applies its ``on_error`` policy."""
 
     def __init__(self, on_error: OnError):
-        if on_error not in ("raise", "skip"):
-            raise DatasetError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_choice("on_error", on_error, ON_ERROR, error=DatasetError)
         self.on_error = on_error
-        self.fixes: list[str] = []
+        self.fixes: list[Fix] = []
         self.skipped: list[str] = []
 
-    def fix(self, where: str, message: str) -> None:
-        self.fixes.append(f"{where}: {message}")
+    @property
+    def repairs(self) -> bool:
+        """Whether inconsistent frame numbers are repaired (``on_error="repair"``)."""
+        return self.on_error == "repair"
 
     def problem(self, error: DatasetError) -> None:
-        """Raise ``error``, or record it as a skipped row under ``on_error="skip"``."""
-        if self.on_error == "raise":
-            raise error
-        self.skipped.append(str(error))
+        """Raise ``error`` (``repair``: a problem no rule mends; ``strict``), or record it as a
+        skipped row under ``on_error="skip"``."""
+        if self.on_error == "skip":
+            self.skipped.append(str(error))
+            return
+        if self.on_error == "repair":
+            error.args = (f"{error} (no repair rule applies; --skip-bad / on_error='skip' leaves such rows out)",)
+        raise error
 
 
 def where(file: Path, row: int | None, clip: str | None = None) -> str:
@@ -310,56 +331,77 @@ def where(file: Path, row: int | None, clip: str | None = None) -> str:
 
 @dataclass(frozen=True)
 class KnownFix:
-    """A documented annotation error of one release, corrected in code.
+    """A documented annotation error of one release, corrected in code (rule ``known-fix``).
 
     The fix is applied only while the row still shows the error: the annotated value must be
     unusable (its frame is not on disk, or it breaks onset <= apex <= offset) and the
     replacement must be on disk. A corrected release therefore passes through untouched.
+    Known fixes are tried before the generic rules of :mod:`merkit.data.repairs`, and only
+    under the ``repair`` policy.
 
     Attributes:
         field: ``onset``, ``apex`` or ``offset``.
-        value: replacement frame number; ``"last"`` = the last frame on disk; None (apex only)
-            = no usable apex.
-        reason: where the fix comes from, shown in the fix line.
+        value: replacement frame number; None (apex only) = no usable apex.
+        reason: where the fix comes from, shown in the fix record.
     """
 
     field: Literal["onset", "apex", "offset"]
-    value: int | Literal["last"] | None
+    value: int | None
     reason: str
 
 
-def apply_known_fixes(fixes: Sequence[KnownFix], numbers: dict[str, int | None], frames: FrameSource) -> list[str]:
+def apply_known_fixes(fixes: Sequence[KnownFix], numbers: dict[str, int | None], frames: FrameSource) -> list[Change]:
     """Apply ``fixes`` to ``numbers`` (keys onset, apex, offset) in place, all or none.
 
-    A fix is a candidate while its field's value is unusable (not on disk, or the row is not
-    ordered onset <= apex <= offset) and its replacement is on disk; the candidates are applied
-    together only if they leave the row ordered.
+    A fix is a candidate while its field's value is unusable (not coded, not on disk, or the
+    row is not ordered onset <= apex <= offset) and its replacement is on disk; the candidates
+    are applied together only if they leave the row ordered.
 
     Returns:
-        one message per fix applied (for :meth:`LoadLog.fix`).
+        one change per fix applied.
     """
     trial = dict(numbers)
     applied = []
     for fix in fixes:
         old = trial[fix.field]
-        if old is not None and frames.has(old) and _ordered(trial):
+        if old is not None and frames.has(old) and ordered(trial):
             continue
-        new = frames.numbers[-1] if fix.value == "last" else fix.value
-        if new is not None and not frames.has(new):
+        if fix.value is not None and not frames.has(fix.value):
             continue
-        trial[fix.field] = new
-        applied.append(f"{fix.field} frame {old} -> {new}: {fix.reason}")
-    if not applied or not _ordered(trial):
+        trial[fix.field] = fix.value
+        applied.append(Change(fix.field, old, fix.value, "known-fix", fix.reason))
+    if not applied or not ordered(trial):
         return []
     numbers.update(trial)
     return applied
 
 
-def _ordered(numbers: Mapping[str, int | None]) -> bool:
-    onset, apex, offset = numbers["onset"], numbers["apex"], numbers["offset"]
-    if onset is None or offset is None or onset > offset:
-        return False
-    return apex is None or onset <= apex <= offset
+@dataclass(frozen=True)
+class RepairContext:
+    """What the generic repair rules of a loader run need (``on_error="repair"`` only).
+
+    Attributes:
+        folder: ``clip`` (a folder per clip, onset..offset) or ``recording`` (a folder per
+            recording holding several clips).
+        stats: lengths of the sheet's consistent clips (None: too few rows).
+    """
+
+    folder: FolderKind
+    stats: SheetStats | None
+
+
+def sheet_stats(rows: Iterable[Row], columns: Mapping[str, int]) -> SheetStats | None:
+    """:class:`SheetStats` of the rows whose onset, apex and offset cells are frame numbers."""
+    numbers = []
+    for row, values in rows:
+        parsed = {}
+        for field in ("onset", "apex", "offset"):
+            try:
+                parsed[field] = parse_frame(cell(values, columns[field]), field, file=Path(), row=row)
+            except AnnotationError:
+                parsed[field] = None
+        numbers.append(parsed)
+    return SheetStats.from_rows(numbers)
 
 
 # --------------------------------------------------------------------------- samples
@@ -391,7 +433,7 @@ def checked_sample(
     frames: FrameSource,
     onset: int,
     apex: int | None,
-    offset: int,
+    offset: int | None,
     emotion: str,
     aus: tuple[str, ...] = (),
     depth: FrameSource | None = None,
@@ -403,10 +445,13 @@ def checked_sample(
     """A Sample whose onset/apex/offset are ordered and on disk.
 
     Raises:
-        AnnotationError: onset > apex, apex > offset or onset > offset (naming file and row).
+        AnnotationError: no offset, onset > apex, apex > offset or onset > offset (naming file
+            and row).
         MissingFramesError: the onset, apex or offset frame (or its depth frame) is not on disk.
     """
     place = where(file, row, f"{subject}/{clip_id}") if file is not None else f"{subject}/{clip_id}"
+    if offset is None:
+        raise AnnotationError(f"{subject}/{clip_id}: no offset frame is coded", file=_str(file), row=row)
     if onset > offset:
         raise AnnotationError(f"{subject}/{clip_id}: onset frame {onset} is after offset frame {offset}",
                               file=_str(file), row=row)
@@ -442,6 +487,7 @@ def annotated_clip(
     folder: Path,
     fps: float,
     aliases: Mapping[str, str],
+    repair: RepairContext | None,
     au_or: AUPolicy = "drop",
     known_fixes: Sequence[KnownFix] = (),
     frame_pattern: str = "*.jpg",
@@ -449,48 +495,56 @@ def annotated_clip(
     meta: Mapping[str, Any] | None = None,
     unannotated: frozenset[str] = UNANNOTATED,
     frame_cache: dict[tuple[Path, str], FrameSource] | None = None,
-) -> tuple[Sample, list[str]]:
-    """The Sample of one coded spreadsheet row, and the fix messages that apply to it.
+) -> tuple[Sample, list[Change]]:
+    """The Sample of one coded spreadsheet row, and the changes made to its values.
 
     Reads the ``onset``, ``apex``, ``offset``, ``aus`` and ``emotion`` fields (``columns``:
     field -> position, ``headers``: field -> header text for messages). An apex cell whose
-    text is in ``unannotated`` (default :data:`UNANNOTATED`) becomes None; ``aliases`` rename
-    emotion spellings; ``known_fixes`` are applied (guarded) before the clip is checked by
-    :func:`checked_sample`. ``depth_folder`` adds a depth source (see :func:`depth_source`);
-    ``frame_cache`` is passed to :func:`frame_source`.
+    text is in ``unannotated`` (default :data:`UNANNOTATED`) becomes None; so does an offset
+    cell (not coded). ``aliases`` rename emotion spellings. With ``repair`` given (policy
+    ``repair``), ``known_fixes`` and then the generic rules of :mod:`merkit.data.repairs` mend
+    inconsistent frame numbers before the clip is checked by :func:`checked_sample`; without
+    it the row must be consistent as annotated. ``depth_folder`` adds a depth source (see
+    :func:`depth_source`); ``frame_cache`` is passed to :func:`frame_source`.
 
     Raises:
         AnnotationError, MissingFramesError: as :func:`parse_frame` and :func:`checked_sample`.
     """
     clip = f"{subject}/{clip_id}"
     onset = parse_frame(cell(values, columns["onset"]), headers["onset"], file=file, row=row)
-    offset = parse_frame(cell(values, columns["offset"]), headers["offset"], file=file, row=row)
-    fixes = []
+    offset_cell = cell(values, columns["offset"])
+    offset = (None if cell_text(offset_cell).lower() in unannotated
+              else parse_frame(offset_cell, headers["offset"], file=file, row=row))
+    changes: list[Change] = []
     apex_cell = cell(values, columns["apex"])
     if cell_text(apex_cell).lower() in unannotated:
         apex = None
-        fixes.append(f"{headers['apex']} {cell_text(apex_cell)!r} means no apex was annotated: apex_frame=None")
+        changes.append(Change("apex", cell_text(apex_cell), None, "apex-not-annotated",
+                              f"{headers['apex']} {cell_text(apex_cell)!r} means no apex was annotated"))
     else:
         apex = parse_frame(apex_cell, headers["apex"], file=file, row=row)
     emotion, alias = canonical_emotion(cell(values, columns["emotion"]), aliases)
     if not emotion:
         raise AnnotationError(f"{headers['emotion']} is empty", file=str(file), row=row)
     if alias:
-        fixes.append(alias)
+        changes.append(alias)
     aus, alternatives = parse_aus(cell(values, columns["aus"]), au_or)
     extra = dict(meta or {})
     if alternatives:
         extra["au_alternatives"] = alternatives
-        fixes.append(f"uncertain AU term(s) {list(alternatives)}: "
-                     + ("all alternatives kept" if au_or == "all" else "left out of aus"))
+        changes.append(Change("aus", cell_text(cell(values, columns["aus"])), aus, "au-alternatives",
+                              f"uncertain AU term(s) {list(alternatives)}: "
+                              + ("all alternatives kept" if au_or == "all" else "left out of aus")))
     frames = frame_source(folder, frame_pattern, file=file, row=row, clip=clip, cache=frame_cache)
     depth = None if depth_folder is None else depth_source(depth_folder, file=file, row=row, clip=clip, cache=frame_cache)
     numbers = {"onset": onset, "apex": apex, "offset": offset}
-    fixes += apply_known_fixes(known_fixes, numbers, frames)
+    if repair is not None:
+        changes += apply_known_fixes(known_fixes, numbers, frames)
+        changes += repair_frames(numbers, frames, folder=repair.folder, stats=repair.stats)
     sample = checked_sample(dataset=dataset, subject=subject, clip_id=clip_id, frames=frames, onset=numbers["onset"],
                             apex=numbers["apex"], offset=numbers["offset"], emotion=emotion, aus=aus, depth=depth,
                             fps=fps, file=file, row=row, meta=extra)
-    return sample, fixes
+    return sample, changes
 
 
 def depth_source(folder: Path, *, file: Path, row: int | None, clip: str,
@@ -503,12 +557,13 @@ def depth_source(folder: Path, *, file: Path, row: int | None, clip: str,
     return frame_source(folder, pattern, file=file, row=row, clip=clip, cache=cache)
 
 
-def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]], tuple[Sample, list[str]]],
+def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]], tuple[Sample, list[Change]]],
                  log: LoadLog, file: Path) -> list[Sample]:
-    """Samples of the non-blank ``rows``, each read by ``read_row(row, values) -> (sample, fixes)``.
+    """Samples of the non-blank ``rows``, each read by ``read_row(row, values) -> (sample, changes)``.
 
     A row whose sample id repeats an earlier row's is an :class:`AnnotationError`. Row errors go
-    through ``log`` (raised or recorded as skipped); a kept row's fix messages are recorded.
+    through ``log`` (raised or recorded as skipped); a kept row's changes are recorded as
+    :class:`~merkit.data.repairs.Fix` es.
     """
     samples: list[Sample] = []
     seen: dict[str, int] = {}
@@ -516,7 +571,7 @@ def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]],
         if is_blank_row(values):
             continue
         try:
-            sample, fixes = read_row(row, values)
+            sample, changes = read_row(row, values)
             if sample.sample_id in seen:
                 raise AnnotationError(f"{sample.subject}/{sample.clip_id} is annotated twice "
                                       f"(first in row {seen[sample.sample_id]})", file=str(file), row=row)
@@ -525,28 +580,31 @@ def collect_rows(rows: Iterable[Row], read_row: Callable[[int, tuple[Any, ...]],
             continue
         seen[sample.sample_id] = row
         samples.append(sample)
-        for message in fixes:
-            log.fix(where(file, row, f"{sample.subject}/{sample.clip_id}"), message)
+        log.fixes += [Fix.of(c, file=str(file), row=row, sample_id=sample.sample_id) for c in changes]
     return samples
 
 
 def load_header_sheet(sheet_path: Path, required: Mapping[str, str], optional: Mapping[str, str] | None,
-                      read_row: Callable[[tuple[Any, ...], dict[str, int], int], tuple[Sample, list[str]]],
+                      read_row: Callable[[tuple[Any, ...], dict[str, int], int, RepairContext | None],
+                                         tuple[Sample, list[Change]]],
                       on_error: OnError) -> LoadResult:
-    """Read a coding sheet whose header row holds ``Subject`` (CASME II, SAMM).
+    """Read a coding sheet whose header row holds ``Subject`` (CASME II, SAMM: a folder per clip).
 
     Rows above the header (SAMM's title block) are ignored; every row after it goes through
-    ``read_row(values, columns, row) -> (sample, fixes)`` with ``columns`` from the header.
+    ``read_row(values, columns, row, repair) -> (sample, changes)`` with ``columns`` from the
+    header and ``repair`` the context of the ``repair`` policy (None under the others).
 
     Raises:
-        AnnotationError: no header row, or a required column missing; with ``on_error="raise"``
-            also a malformed row.
+        AnnotationError: no header row, or a required column missing; unless
+            ``on_error="skip"``, also a malformed row.
     """
     rows = read_sheet(sheet_path, 0)
     header_at = find_header(rows, "Subject", file=sheet_path)
     columns = column_positions(rows[header_at], required, optional, file=sheet_path)
     log = LoadLog(on_error)
-    samples = collect_rows(rows[header_at + 1:], lambda row, values: read_row(values, columns, row), log, sheet_path)
+    body = rows[header_at + 1:]
+    repair = RepairContext("clip", sheet_stats(body, columns)) if log.repairs else None
+    samples = collect_rows(body, lambda row, values: read_row(values, columns, row, repair), log, sheet_path)
     return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
 
 

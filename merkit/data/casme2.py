@@ -4,18 +4,24 @@ Reads the release as distributed: one coding spreadsheet ``CASME2-coding-*.xlsx`
 face-cropped frames ``Cropped/subNN/<Filename>/reg_img<N>.jpg`` (the SynthME demo writes the
 same layout). Frames are numbered by the numbers in their file names, not 0..n.
 
-Known annotation errors handled here (each applied fix is reported in ``LoadResult.fixes``):
+Each clip has its own frame folder running from its onset to its offset, so the generic repair
+rules (:mod:`merkit.data.repairs`) read a clip's bounds off its folder. Known annotation issues
+(each change is recorded in ``LoadResult.fixes``):
 
-* ``ApexFrame`` written ``/`` (sub04/EP12_01f in the 2014-05-08 release, more rows in older
-  ones): the clip is kept with ``apex_frame=None``; the run's apex policy decides.
+* ``ApexFrame`` written ``/`` (sub04/EP12_01f in the 2014-05-08 and 2019-07-01 releases, more
+  rows in older ones): the clip is kept with ``apex_frame=None``; the run's apex policy decides.
 * ``OffsetFrame`` of sub16/EP01_08 (110) points past the frames on disk (users of the release
-  report frames 73..96 only): the offset becomes the last frame on disk.
-* Spreadsheet row 62 has an offset its frames contradict; the meb toolkit (tvaranka/meb)
-  corrects it to 91, read off the frames, which is used here.
+  report frames 73..96 only): rule ``offset-unreliable`` makes it the folder's last frame.
+* Spreadsheet row 62 of the 2014-05-08 sheet has an offset its frames contradict; the meb
+  toolkit (tvaranka/meb) corrects it to 91, read off the frames, which is used here (a guarded
+  :class:`~merkit.data.annotations.KnownFix`: it changes nothing in a sheet where the row is
+  correct, as in the 2019-07-01 one).
 * ``Estimated Emotion`` spelling and case variants (``Happiness``, ``suprise``) are normalised.
 
-Both table fixes are guarded (see :class:`~merkit.data.annotations.KnownFix`): they change
-nothing in a release where the row is already correct.
+The 2019-07-01 sheet (``CASME2-coding-20190701.xlsx``) labels sub24/EP07_01, EP07_04f and
+EP10_03 ``surprise``; older sheets did not (the 5-class protocol counted 246 clips, surprise 25,
+sadness 7; the 2019 sheet gives 249, surprise 28, sadness 4). The MEGC2019 composite leaves the
+three out (:data:`merkit.data.megc2019.EXCLUDED`).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import re
 from pathlib import Path
 
 from merkit.data.annotations import (
-    AUPolicy, KnownFix, annotated_clip, cell, cell_text, find_one, load_header_sheet,
+    AUPolicy, KnownFix, RepairContext, annotated_clip, cell, cell_text, find_one, load_header_sheet,
 )
 from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
 from merkit.data.sample import Sample
@@ -63,10 +69,6 @@ EMOTION_ALIASES = {
     "other": "others",
 }
 
-# (subject, Filename) -> fixes
-KNOWN_CLIP_FIXES: dict[tuple[str, str], tuple[KnownFix, ...]] = {
-    ("sub16", "EP01_08"): (KnownFix("offset", "last", "the release's frames of this clip stop before the annotated offset"),),
-}
 # spreadsheet row -> fixes (CASME2-coding-20140508.xlsx)
 KNOWN_ROW_FIXES: dict[int, tuple[KnownFix, ...]] = {
     62: (KnownFix("offset", 91, "offset read off the frames on disk (as the meb toolkit does)"),),
@@ -87,13 +89,19 @@ def subject_id(value: object, *, file: Path, row: int) -> str:
     return f"sub{int(match.group(1)):02d}"
 
 
-def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: str = "Cropped",
+REPAIRS = """\
+folder kind: clip (one folder per clip, onset..offset), so the folder's first and last frames
+bound a clip. Known fix: row 62 of the 2014-05-08 sheet, offset 91 (read off the frames, as the
+meb toolkit does). Readings: ApexFrame '/' = no apex; 'suprise', 'happy' ... spellings."""
+
+
+def load_casme2(root: str | Path, on_error: OnError = "repair", *, frames_dir: str = "Cropped",
                 au_or: AUPolicy = "drop") -> LoadResult:
     """Load CASME II from ``root`` (see :data:`LAYOUT`).
 
     Args:
         root: dataset root.
-        on_error: ``raise`` the first row error, or ``skip`` the row and record why.
+        on_error: ``repair`` (default), ``strict`` or ``skip`` (see :mod:`merkit.data.repairs`).
         frames_dir: folder under ``root`` holding ``subNN/<Filename>/`` frame folders.
         au_or: AU terms written ``A or B``: ``drop`` them, or keep ``all`` alternatives.
 
@@ -103,10 +111,11 @@ def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
 
     Raises:
         DatasetError: no or several coding spreadsheets, or the frames folder is missing.
-        AnnotationError: a required column is missing; with ``on_error="raise"`` also a
-            malformed row (bad number, onset > apex, apex > offset, onset > offset).
-        MissingFramesError: with ``on_error="raise"``, a clip folder or an annotated frame is
-            not on disk.
+        AnnotationError: a required column is missing; a malformed row (a cell that is not a
+            frame number; with ``on_error="strict"`` also onset > apex, apex > offset, onset >
+            offset) unless ``on_error="skip"``.
+        MissingFramesError: unless ``on_error="skip"``, a clip folder is missing (``strict``:
+            also an annotated frame that is not on disk).
     """
     root = Path(root)
     sheet_path = find_one([root], ["CASME2-coding-*.xlsx"], dataset="casme2", what="coding spreadsheet", layout=LAYOUT)
@@ -114,20 +123,21 @@ def load_casme2(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
     if not frames_root.is_dir():
         raise DatasetError(f"casme2: frame folder {frames_root} does not exist.\nExpected layout:\n{LAYOUT}")
     return load_header_sheet(sheet_path, COLUMNS, None,
-                             lambda values, columns, row: _read_row(values, columns, row, sheet_path, frames_root, au_or),
+                             lambda values, columns, row, repair: _read_row(values, columns, row, sheet_path, frames_root,
+                                                                            au_or, repair),
                              on_error)
 
 
 def _read_row(values: tuple, columns: dict[str, int], row: int, sheet_path: Path, frames_root: Path,
-              au_or: AUPolicy) -> tuple[Sample, list[str]]:
+              au_or: AUPolicy, repair: RepairContext | None) -> tuple[Sample, list]:
     subject = subject_id(cell(values, columns["subject"]), file=sheet_path, row=row)
     filename = cell_text(cell(values, columns["filename"]))
     if not filename:
         raise AnnotationError("Filename is empty", file=str(sheet_path), row=row)
-    known = KNOWN_CLIP_FIXES.get((subject, filename), ()) + KNOWN_ROW_FIXES.get(row, ())
     return annotated_clip(values, columns, COLUMNS, row=row, file=sheet_path, dataset="casme2", subject=subject,
                           clip_id=filename, folder=frames_root / subject / filename, fps=CASME2_FPS,
-                          aliases=EMOTION_ALIASES, au_or=au_or, known_fixes=known)
+                          aliases=EMOTION_ALIASES, repair=repair, au_or=au_or, known_fixes=KNOWN_ROW_FIXES.get(row, ()))
 
 
-register_dataset(DatasetInfo(name="casme2", loader=load_casme2, protocols=("casme2-5", "casme2-3"), layout=LAYOUT))
+register_dataset(DatasetInfo(name="casme2", loader=load_casme2, protocols=("casme2-5", "casme2-3"), layout=LAYOUT,
+                             repairs=REPAIRS))

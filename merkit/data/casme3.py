@@ -5,21 +5,30 @@ Filename, Onset, Apex, Offset, AU, Objective class, emotion``) and the frames of
 (one recorded video, ``Filename``) at ``<subject>/<Filename>/color/<n>.jpg`` with the aligned
 depth frames in ``<subject>/<Filename>/depth/``.
 
-Known annotation issues handled here (each applied fix is reported in ``LoadResult.fixes``):
+A material folder holds the whole recording (several coded expressions), so the generic repair
+rules (:mod:`merkit.data.repairs`, folder kind ``recording``) estimate a missing bound from the
+sheet's median lengths, never from the folder's ends. Known annotation issues (each change is
+recorded in ``LoadResult.fixes``):
 
 * One material can hold several micro-expressions. Each row is its own clip, with
-  ``clip_id = "<Filename>_<onset>"``; two rows of one material starting at the same onset get
+  ``clip_id = "<Filename>_<onset>"`` (the onset as annotated, so a repair never renames a
+  clip); two rows of one material starting at the same onset get
   ``_2``, ``_3`` ... appended (reported). ``meta["material"]`` keeps the Filename.
 * Rows with onset == apex are kept as annotated.
 * ``emotion`` case varies (``others``/``Others``); spellings such as ``happiness`` are read
   as the release's ``happy``.
 * Folder names may differ in case from the spreadsheet (``spNo.1`` for ``spNO.1``); they are
   matched case-insensitively (reported once per subject).
-* Rows whose frames contradict the annotation, with the frame read off the disk by the meb
-  toolkit (tvaranka/meb): onset of row 751 (2647), offsets of rows 710, 798, 800 (34, 1845,
-  2403), and row 752 whose onset and apex 0 mean the first frame, 1. Row 130's apex lies
-  outside its onset..offset: ``apex_frame=None`` (a loader never invents an apex). All guarded
-  (see :class:`~merkit.data.annotations.KnownFix`).
+* Inconsistent rows of the v2 label sheet. The release's full annotation
+  (``CAS(ME)3_part_A_v2.xls``, worksheet ``AU+Emotion``, every macro- and micro-expression)
+  holds corrected values for three of them, used as known fixes (guarded, see
+  :class:`~merkit.data.annotations.KnownFix`): row 130 (spNO.149/d) apex 83 before the onset
+  112 -> 160; rows 798 and 800 (spNO.40/e) offset 0 (not coded) -> 1845 and 2403. Row 751
+  (spNO.216/d) onset 3647 after apex 2668 and offset 2694: rule ``digit-typo`` gives 2647, the
+  value of the full annotation. Row 752 (spNO.216/e) onset and apex 0: rule ``first-frame``
+  (frames are numbered from 1). Row 710 (spNO.214/c, offset 3460 after onset 5: 115 s) is
+  corrected to 34 as the meb toolkit (tvaranka/meb) reads it off the disk, applied only where
+  frame 3460 is not on disk.
 
 The release's exception lists (damaged or poor-quality recordings) can be applied with
 ``exclude_lists``; excluded rows are listed in ``LoadResult.skipped``.
@@ -33,10 +42,11 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from merkit.data.annotations import (
-    AUPolicy, KnownFix, LoadLog, Row, annotated_clip, cell, cell_text, child_dir, collect_rows, column_positions,
-    find_header, find_one, read_sheet,
+    AUPolicy, KnownFix, LoadLog, RepairContext, Row, annotated_clip, cell, cell_text, child_dir, collect_rows,
+    column_positions, find_header, find_one, read_sheet, sheet_stats,
 )
 from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
+from merkit.data.repairs import Change
 from merkit.data.sample import FrameSource, Sample
 from merkit.errors import AnnotationError, DatasetError, MissingFramesError
 
@@ -64,26 +74,31 @@ OPTIONAL_COLUMNS = {"objective_class": "Objective class"}
 EMOTION_ALIASES = {"happiness": "happy", "sadness": "sad", "other": "others", "surprised": "surprise",
                    "suprise": "surprise", "angry": "anger", "disgusted": "disgust", "fearful": "fear"}
 
-_FIRST_FRAME = "frames are numbered from 1; the row's 0 means the first frame"
-_MEB = "frame read off the disk (as the meb toolkit does)"
+_FULL = "the release's full annotation CAS(ME)3_part_A_v2.xls (worksheet AU+Emotion, row {}) gives {}"
 # spreadsheet row -> fixes (cas(me)3_part_A_ME_label_JpgIndex_v2.xlsx)
 KNOWN_ROW_FIXES: dict[int, tuple[KnownFix, ...]] = {
-    130: (KnownFix("apex", None, "the apex lies outside onset..offset"),),
-    710: (KnownFix("offset", 34, _MEB),),
-    751: (KnownFix("onset", 2647, _MEB),),
-    752: (KnownFix("onset", 1, _FIRST_FRAME), KnownFix("apex", 1, _FIRST_FRAME)),
-    798: (KnownFix("offset", 1845, _MEB),),
-    800: (KnownFix("offset", 2403, _MEB),),
+    130: (KnownFix("apex", 160, _FULL.format(697, 160)),),
+    710: (KnownFix("offset", 34, "frame read off the disk (as the meb toolkit does)"),),
+    798: (KnownFix("offset", 1845, _FULL.format(3897, 1845)),),
+    800: (KnownFix("offset", 2403, _FULL.format(3906, 2403)),),
 }
 
+REPAIRS = """\
+folder kind: recording (one folder per material, several expressions), so a missing bound is
+estimated from the sheet's median lengths. v2 label sheet: row 130 apex 83 -> 160, rows 798/800
+offset 0 -> 1845/2403 (known fixes from the release's full annotation CAS(ME)3_part_A_v2.xls);
+row 751 onset 3647 -> 2647 (digit-typo, as the full annotation); row 752 onset/apex 0 -> 1
+(first-frame); row 710 offset 3460 -> 34 where 3460 is not on disk (meb). Readings: 'Others',
+emotion spellings; folder-name case; repeated onsets of one material get clip ids _2, _3."""
 
-def load_casme3(root: str | Path, on_error: OnError = "raise", *, frames_dir: str = "", depth: bool = True,
+
+def load_casme3(root: str | Path, on_error: OnError = "repair", *, frames_dir: str = "", depth: bool = True,
                 exclude_lists: Sequence[str | Path] = (), au_or: AUPolicy = "drop") -> LoadResult:
     """Load CAS(ME)^3 part A from ``root`` (see :data:`LAYOUT`).
 
     Args:
         root: dataset root (holds the spreadsheet, directly or in ``annotation/``).
-        on_error: ``raise`` the first row error, or ``skip`` the row and record why.
+        on_error: ``repair`` (default), ``strict`` or ``skip`` (see :mod:`merkit.data.repairs`).
         frames_dir: folder under ``root`` holding the subject folders (default: ``root``).
         depth: attach the ``depth/`` frames as ``Sample.depth`` (required on disk when True).
         exclude_lists: files listing recordings to leave out (.txt/.csv: one entry per line or
@@ -101,8 +116,9 @@ def load_casme3(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
     Raises:
         DatasetError: no or several spreadsheets, no ``label`` worksheet, a missing frames
             folder or exclusion list.
-        AnnotationError / MissingFramesError: with ``on_error="raise"``, a malformed row or a
-            clip whose folders or frames are not on disk.
+        AnnotationError / MissingFramesError: unless ``on_error="skip"``, a malformed row or a
+            clip whose folders are not on disk (``strict``: also an inconsistent row or a frame
+            that is not on disk).
     """
     root = Path(root)
     sheet_path = find_one([root, root / "annotation"], ["cas(me)3_part_A_ME_label*.xlsx", "cas(me)^3_part_A_ME_label*.xlsx"],
@@ -117,7 +133,8 @@ def load_casme3(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
     log = LoadLog(on_error)
     excluded = _read_exclusions(exclude_lists)
     clip_ids = _clip_ids(body, columns)
-    reader = _RowReader(sheet_path, frames_root, columns, clip_ids, depth, au_or)
+    repair = RepairContext("recording", sheet_stats(body, columns)) if log.repairs else None
+    reader = _RowReader(sheet_path, frames_root, columns, clip_ids, depth, au_or, repair)
     kept = []
     for row, values in body:
         subject, material = cell_text(cell(values, columns["subject"])), cell_text(cell(values, columns["filename"]))
@@ -131,8 +148,8 @@ def load_casme3(root: str | Path, on_error: OnError = "raise", *, frames_dir: st
     return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
 
 
-def _clip_ids(rows: Iterable[Row], columns: dict[str, int]) -> dict[int, tuple[str, str | None]]:
-    """row -> (clip id, fix message or None): ``<Filename>_<onset>``, numbered on repeats."""
+def _clip_ids(rows: Iterable[Row], columns: dict[str, int]) -> dict[int, tuple[str, Change | None]]:
+    """row -> (clip id, the change or None): ``<Filename>_<onset>``, numbered on repeats."""
     seen: Counter = Counter()
     ids = {}
     for row, values in rows:
@@ -141,8 +158,8 @@ def _clip_ids(rows: Iterable[Row], columns: dict[str, int]) -> dict[int, tuple[s
         seen[subject.lower(), base] += 1
         count = seen[subject.lower(), base]
         ids[row] = (base, None) if count == 1 else (
-            f"{base}_{count}", f"another micro-expression of material {material} starts at frame {onset}: "
-                               f"clip id {base}_{count}")
+            f"{base}_{count}", Change("clip_id", base, f"{base}_{count}", "clip-id-repeat",
+                                      f"another micro-expression of material {material} starts at frame {onset}"))
     return ids
 
 
@@ -150,14 +167,15 @@ class _RowReader:
     """Reads one row of the label sheet; resolves folders case-insensitively and caches listings."""
 
     def __init__(self, sheet_path: Path, frames_root: Path, columns: dict[str, int],
-                 clip_ids: dict[int, tuple[str, str | None]], depth: bool, au_or: AUPolicy):
+                 clip_ids: dict[int, tuple[str, Change | None]], depth: bool, au_or: AUPolicy,
+                 repair: RepairContext | None):
         self.sheet_path, self.frames_root, self.columns = sheet_path, frames_root, columns
-        self.clip_ids, self.depth, self.au_or = clip_ids, depth, au_or
+        self.clip_ids, self.depth, self.au_or, self.repair = clip_ids, depth, au_or, repair
         self.subject_dirs: dict[str, Path | None] = {}
         self.subject_names: dict[Path, str] = {}
         self.frame_cache: dict[tuple[Path, str], FrameSource] = {}
 
-    def read(self, row: int, values: tuple) -> tuple[Sample, list[str]]:
+    def read(self, row: int, values: tuple) -> tuple[Sample, list[Change]]:
         subject = cell_text(cell(values, self.columns["subject"]))
         material = cell_text(cell(values, self.columns["filename"]))
         if not subject or not material:
@@ -180,17 +198,20 @@ class _RowReader:
                 raise MissingFramesError(f"{self.sheet_path}, row {row} ({subject}/{material}): no depth folder "
                                          f"{material_dir / 'depth'} (load with depth=False to read colour only)")
         if first_time and subject_dir.name != subject:
-            fixes.append(f"subject folder {subject_dir.name} taken for {subject} (case differs)")
+            fixes.append(Change("subject_folder", subject, subject_dir.name, "folder-case",
+                                f"subject folder {subject_dir.name} taken for {subject} (case differs)"))
         meta = {"material": material,
                 "objective_class": cell_text(cell(values, self.columns.get("objective_class")))}
         # one folder is one person and one LOSO fold, however the sheet spells it ('spNO.1', 'spno.1'):
         # the subject is the first spelling seen for that folder
         canonical = self.subject_names.setdefault(subject_dir, subject)
         if canonical != subject:
-            fixes.append(f"subject {subject} read as {canonical} (same folder {subject_dir.name})")
+            fixes.append(Change("subject", subject, canonical, "subject-spelling",
+                                f"subject {subject} read as {canonical} (same folder {subject_dir.name})"))
         sample, more = annotated_clip(values, self.columns, COLUMNS, row=row, file=self.sheet_path, dataset="casme3",
                                       subject=canonical, clip_id=clip_id, folder=color_dir, fps=CASME3_FPS,
-                                      aliases=EMOTION_ALIASES, au_or=self.au_or, known_fixes=KNOWN_ROW_FIXES.get(row, ()),
+                                      aliases=EMOTION_ALIASES, repair=self.repair, au_or=self.au_or,
+                                      known_fixes=KNOWN_ROW_FIXES.get(row, ()),
                                       depth_folder=depth_dir, meta=meta, frame_cache=self.frame_cache)
         return sample, fixes + more
 
@@ -225,4 +246,4 @@ def _exclusion_key(entry: str) -> tuple[str, str, str] | None:
 
 
 register_dataset(DatasetInfo(name="casme3", loader=load_casme3, protocols=("casme3-7", "casme3-4", "casme3-3"),
-                             layout=LAYOUT))
+                             layout=LAYOUT, repairs=REPAIRS))

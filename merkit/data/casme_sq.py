@@ -11,10 +11,12 @@ and two further worksheets map the codes to the folders under ``rawpic/``: ``nam
 (subject folder number, subject name, participant number) and ``naming rule2`` (video code,
 video name). A clip's frames are ``rawpic/s<NN>/<NN>_<code><title>/img<N>.jpg``.
 
-Known annotation errors handled here (each applied fix is reported in ``LoadResult.fixes``):
+A video folder holds a whole recording, so the generic repair rules (:mod:`merkit.data.repairs`,
+folder kind ``recording``) estimate a bound from the sheet's median lengths. Known annotation
+issues (each change is recorded in ``LoadResult.fixes``):
 
 * offset 0 (no offset coded, as the spotting literature reads it): the offset becomes the apex,
-  ``meta["offset_coded"] = False``.
+  ``meta["offset_coded"] = False`` (a reading of this release, under every policy).
 * apex 0 (no apex coded): ``apex_frame=None``.
 * emotion case variants (``Negative``) and ``other`` for ``others``.
 """
@@ -26,10 +28,11 @@ from pathlib import Path
 from typing import Literal
 
 from merkit.data.annotations import (
-    UNANNOTATED, AUPolicy, LoadLog, Row, annotated_clip, cell, cell_text, child_dir, collect_rows, find_one, header_key,
-    read_sheet, sheet_names,
+    UNANNOTATED, AUPolicy, LoadLog, RepairContext, Row, annotated_clip, cell, cell_text, child_dir, collect_rows,
+    find_one, header_key, read_sheet, sheet_names, sheet_stats,
 )
 from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
+from merkit.data.repairs import Change
 from merkit.data.sample import Sample
 from merkit.errors import AnnotationError, DatasetError
 
@@ -57,14 +60,19 @@ HEADERS = {"onset": "onset (column C)", "apex": "apex (column D)", "offset": "of
 TYPES = {"micro": "microexpression", "macro": "macroexpression"}
 EMOTION_ALIASES = {"other": "others"}
 
+REPAIRS = """\
+folder kind: recording (one folder per long video), so a missing bound is estimated from the
+sheet's median lengths. Readings: offset 0 = not coded, read as the apex (as the spotting
+literature does; meta offset_coded=False); apex 0 = no apex; 'other' = 'others'."""
 
-def load_casme_sq(root: str | Path, on_error: OnError = "raise", *, frames_dir: str = "rawpic",
+
+def load_casme_sq(root: str | Path, on_error: OnError = "repair", *, frames_dir: str = "rawpic",
                   expression_type: Literal["micro", "macro", "all"] = "micro", au_or: AUPolicy = "drop") -> LoadResult:
     """Load CAS(ME)^2 from ``root`` (see :data:`LAYOUT`).
 
     Args:
         root: dataset root.
-        on_error: ``raise`` the first row error, or ``skip`` the row and record why.
+        on_error: ``repair`` (default), ``strict`` or ``skip`` (see :mod:`merkit.data.repairs`).
         frames_dir: folder under ``root`` with the subject folders (``rawpic``, or e.g. a folder
             of face crops with the same tree).
         expression_type: keep ``micro``-expressions (recognition), ``macro`` or ``all``.
@@ -78,8 +86,9 @@ def load_casme_sq(root: str | Path, on_error: OnError = "raise", *, frames_dir: 
 
     Raises:
         DatasetError: no or several workbooks, a missing worksheet or frames folder.
-        AnnotationError / MissingFramesError: with ``on_error="raise"``, a malformed row or a
-            clip whose folder or frames are not on disk.
+        AnnotationError / MissingFramesError: unless ``on_error="skip"``, a malformed row or a
+            clip whose folder is not on disk (``strict``: also an inconsistent row or a frame
+            that is not on disk).
     """
     root = Path(root)
     book = find_one([root], ["CAS(ME)^2code_final*.xlsx", "CAS(ME)2code_final*.xlsx"], dataset="casme_sq",
@@ -98,7 +107,9 @@ def load_casme_sq(root: str | Path, on_error: OnError = "raise", *, frames_dir: 
     # rows of an unknown type stay, so that reading them reports the error
     kept_rows = [r for r in rows if header_key(cell(r[1], POSITIONS["type"])) in wanted
                  or header_key(cell(r[1], POSITIONS["type"])) not in TYPES.values()]
-    samples = collect_rows(kept_rows, lambda row, values: _read_row(values, row, book, frames_root, subjects, codes, au_or),
+    repair = RepairContext("recording", sheet_stats(kept_rows, POSITIONS)) if log.repairs else None
+    samples = collect_rows(kept_rows,
+                           lambda row, values: _read_row(values, row, book, frames_root, subjects, codes, au_or, repair),
                            log, book)
     return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
 
@@ -144,7 +155,7 @@ def _video_codes(rows: list[Row]) -> dict[str, str]:
 
 
 def _read_row(values: tuple, row: int, book: Path, frames_root: Path, subjects: dict[int, tuple[Path, str]],
-              codes: dict[str, str], au_or: AUPolicy) -> tuple[Sample, list[str]]:
+              codes: dict[str, str], au_or: AUPolicy, repair: RepairContext | None) -> tuple[Sample, list[Change]]:
     participant = cell_text(cell(values, POSITIONS["participant"]))
     if not re.fullmatch(r"\d+", participant) or int(participant) not in subjects:
         raise AnnotationError(f"participant (column A) {participant!r} is not listed in 'naming rule1'",
@@ -171,15 +182,18 @@ def _read_row(values: tuple, row: int, book: Path, frames_root: Path, subjects: 
     offset_coded = cell_text(cell(values, POSITIONS["offset"])) != "0"
     if not offset_coded:
         values[POSITIONS["offset"]] = cell(values, POSITIONS["apex"])
-        fixes.append("offset 0 (not coded): offset_frame set to the apex frame")
+        apex = cell_text(values[POSITIONS["apex"]])
+        fixes.append(Change("offset", 0, int(apex) if apex.isdigit() else apex or None, "offset-not-coded-apex",
+                            "offset 0 (not coded): offset_frame set to the apex frame"))
     meta = {"video_code": code, "video_folder": matches[0].name,
             "expression_type": kind,
             "self_report": cell_text(cell(values, POSITIONS["self_report"])), "offset_coded": offset_coded}
     sample, more = annotated_clip(values, POSITIONS, HEADERS, row=row, file=book, dataset="casme_sq",
                                   subject=subject_dir.name, clip_id=clip, folder=matches[0], fps=CASME_SQ_FPS,
-                                  aliases=EMOTION_ALIASES, au_or=au_or, meta=meta, unannotated=UNANNOTATED | {"0"})
+                                  aliases=EMOTION_ALIASES, repair=repair, au_or=au_or, meta=meta,
+                                  unannotated=UNANNOTATED | {"0"})
     return sample, fixes + more
 
 
 register_dataset(DatasetInfo(name="casme_sq", loader=load_casme_sq, protocols=("casme_sq-4", "casme_sq-3"),
-                             layout=LAYOUT))
+                             layout=LAYOUT, repairs=REPAIRS))

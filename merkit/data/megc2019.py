@@ -40,6 +40,7 @@ import numpy as np
 from merkit.data.annotations import LoadLog, cell_text, collect_rows, header_key, where
 from merkit.data.casme2 import CASME2_FPS, load_casme2
 from merkit.data.registry import DatasetInfo, LoadResult, OnError, register_dataset
+from merkit.data.repairs import Fix
 from merkit.data.sample import FrameSource, Sample
 from merkit.data.samm import SAMM_FPS, load_samm
 from merkit.data.smic import SMIC_FPS, load_smic
@@ -64,9 +65,10 @@ LAYOUT = """\
   CASME2/                        (or CASME_II ...) as `merkit datasets list` shows for casme2
   SAMM/                          as for samm
   SMIC/                          (or SMIC-HS ...) as for smic, holding HS/
-Each source root can also be given on its own: casme2_root=, samm_root=, smic_root=
-(command line: --option casme2_root=DIR), or MERKIT_CASME2_ROOT, MERKIT_SAMM_ROOT,
-MERKIT_SMIC_ROOT."""
+A source not found under <root> is read from $MERKIT_CASME2_ROOT, $MERKIT_SAMM_ROOT or
+$MERKIT_SMIC_ROOT (command line: set them, then `merkit train --dataset megc2019 --root <root>`);
+in Python, load_dataset("megc2019", root, casme2_root=..., samm_root=..., smic_root=...) names
+them directly."""
 
 FLOW_LAYOUT = """\
 <root>/
@@ -79,7 +81,7 @@ FLOW_LAYOUT = """\
     <imagename>                  224x224 apex face crops named by the imagename column"""
 
 
-def load_megc2019(root: str | Path, on_error: OnError = "raise", *, casme2_root: str | Path | None = None,
+def load_megc2019(root: str | Path, on_error: OnError = "repair", *, casme2_root: str | Path | None = None,
                   samm_root: str | Path | None = None, smic_root: str | Path | None = None) -> LoadResult:
     """Load the composite from its three raw datasets (see :data:`LAYOUT`).
 
@@ -91,8 +93,9 @@ def load_megc2019(root: str | Path, on_error: OnError = "raise", *, casme2_root:
 
     Returns:
         LoadResult: the samples of CASME II (without :data:`EXCLUDED`), SAMM and SMIC-HS, all
-        emotions kept (the ``megc2019-3`` protocol selects and maps them); fixes and skipped
-        lines are prefixed with the source name, and each excluded clip is one skipped line.
+        emotions kept (the ``megc2019-3`` protocol selects and maps them); the fixes of the kept
+        samples (their sample ids name the source), skipped lines prefixed with the source
+        name, and one skipped line per excluded clip.
 
     Raises:
         DatasetError: a source root cannot be found, or a source loader's error.
@@ -100,17 +103,19 @@ def load_megc2019(root: str | Path, on_error: OnError = "raise", *, casme2_root:
     root = Path(root)
     given = {"casme2": casme2_root, "samm": samm_root, "smic": smic_root}
     samples: list[Sample] = []
-    fixes: list[str] = []
+    fixes: list[Fix] = []
     skipped: list[str] = []
     for name, (loader, _, _) in _SOURCES.items():
         result = loader(_source_root(name, root, given[name]), on_error=on_error)
-        fixes += [f"[{name}] {line}" for line in result.fixes]
         skipped += [f"[{name}] {line}" for line in result.skipped]
+        kept = set()
         for sample in result.samples:
             if name == "casme2" and (sample.subject, sample.clip_id) in EXCLUDED:
                 skipped.append(f"[casme2] {sample.subject}/{sample.clip_id}: excluded from the MEGC2019 composite")
             else:
                 samples.append(sample)
+                kept.add(sample.sample_id)
+        fixes += [fix for fix in result.fixes if fix.sample_id in kept]
     return LoadResult(samples=samples, fixes=fixes, skipped=skipped)
 
 
@@ -144,13 +149,14 @@ _DATASET_NAMES = {"casme2": "casme2", "casmeii": "casme2", "samm": "samm", "smic
 _FLOW_COLUMNS = ("dataset", "sub", "filename_o", "label")
 
 
-def load_megc2019_flow(root: str | Path, on_error: OnError = "raise", *, csv_file: str | Path | None = None,
+def load_megc2019_flow(root: str | Path, on_error: OnError = "repair", *, csv_file: str | Path | None = None,
                        flow_dir: str | Path | None = None, apex_dir: str | Path | None = None) -> LoadResult:
     """Load the released MEGC2019 flow images (see :data:`FLOW_LAYOUT` and the module doc).
 
     Args:
         root: release root.
-        on_error: ``raise`` the first bad row, or ``skip`` it and record why.
+        on_error: ``repair`` (default) and ``strict`` raise the first bad row (a released
+            table has no frame numbers to repair), ``skip`` leaves it out and records why.
         csv_file: the CSV (default: the one .csv in ``root`` or ``root/label`` with the
             required columns).
         flow_dir: folder of the flow PNGs (default: the folder up to three levels below
@@ -164,7 +170,7 @@ def load_megc2019_flow(root: str | Path, on_error: OnError = "raise", *, csv_fil
 
     Raises:
         DatasetError: no CSV, no flow images, or a missing column.
-        AnnotationError / MissingFramesError: with ``on_error="raise"``, a bad row, or a
+        AnnotationError / MissingFramesError: unless ``on_error="skip"``, a bad row, or a
             missing flow image or apex crop.
     """
     root = Path(root)

@@ -2,7 +2,8 @@
 
 Each loader module registers one :class:`DatasetInfo`. A loader reads the real files in their
 real on-disk layout and returns Samples (no protocol applied), the annotation fixes it applied
-and the rows it skipped (only when the caller asked for ``on_error="skip"``).
+and the rows it skipped (only when the caller asked for ``on_error="skip"``). The ``on_error``
+policies (``repair``, ``strict``, ``skip``) are described in :mod:`merkit.data.repairs`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
+from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
-from merkit.errors import DatasetError
+from merkit.errors import DatasetError, check_choice
 
-OnError = Literal["raise", "skip"]
+OnError = Literal["repair", "strict", "skip"]
+ON_ERROR: tuple[str, ...] = ("repair", "strict", "skip")
 
 
 @dataclass
@@ -24,12 +27,14 @@ class LoadResult:
 
     Attributes:
         samples: the clips, in annotation order.
-        fixes: one human-readable line per known annotation error fixed in code.
-        skipped: one line per row skipped (``on_error="skip"`` only), naming file, row and why.
+        fixes: one record per value the loader changed: a repair of inconsistent frame
+            numbers (``on_error="repair"``) or a reading convention (``str(fix)`` is one line).
+        skipped: one line per row left out, naming file, row and why (``on_error="skip"``;
+            also rows a loader leaves out by design, e.g. exclusion lists).
     """
 
     samples: list[Sample]
-    fixes: list[str] = field(default_factory=list)
+    fixes: list[Fix] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
 
 
@@ -43,6 +48,8 @@ class DatasetInfo:
         protocols: protocol names defined for it, default first.
         layout: the on-disk layout merkit expects, shown in errors and ``datasets list``.
         licensed: whether users must obtain the data from its owners.
+        repairs: how the default ``repair`` policy treats this dataset's rows (its folder kind,
+            the rules that apply, its known fixes), shown in ``datasets list``.
     """
 
     name: str
@@ -50,6 +57,7 @@ class DatasetInfo:
     protocols: tuple[str, ...]
     layout: str
     licensed: bool = True
+    repairs: str = ""
 
 
 DATASETS: dict[str, DatasetInfo] = {}
@@ -108,7 +116,15 @@ def resolve_root(name: str, root: str | Path | None) -> Path:
     return Path(root)
 
 
-def load_dataset(name: str, root: str | Path | None = None, *, on_error: OnError = "raise", **options) -> LoadResult:
-    """Load dataset ``name`` from ``root`` (see :func:`resolve_root`)."""
+def load_dataset(name: str, root: str | Path | None = None, *, on_error: OnError = "repair", **options) -> LoadResult:
+    """Load dataset ``name`` from ``root`` (see :func:`resolve_root`).
+
+    Args:
+        on_error: ``repair`` (default) mends inconsistent frame numbers by documented rules and
+            records each change in ``LoadResult.fixes``; ``strict`` raises the first
+            inconsistent row; ``skip`` leaves bad rows out, recorded in ``LoadResult.skipped``.
+        options: the loader's own keyword options (e.g. ``frames_dir``, ``depth``).
+    """
+    check_choice("on_error", on_error, ON_ERROR, error=DatasetError)
     info = get_dataset(name)
     return info.loader(resolve_root(name, root), on_error=on_error, **options)

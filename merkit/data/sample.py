@@ -7,6 +7,8 @@ file names, never positions in a list; :meth:`FrameSource.position` maps one to 
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +29,9 @@ def frame_number(path: str | Path) -> int:
     Raises:
         MissingFramesError: the stem holds no digits.
     """
-    stem = Path(path).stem
+    name = os.path.basename(str(path))
+    dot = name.rfind(".")
+    stem = name[:dot] if 0 < dot < len(name) - 1 else name  # as Path.stem, without building a Path
     match = _LAST_INT.search(stem)
     if match is None:
         raise MissingFramesError(f"{path}: expected a frame file name ending in a number")
@@ -56,14 +60,17 @@ class FrameSource:
         directory = Path(directory)
         if not directory.is_dir():
             raise MissingFramesError(f"{directory}: frame folder does not exist")
-        files = [p for p in directory.glob(pattern) if p.is_file()]
-        if not files:
+        matches = re.compile(fnmatch.translate(pattern)).fullmatch
+        # os.scandir, not Path.glob: a CAS(ME)^3 recording folder holds thousands of frames
+        with os.scandir(directory) as entries:
+            names = [e.name for e in entries if not e.name.startswith(".") and matches(e.name) and e.is_file()]
+        if not names:
             raise MissingFramesError(f"{directory}: no frame files matching {pattern!r}")
-        numbered = sorted((frame_number(p), p) for p in files)
+        numbered = sorted((frame_number(name), name) for name in names)
         numbers = tuple(n for n, _ in numbered)
         if len(set(numbers)) != len(numbers):
             raise MissingFramesError(f"{directory}: two frame files share a frame number")
-        return cls(paths=tuple(p for _, p in numbered), numbers=numbers)
+        return cls(paths=tuple(directory / name for _, name in numbered), numbers=numbers)
 
     def __len__(self) -> int:
         return len(self.paths)

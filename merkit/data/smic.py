@@ -33,12 +33,14 @@ LAYOUT = """\
     s2/ ... s20/"""
 
 
-def load_smic(root: str | Path, on_error: OnError = "raise") -> LoadResult:
+def load_smic(root: str | Path, on_error: OnError = "repair") -> LoadResult:
     """Load SMIC from ``root`` (see :data:`LAYOUT`).
 
     Args:
         root: dataset root holding ``HS/``.
-        on_error: ``raise`` on the first bad clip folder, or ``skip`` it and record why.
+        on_error: ``repair`` (default) and ``strict`` raise on the first bad clip folder (SMIC has
+            no frame numbers to repair: a clip runs from its first to its last frame), ``skip``
+            leaves it out and records why.
 
     Returns:
         LoadResult: one Sample per clip folder, in natural order of subject, emotion and clip
@@ -46,9 +48,9 @@ def load_smic(root: str | Path, on_error: OnError = "raise") -> LoadResult:
         name, ``apex_frame=None``, ``fps=100``, ``meta={"folder": clip folder}``).
 
     Raises:
-        DatasetError: ``HS/`` is missing or holds no clip; with ``on_error="raise"`` also an
+        DatasetError: ``HS/`` is missing or holds no clip; unless ``on_error="skip"`` also an
             emotion folder other than negative/positive/surprise.
-        MissingFramesError: with ``on_error="raise"``, a clip folder without .bmp frames.
+        MissingFramesError: unless ``on_error="skip"``, a clip folder without .bmp frames.
     """
     root = Path(root)
     part_dir = child_dir(root, "HS")
@@ -80,4 +82,5 @@ def load_smic(root: str | Path, on_error: OnError = "raise") -> LoadResult:
     return LoadResult(samples=samples, fixes=log.fixes, skipped=log.skipped)
 
 
-register_dataset(DatasetInfo(name="smic", loader=load_smic, protocols=("smic-3",), layout=LAYOUT))
+register_dataset(DatasetInfo(name="smic", loader=load_smic, protocols=("smic-3",), layout=LAYOUT,
+                             repairs="no coding sheet: a clip folder is onset..offset, no apex; nothing to repair."))

@@ -22,7 +22,7 @@ LAYOUT = CASME2_LAYOUT.replace("CASME2-coding-<date>.xlsx", "CASME2-coding-synth
     "<root>/", "<root>/                          written by `merkit synth`\n  synthme.json                   generator parameters (exact ground truth)", 1)
 
 
-def load_synthme(root: str | Path, on_error: OnError = "raise") -> LoadResult:
+def load_synthme(root: str | Path, on_error: OnError = "repair") -> LoadResult:
     """Load a folder written by :func:`~merkit.data.synthetic.write_synthme`.
 
     Raises:
@@ -38,7 +38,9 @@ def load_synthme(root: str | Path, on_error: OnError = "raise") -> LoadResult:
         replace(s, dataset="synthme", fps=fps, meta={**s.meta, "synthme": (str(root), int(s.subject[3:]), s.clip_id)})
         for s in result.samples
     ]
-    return LoadResult(samples=samples, fixes=result.fixes, skipped=result.skipped)
+    fixes = [replace(fix, sample_id=f"synthme/{fix.sample_id.split('/', 1)[1]}") if fix.sample_id else fix
+             for fix in result.fixes]
+    return LoadResult(samples=samples, fixes=fixes, skipped=result.skipped)
 
 
 register_dataset(DatasetInfo(name="synthme", loader=load_synthme, protocols=("casme2-5", "casme2-3"),

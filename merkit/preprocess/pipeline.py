@@ -174,10 +174,15 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
             views["apex"] = to_image_view(apex, spec.size, spec.channels)
         elif spec.name == "diff":
             views["diff"] = to_image_view(apex, spec.size, spec.channels) - to_image_view(onset, spec.size, spec.channels)
-        elif spec.name == "flow":
+        elif spec.name in ("flow", "flow_regions"):
             from merkit.preprocess.flow import flow_view
 
-            views["flow"] = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
+            flow = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
+            if spec.name == "flow_regions":
+                from merkit.preprocess.regions import flow_regions
+
+                flow = flow_regions(flow, apex, sample_id=sample.sample_id)
+            views[spec.name] = flow
         else:
             positions = sample_positions(course, spec.length, config, sample.fps)
             if config.sampling == "interpolate":  # the interpolated frame nearest the apex in time
@@ -189,11 +194,24 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
     return views
 
 
+#: views built from the views a release ships: view -> the shipped views it needs
+DERIVED_VIEWS: dict[str, tuple[str, ...]] = {"flow_regions": ("flow", "apex")}
+
+
+def release_views(shipped: Sequence[str]) -> set[str]:
+    """The views a release of ready-made ``shipped`` views can give: those plus the
+    :data:`DERIVED_VIEWS` whose sources it ships (``flow`` + ``apex`` give ``flow_regions``)."""
+    available = set(shipped)
+    return available | {name for name, sources in DERIVED_VIEWS.items() if available.issuperset(sources)}
+
+
 def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec]) -> dict[str, np.ndarray]:
-    """Views a release ships ready-made (the MEGC2019 flow format: ``flow`` and ``apex`` images).
+    """Views a release ships ready-made (the MEGC2019 flow format: ``flow`` and ``apex`` images),
+    and the views derived from them (:data:`DERIVED_VIEWS`).
 
     The released flow image is per-image min-max scaled to [0, 1] (see
     :func:`merkit.data.megc2019.read_flow_image`); it is resized to the spec's size if needed.
+    ``flow_regions`` cuts that flow around the facial points of the apex crop.
     """
     from merkit.data.megc2019 import read_flow_image
     from merkit.data.sample import read_image
@@ -201,16 +219,21 @@ def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec]) -> dict[str, n
     available = tuple(sample.meta["precomputed_views"])
     views: dict[str, np.ndarray] = {}
     for spec in specs:
-        if spec.name not in available:
+        if spec.name not in release_views(available):
             raise PreprocessError(
                 f"{sample.sample_id}: view {spec.name!r} is not in this release, which ships only {', '.join(available)}"
             )
-        if spec.name == "flow":
+        if spec.name in ("flow", "flow_regions"):
             flow = read_flow_image(sample.meta["flow_image"])
             if flow.shape[1:] != tuple(spec.size):
                 h, w = spec.size
                 flow = cv2.resize(flow.transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-            views["flow"] = np.ascontiguousarray(flow, dtype=np.float32)
+            flow = np.ascontiguousarray(flow, dtype=np.float32)
+            if spec.name == "flow_regions":
+                from merkit.preprocess.regions import flow_regions
+
+                flow = flow_regions(flow, read_image(sample.meta["apex_image"]), sample_id=sample.sample_id)
+            views[spec.name] = flow
         else:
             views[spec.name] = to_image_view(read_image(sample.meta[f"{spec.name}_image"]), spec.size, spec.channels)
     return views

@@ -1,6 +1,7 @@
 """Training-time augmentation on batched views, the same transform for every view of a sample.
 
-Image-like views have their spatial axes last: ``(B, C, H, W)`` or ``(B, T, C, H, W)``.
+Image-like views have their spatial axes last: ``(B, C, H, W)`` or ``(B, T, C, H, W)``; the
+facial-region arrangement ``flow_regions`` is never flipped or shifted (its regions would trade places).
 Flips of flow views change the sign of the matching flow component (u for horizontal flips,
 v for vertical ones): a mirrored face moves the other way. Strain is unchanged by flips.
 Random draws come from a CPU generator whatever the views' device (the same seed gives the
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from merkit.config import AugmentConfig
-from merkit.views import FLOW_VIEWS, INTENSITY_VIEWS, SPATIAL_VIEWS, VIEWS
+from merkit.views import AUGMENTED_VIEWS, FLOW_VIEWS, INTENSITY_VIEWS, VIEWS
 
 
 def _flip_sign(name: str, view: torch.Tensor, component: int, mask: torch.Tensor) -> torch.Tensor:
@@ -36,7 +37,7 @@ def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generat
         generator: the torch RNG driving every random choice (one seed -> same batches).
     """
     out = dict(views)
-    names = [n for n in out if n in SPATIAL_VIEWS]
+    names = [n for n in out if n in AUGMENTED_VIEWS]
     if not names:
         return out
     batch = out[names[0]].shape[0]

@@ -40,6 +40,7 @@ import torch
 
 from merkit.config import RunConfig, dump_config
 from merkit.data.protocols import Protocol
+from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
 from merkit.errors import ConfigError, LeakageError
 from merkit.eval.metrics import compute_metrics, unweighted_f1
@@ -130,6 +131,8 @@ def run_loso(
     executor: Executor | None = None,
     on_fold: Callable[[int, int, str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
+    fixes: Sequence[Fix] = (),
+    skipped: Sequence[str] = (),
 ) -> dict:
     """Run LOSO for ``config`` over labelled ``samples`` and write the run directory.
 
@@ -149,6 +152,11 @@ def run_loso(
             :class:`~merkit.train.executors.RayExecutor` gives the same predictions.
         on_fold: callback ``(folds finished, number of folds, name of the fold just finished)``.
         on_progress: callback ``(stage, done, total)`` during preprocessing.
+        fixes: the loader's recorded changes to annotation rows (``PreparedRun.fixes``),
+            written to ``metrics.json`` (``fixes``) and ``log.txt``.
+        skipped: annotation rows and samples left out before the run (``PreparedRun.skipped``),
+            written to ``metrics.json`` (``skipped``, before the samples the views skipped) and
+            ``log.txt``.
 
     Returns:
         The metrics dict written to ``metrics.json`` (``compute`` records the executor, the
@@ -186,6 +194,10 @@ def run_loso(
         "protocol": {"name": protocol.name, "classes": classes},
         "input_spec": [s.__dict__ | {"size": list(s.size)} for s in probe.input_spec],
     })
+    for fix in fixes:
+        log.info("annotation fix: %s", fix)
+    for line in skipped:
+        log.warning("skipped: %s", line)
     builder = ViewBuilder(probe.input_spec, config.views, cache_dir=cache_dir, workers=workers)
     kept, arrays = builder.build(list(samples), progress=(lambda d, t: on_progress("views", d, t)) if on_progress else None)
     views = to_tensors(arrays)
@@ -208,7 +220,8 @@ def run_loso(
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     metrics = compute_metrics(predictions, classes)
     metrics["selection"] = selection_description(config)
-    metrics["skipped"] = builder.skipped
+    metrics["skipped"] = [*skipped, *builder.skipped]
+    metrics["fixes"] = [fix.as_dict() for fix in fixes]
     metrics["apex_policy"] = config.views.apex_policy
     metrics["compute"] = {
         "executor": executor.describe(), "device": config.train.device,

@@ -54,25 +54,35 @@ class FeedForward(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
     """Softmax self-attention ``softmax(Q K^T / sqrt(d)) V`` over ``num_heads`` heads.
 
-    ``(B, N, D) -> (B, N, D)``; ``D`` must be divisible by ``num_heads``.
+    ``(B, N, D) -> (B, N, D)``. Each head is ``d = head_dim`` wide; without ``head_dim``,
+    ``d = D / num_heads`` and ``D`` must be divisible by ``num_heads``. With ``head_dim`` the
+    heads together are ``num_heads * d`` wide (HTNet: ``D = 256``, 3 heads of 85) and the output
+    projection maps that width back to ``D``.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attention_dropout: float = 0.0):
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attention_dropout: float = 0.0,
+                 head_dim: int | None = None):
         super().__init__()
-        if dim % num_heads != 0:
-            raise ConfigError(f"attention: dim {dim} is not divisible by num_heads {num_heads}")
+        if head_dim is None:
+            if dim % num_heads != 0:
+                raise ConfigError(f"attention: dim {dim} is not divisible by num_heads {num_heads}")
+            head_dim = dim // num_heads
+        if head_dim < 1:
+            raise ConfigError(f"attention: head width must be at least 1, got {head_dim} (dim {dim}, {num_heads} heads)")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.head_dim = head_dim
+        inner = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = nn.Linear(inner, dim)
         self.attention_dropout = attention_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+        batch, tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, heads, N, d)
         dropout = self.attention_dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # (B, heads, N, d)
-        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, self.num_heads * self.head_dim))
 
 
 class TransformerBlock(nn.Module):

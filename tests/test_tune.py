@@ -1,0 +1,140 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from merkit.config import config_from_dict
+from merkit.data.protocols import get_protocol
+from merkit.errors import ConfigError
+from merkit.train import tune
+from merkit.train.loso import run_loso
+from merkit.train.tune import apply_point, expand_grid, inner_splits, run_nested
+
+LOGREG = {"model": {"name": "logreg", "image_size": 16}, "train": {"epochs": 3, "batch_size": 8, "lr": 0.01}}
+GRID = {"train.lr": [0.3, 0.01], "train.epochs": [1, 3]}
+
+
+def test_expand_grid_and_apply_point():
+    points = expand_grid(GRID)
+    assert points == [{"train.lr": 0.3, "train.epochs": 1}, {"train.lr": 0.3, "train.epochs": 3},
+                      {"train.lr": 0.01, "train.epochs": 1}, {"train.lr": 0.01, "train.epochs": 3}]
+    config = config_from_dict(LOGREG)
+    changed = apply_point(config, {"train.lr": 0.5, "model.image_size": 8, "train.schedule.type": "cosine"})
+    assert (changed.train.lr, changed.model["image_size"], changed.train.schedule.type) == (0.5, 8, "cosine")
+    assert config.train.lr == 0.01  # the base config is left alone
+    with pytest.raises(ConfigError, match="train.lrr"):
+        apply_point(config, {"train.lrr": 0.1})
+    for bad in ({}, {"lr": [1]}, {"train.lr": []}, {"train.lr": "0.1"}):
+        with pytest.raises(ConfigError):
+            expand_grid(bad)
+
+
+def test_inner_splits_are_subject_grouped(synth_samples):
+    loso = inner_splits(synth_samples, "loso", 0, seed=0)
+    assert len(loso) == 4
+    kfold = inner_splits(synth_samples, "kfold", 2, seed=0)
+    assert len(kfold) == 2
+    for splits in (loso, kfold):
+        validated = np.concatenate([validation for _, validation in splits])
+        assert sorted(validated) == list(range(len(synth_samples)))  # each sample validated once
+        for training, validation in splits:
+            assert not {synth_samples[i].group for i in training} & {synth_samples[i].group for i in validation}
+    assert [v.tolist() for _, v in kfold] == [v.tolist() for _, v in inner_splits(synth_samples, "kfold", 2, seed=0)]
+    with pytest.raises(ConfigError, match="between 2 and the 4"):
+        inner_splits(synth_samples, "kfold", 5, seed=0)
+    with pytest.raises(ConfigError, match="at least two training subjects"):
+        inner_splits(synth_samples[:5], "loso", 0, seed=0)
+
+
+def test_one_point_grid_is_plain_loso(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    plain = run_loso(synth_samples, protocol, config, tmp_path / "plain")
+    nested = run_nested(synth_samples, protocol, config, {"train.lr": [0.01]}, tmp_path / "nested", inner="loso")
+    a = pd.read_csv(tmp_path / "plain" / "predictions.csv", dtype={"subject": str})
+    b = pd.read_csv(tmp_path / "nested" / "predictions.csv", dtype={"subject": str})
+    assert a.sample_id.tolist() == b.sample_id.tolist()
+    np.testing.assert_allclose(a.filter(like="p_").to_numpy(), b.filter(like="p_").to_numpy(), atol=1e-6)
+    assert nested["uf1"] == pytest.approx(plain["uf1"])
+
+
+def test_nested_run_records_grid_scheme_and_choices(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    metrics = run_nested(synth_samples, protocol, config_from_dict(LOGREG), GRID, tmp_path / "run", inner="kfold",
+                         inner_folds=2)
+    selection = metrics["selection"]
+    assert selection["policy"] == "nested" and selection["grid"] == GRID
+    assert selection["inner"] == {"scheme": "kfold", "folds": 2} and "nested" in selection["description"]
+    assert sorted(selection["chosen"]) == ["sub01", "sub02", "sub03", "sub04"]
+    assert all(point in expand_grid(GRID) for point in selection["chosen"].values())
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["selection"] == selection and saved["n_samples"] == len(synth_samples)
+    choice = json.loads((tmp_path / "run" / "folds" / "sub01" / "choice.json").read_text())
+    assert len(choice["scores"]) == 4 and choice["point"] == selection["chosen"]["sub01"]
+    best = max(choice["scores"], key=lambda s: (s["uf1"], s["uar"]))
+    assert best["uf1"] == choice["scores"][choice["index"]]["uf1"]
+    import yaml
+
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded["tune"] == {"grid": GRID, "inner": "kfold", "inner_folds": 2}
+
+
+def test_the_test_subject_never_influences_the_choice(synth_samples, tmp_path, monkeypatch):
+    """Changing only sub01's labels leaves the choice for the fold that tests sub01 (and its inner
+    scores) exactly as it was; and the choice is never shown a sample of the test subject."""
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    seen: list[set[str]] = []
+    original_choose = tune.choose_point
+
+    def recording(samples, *args, **kwargs):
+        seen.append({s.group for s in samples})
+        return original_choose(samples, *args, **kwargs)
+
+    monkeypatch.setattr(tune, "choose_point", recording)
+    run_nested(synth_samples, protocol, config, GRID, tmp_path / "a", inner="loso")
+    assert [sorted(groups) for groups in seen] == [
+        sorted({s.group for s in synth_samples} - {f"synthme/sub0{k}"}) for k in (1, 2, 3, 4)]
+    relabelled = [replace(s, label=(s.label + 1) % 5) if s.subject == "sub01" else s for s in synth_samples]
+    run_nested(relabelled, protocol, config, GRID, tmp_path / "b", inner="loso")
+    first = json.loads((tmp_path / "a" / "folds" / "sub01" / "choice.json").read_text())
+    second = json.loads((tmp_path / "b" / "folds" / "sub01" / "choice.json").read_text())
+    assert first == second
+    assert len({s["uf1"] for s in first["scores"]}) > 1  # the points really score differently
+    # the other folds train on sub01, so their inner scores do see the change
+    changed = [json.loads((tmp_path / r / "folds" / "sub02" / "choice.json").read_text())["scores"] for r in "ab"]
+    assert changed[0] != changed[1]
+
+
+def test_resume_and_refusals(synth_samples, tmp_path, monkeypatch):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    grid = {"train.lr": [0.3, 0.01]}
+    first = run_nested(synth_samples, protocol, config, grid, tmp_path / "run", inner="kfold", inner_folds=2)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished fold was tuned again")
+
+    monkeypatch.setattr(tune, "choose_point", refuse)
+    again = run_nested(synth_samples, protocol, config, grid, tmp_path / "run", inner="kfold", inner_folds=2)
+    assert again == first
+    with pytest.raises(ConfigError, match="another run"):
+        run_nested(synth_samples, protocol, config, {"train.lr": [0.3, 0.02]}, tmp_path / "run", inner="kfold",
+                   inner_folds=2)
+    with pytest.raises(ConfigError, match="selection.policy"):
+        run_nested(synth_samples, protocol, config_from_dict({**LOGREG, "selection": {"policy": "val-split"}}), grid,
+                   tmp_path / "other")
+    with pytest.raises(ConfigError, match="changes the views"):
+        run_nested(synth_samples, protocol, config, {"model.image_size": [16, 8]}, tmp_path / "other")
+
+
+def test_parallel_outer_folds_give_the_same_run(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    grid = {"train.lr": [0.3, 0.01]}
+    one = run_nested(synth_samples, protocol, config, grid, tmp_path / "one", inner="kfold", inner_folds=2)
+    two = run_nested(synth_samples, protocol, config, grid, tmp_path / "two", inner="kfold", inner_folds=2,
+                     fold_workers=2)
+    assert one["selection"]["chosen"] == two["selection"]["chosen"] and one["uf1"] == two["uf1"]
