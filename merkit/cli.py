@@ -83,6 +83,10 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the config's train.device, auto: a CUDA GPU, else MPS, else the CPU)"
 AMP_HELP = "mixed precision: none | bf16 | fp16 (default: the config's train.amp; fp16 needs CUDA or MPS)"
 DETERMINISTIC_HELP = "torch's determinism flags (cuDNN, cuBLAS, deterministic algorithms); recorded in metrics.json"
+EXECUTOR_HELP = "local (this machine) | ray (a Ray task per fold; pip install 'merkit\\[ray]')"
+ADDRESS_HELP = "with --executor ray: auto (the cluster of `ray start`) or ray://host:10001; default: a local Ray instance"
+GPUS_PER_FOLD_HELP = "with --executor ray: GPUs per fold, fractions share a GPU (default: 1 when the device is a GPU, else 0)"
+CPUS_PER_FOLD_HELP = "with --executor ray: CPUs (and torch threads) per fold"
 
 
 def _executor(name: str, fold_workers: int, address: Optional[str], gpus_per_fold: Optional[float],
@@ -121,10 +125,10 @@ def train(
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
     amp: Optional[str] = typer.Option(None, help=AMP_HELP),
     deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
-    executor: str = typer.Option("local", help="local (this machine) | ray (a Ray task per fold; pip install 'merkit\\[ray]')"),
-    address: Optional[str] = typer.Option(None, help="with --executor ray: auto (the cluster of `ray start`) or ray://host:10001; default: a local Ray instance"),
-    gpus_per_fold: Optional[float] = typer.Option(None, help="with --executor ray: GPUs per fold, fractions share a GPU (default: 1 when the device is a GPU, else 0)"),
-    cpus_per_fold: float = typer.Option(1, help="with --executor ray: CPUs (and torch threads) per fold"),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
+    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory.
 
@@ -345,7 +349,14 @@ def benchmark(
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
+    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
 ) -> None:
     """Models x datasets x seeds under LOSO -> one table (results.md/.csv/.tex) in OUT."""
     import shlex
@@ -354,6 +365,7 @@ def benchmark(
     from merkit.benchmark import format_markdown, run_benchmark
 
     try:
+        fold_executor, fold_workers = _executor(executor, fold_workers, address, gpus_per_fold, cpus_per_fold)
         dataset_names = _split_list(datasets)
         seed_values = [int(s) for s in _split_list(seeds)] if all(s.isdigit() for s in _split_list(seeds)) else None
         if not seed_values:
@@ -372,8 +384,9 @@ def benchmark(
                 _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
                 protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
                 grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
-                cache_dir=cache, workers=workers, fold_workers=fold_workers,
-                command=shlex.join(["merkit", *sys.argv[1:]]), on_run=on_run, on_fold=on_fold)
+                cache_dir=cache, workers=workers, fold_workers=fold_workers, executor=fold_executor, device=device,
+                amp=amp, deterministic=deterministic or None, command=shlex.join(["merkit", *sys.argv[1:]]),
+                on_run=on_run, on_fold=on_fold)
     except MerkitError as err:
         _fail(err)
     console.print(format_markdown(result.rows))
@@ -395,6 +408,13 @@ def tune_command(
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="outer folds tuned at once"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
+    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
 ) -> None:
     """Nested LOSO: hyper-parameters chosen per outer fold on its training subjects only."""
     from merkit.api import prepare_run
@@ -402,7 +422,9 @@ def tune_command(
     from merkit.train.tune import run_nested
 
     try:
-        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, seed=seed)
+        fold_executor, fold_workers = _executor(executor, fold_workers, address, gpus_per_fold, cpus_per_fold)
+        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, seed=seed,
+                          device=device, amp=amp, deterministic=deterministic or None)
         run_dir = out if out is not None else Path("runs") / f"{dataset}-{run.config.model_name}-nested"
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
@@ -411,6 +433,7 @@ def tune_command(
             task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
             metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
                                  inner_folds=inner_folds, cache_dir=cache, workers=workers, fold_workers=fold_workers,
+                                 executor=fold_executor,
                                  on_fold=lambda done, total, name: progress.update(task, completed=done, total=total))
     except MerkitError as err:
         _fail(err)

@@ -236,6 +236,20 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
         raise ConfigError(f"{source}: {problems}") from None
 
 
+#: ``train`` settings that say how a run computes, not what: left out of :func:`result_settings`
+COMPUTE_SETTINGS = ("device", "deterministic")
+
+
+def result_settings(config: RunConfig) -> dict[str, Any]:
+    """The resolved config as a dict without the compute settings (:data:`COMPUTE_SETTINGS`):
+    what a run's results depend on, and what resuming a fold or a benchmark run compares, so a
+    run may resume on another device."""
+    settings = config.model_dump(mode="json")
+    for key in COMPUTE_SETTINGS:
+        settings["train"].pop(key)
+    return settings
+
+
 def dump_config(config: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:
     """Write the fully resolved config (plus ``extra`` sections such as ``protocol``) as YAML."""
     data = config.model_dump(mode="json")

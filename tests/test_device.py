@@ -88,6 +88,24 @@ def test_a_fold_without_views_reads_them_from_the_cache_and_builds_the_missing_o
     assert inputs.views is not None and len(inputs.views["flow"]) == len(synth_samples)  # kept for the next fold
 
 
+def test_a_run_resumes_under_another_device_setting(synth_samples, tmp_path):
+    """Device and determinism say how a fold computes, not what: finished folds are reused."""
+    protocol = get_protocol("casme2-5")
+    cpu = config_from_dict({"model": {"name": "logreg", "image_size": 8}, "train": {"epochs": 1, "device": "cpu"}})
+    run_loso(synth_samples, protocol, cpu, tmp_path / "run")
+    finished = tmp_path / "run" / "folds" / "sub01" / "predictions.csv"
+    table = pd.read_csv(finished, dtype={"subject": str, "fold": str})
+    table["y_pred"] = table["y_true"]  # marks the fold: a retrained fold would not keep it
+    table.to_csv(finished, index=False)
+    auto = cpu.model_copy(update={"train": cpu.train.model_copy(update={"device": "auto", "deterministic": True})})
+    try:
+        metrics = run_loso(synth_samples, protocol, auto, tmp_path / "run")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    sub01 = pd.read_csv(tmp_path / "run" / "predictions.csv", dtype={"fold": str}).query("fold == 'sub01'")
+    assert (sub01.y_pred == sub01.y_true).all() and metrics["compute"]["device"] == "auto"
+
+
 def test_device_settings(monkeypatch):
     assert resolve_device("auto") == torch.device("cpu")  # this machine has neither CUDA nor MPS
     assert resolve_device("cpu") == torch.device("cpu")

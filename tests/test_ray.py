@@ -89,3 +89,24 @@ def test_a_failed_task_is_retried_a_mistake_is_not_and_gpus_are_reserved_on_requ
         RayExecutor().prepare("cuda:1")
     with pytest.raises(ConfigError, match="idle"):
         RayExecutor(gpus_per_fold=0.5).prepare("cpu")
+
+
+def test_benchmark_and_nested_runs_schedule_their_folds_on_ray(ray_instance, synth_root, synth_samples, tmp_path):
+    from merkit.benchmark import run_benchmark
+    from merkit.config import config_from_dict
+    from merkit.data.protocols import get_protocol
+    from merkit.train.tune import run_nested
+
+    for name, executor in (("local", None), ("ray", RayExecutor())):
+        run_benchmark(["logreg"], ["synthme"], tmp_path / name, roots={"synthme": synth_root}, seeds=[0], epochs=2,
+                      cache_dir=tmp_path / "cache", executor=executor)
+    predictions = [(tmp_path / name / "synthme" / "logreg" / "seed0" / "predictions.csv").read_bytes()
+                   for name in ("local", "ray")]
+    assert predictions[0] == predictions[1]
+    config = config_from_dict({"model": {"name": "logreg", "image_size": 16}, "train": {"epochs": 2, "lr": 0.01}})
+    local, on_ray = (run_nested(synth_samples, get_protocol("casme2-5"), config, {"train.lr": [0.3, 0.01]},
+                                tmp_path / f"nested-{name}", inner="kfold", inner_folds=2, executor=executor)
+                     for name, executor in (("local", None), ("ray", RayExecutor())))
+    assert local["selection"]["chosen"] == on_ray["selection"]["chosen"]
+    assert (tmp_path / "nested-local" / "predictions.csv").read_bytes() == \
+        (tmp_path / "nested-ray" / "predictions.csv").read_bytes()

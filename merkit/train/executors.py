@@ -142,7 +142,8 @@ class RayExecutor(Executor):
     """One Ray task per item.
 
     Args:
-        address: ``None`` starts a local Ray instance for the run (stopped afterwards); ``auto``
+        address: ``None`` starts a local Ray instance (it lives until ``ray.shutdown()`` or the
+            end of the process, so a benchmark's runs share it); ``auto``
             joins the cluster this machine belongs to (``ray start``); ``ray://host:10001``
             connects through Ray Client. Ignored when Ray is already initialised in this process.
         gpus_per_fold: GPUs Ray reserves for each task (fractions share a GPU: 0.5 runs two
@@ -172,7 +173,6 @@ class RayExecutor(Executor):
         self.gpus_per_fold = gpus_per_fold
         self.cpus_per_fold = cpus_per_fold
         self.max_retries = int(max_retries)
-        self._started = False
 
     def _connect(self) -> None:
         import ray
@@ -184,7 +184,6 @@ class RayExecutor(Executor):
                      log_to_driver=False)
         except ConnectionError as err:
             raise ConfigError(f"cannot reach the Ray cluster at {self.address}: {err}") from err
-        self._started = self.address is None
 
     def prepare(self, device: str) -> str:
         """Connect, decide the GPUs per task and the device setting tasks compute with.
@@ -239,9 +238,6 @@ class RayExecutor(Executor):
         finally:
             for ref in pending:
                 ray.cancel(ref)
-            if self._started:
-                ray.shutdown()
-                self._started = False
         return [results[position] for position in range(len(items))]
 
     def describe(self) -> dict:

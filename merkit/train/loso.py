@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from merkit.config import RunConfig, dump_config
+from merkit.config import RunConfig, dump_config, result_settings
 from merkit.data.protocols import Protocol
 from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
@@ -325,12 +325,8 @@ class FoldResult:
 
 
 def _config_sha1(config: RunConfig) -> str:
-    """SHA-1 of the settings a fold's predictions depend on: the resolved config without the
-    compute settings (``train.device``, ``train.deterministic``), so a run resumes on another device."""
-    settings = config.model_dump(mode="json")
-    for compute_setting in ("device", "deterministic"):
-        settings["train"].pop(compute_setting)
-    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    """SHA-1 of the settings a fold's predictions depend on (:func:`merkit.config.result_settings`)."""
+    return hashlib.sha1(json.dumps(result_settings(config), sort_keys=True).encode()).hexdigest()
 
 
 def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tensor, classes: list[str],
