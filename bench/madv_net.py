@@ -124,10 +124,11 @@ def _in_child(queue, *args) -> None:
     queue.put(measure(*args))
 
 
-def run_isolated(*args) -> dict[str, Any]:
+def run_isolated(*args, child=None) -> dict[str, Any]:
+    """``child(queue, *args)`` (default: :func:`measure` of ``args``) in a fresh process; its result."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=_in_child, args=(queue, *args))
+    process = context.Process(target=child or _in_child, args=(queue, *args))
     process.start()
     result = queue.get()
     process.join()

@@ -72,12 +72,17 @@ def prepare_run(
     selection: str | None = None,
     apex_policy: str | None = None,
     pretrained: str | Path | None = None,
+    device: str | None = None,
+    amp: str | None = None,
+    deterministic: bool | None = None,
     on_error: OnError = "repair",
 ) -> PreparedRun:
     """Load a dataset, apply its protocol and resolve a run config.
 
     Without ``config`` the shipped config ``<model>-<dataset>`` is used when merkit has one,
-    else the model's reduced ``<model>-cpu``. ``on_error`` is the loader's policy
+    else the model's reduced ``<model>-cpu``. ``epochs``, ``seed``, ``selection``,
+    ``apex_policy``, ``pretrained``, ``device``, ``amp`` and ``deterministic`` override the
+    config's values when given. ``on_error`` is the loader's policy
     (``repair``, ``strict`` or ``skip``, see :mod:`merkit.data.repairs`); under ``strict`` a
     sample whose emotion the protocol does not know is an error too, otherwise it is skipped
     and listed in ``skipped``.
@@ -105,6 +110,9 @@ def prepare_run(
         overrides.setdefault("views", {})["apex_policy"] = apex_policy
     if pretrained is not None:
         overrides["pretrained"] = str(pretrained)
+    for key, value in (("device", device), ("amp", amp), ("deterministic", deterministic)):
+        if value is not None:
+            overrides.setdefault("train", {})[key] = value
     cfg = load_config(config if config is not None else default_config_name(model, dataset), overrides)
     if model is not None and cfg.model_name != model:
         raise ConfigError(f"config {config} builds model {cfg.model_name!r}, not {model!r}")

@@ -41,6 +41,7 @@ import yaml
 from merkit.errors import ConfigError, MetricsError
 from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, write_predictions
 from merkit.outputs import make_output_dir
+from merkit.train.executors import Executor
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +108,25 @@ def _is_model_name(entry: str) -> bool:
 
 
 def _fingerprint(config, samples) -> str:
-    """What a finished run's results depend on: the resolved config and the labelled clips."""
-    payload = {"config": config.model_dump(mode="json"), "clips": sorted((s.sample_id, int(s.label)) for s in samples)}
+    """What a finished run's results depend on: the resolved config (without the compute
+    settings: a run resumes on another device) and the labelled clips."""
+    from merkit.config import result_settings
+
+    payload = {"config": result_settings(config), "clips": sorted((s.sample_id, int(s.label)) for s in samples)}
     return hashlib.sha1(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, epochs: int | None,
              grid: Mapping[str, Sequence[Any]] | None, inner: str, inner_folds: int, cache_dir: str | Path | None,
-             workers: int, fold_workers: int, on_fold: Callable[[int, int, str], None] | None) -> tuple[dict, float]:
+             workers: int, fold_workers: int, on_fold: Callable[[int, int, str], None] | None,
+             executor: Executor | None = None, compute: Mapping[str, Any] | None = None) -> tuple[dict, float]:
     """Run (or read back) one benchmark run; returns its metrics and wall seconds."""
     from merkit.api import prepare_run
 
     as_model = _is_model_name(spec.entry)
     run = prepare_run(dataset=spec.dataset, root=root, model=spec.entry if as_model else None,
                       config=None if as_model else spec.entry, protocol=protocol, out=spec.run_dir, epochs=epochs,
-                      seed=spec.seed)
+                      seed=spec.seed, **(compute or {}))
     fingerprint = _fingerprint(run.config, run.samples)
     if grid:
         tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
@@ -153,13 +158,13 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
 
         metrics = run_nested(run.samples, run.protocol, run.config, grid, spec.run_dir, inner=inner,
                              inner_folds=inner_folds, cache_dir=cache_dir, workers=workers, fold_workers=fold_workers,
-                             on_fold=fold_done)
+                             executor=executor, on_fold=fold_done)
     else:
         from merkit.train.loso import run_loso
 
         metrics = run_loso(run.samples, run.protocol, run.config, spec.run_dir, cache_dir=cache_dir, workers=workers,
-                           fold_workers=fold_workers, on_fold=fold_done, fixes=run.fixes, skipped=run.skipped,
-                           notes=run.notes)
+                           fold_workers=fold_workers, executor=executor, on_fold=fold_done, fixes=run.fixes,
+                           skipped=run.skipped, notes=run.notes)
     return metrics, record(True)
 
 
@@ -344,6 +349,10 @@ def run_benchmark(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     fold_workers: int = 1,
+    executor: Executor | None = None,
+    device: str | None = None,
+    amp: str | None = None,
+    deterministic: bool | None = None,
     command: str | None = None,
     on_run: Callable[[int, int, RunSpec], None] | None = None,
     on_fold: Callable[[int, int, str], None] | None = None,
@@ -361,7 +370,10 @@ def run_benchmark(
         ensembles: groups of entries whose runs are averaged (an extra row each).
         grid: dotted config keys -> candidate values: every run becomes a nested LOSO run
             (:func:`merkit.train.tune.run_nested`) with ``inner`` / ``inner_folds``.
-        cache_dir, workers, fold_workers: as for :func:`merkit.train.loso.run_loso`.
+        cache_dir, workers, fold_workers, executor: as for :func:`merkit.train.loso.run_loso`;
+            every run's folds go to the same executor (a Ray cluster runs them all).
+        device, amp, deterministic: override ``train.device``, ``train.amp`` and
+            ``train.deterministic`` of every entry (as ``merkit train --device`` ...).
         command: the command line that started the benchmark, written under the table.
         on_run: callback ``(run number, number of runs, spec)`` before each run.
         on_fold: callback passed to each run.
@@ -395,7 +407,8 @@ def run_benchmark(
             on_run(number + 1, len(specs), spec)
         metrics, wall = _run_one(spec, root=roots.get(spec.dataset), protocol=protocol, epochs=epochs, grid=grid,
                                  inner=inner, inner_folds=inner_folds, cache_dir=cache_dir, workers=workers,
-                                 fold_workers=fold_workers, on_fold=on_fold)
+                                 fold_workers=fold_workers, on_fold=on_fold, executor=executor,
+                                 compute={"device": device, "amp": amp, "deterministic": deterministic})
         results.append((spec.dataset, entry_label(spec.entry), metrics, wall))
         runs[str(spec.run_dir)] = metrics
         walls[spec.run_dir] = wall

@@ -27,7 +27,7 @@ console = Console(soft_wrap=True)  # lines (paths, messages) are never re-wrappe
 
 
 def _fail(err: MerkitError) -> None:
-    console.print(f"[bold red]error[/]: {err}", highlight=False)  # one line, whatever the width
+    console.print(f"[bold red]error[/]: {escape(str(err))}", highlight=False)  # one line; messages may hold brackets
     raise typer.Exit(code=2)
 
 
@@ -95,11 +95,36 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
         def on_progress(stage: str, done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        def on_fold(number: int, total: int, name: str) -> None:
-            progress.update(task, description=f"{config.model_name}: fold {name}", completed=number - 1, total=total)
+        def on_fold(finished: int, total: int, name: str) -> None:
+            progress.update(task, description=f"{config.model_name}: folds (last finished: {name})", completed=finished,
+                            total=total)
 
         return run_loso(samples, protocol, config, run_dir, cache_dir=cache_dir, workers=workers,
                         fold_workers=fold_workers, on_fold=on_fold, on_progress=on_progress, **recorded)
+
+
+DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the config's train.device, auto: a CUDA GPU, else MPS, else the CPU)"
+AMP_HELP = "mixed precision: none | bf16 | fp16 (default: the config's train.amp; fp16 needs CUDA or MPS)"
+DETERMINISTIC_HELP = "torch's determinism flags (cuDNN, cuBLAS, deterministic algorithms); recorded in metrics.json"
+EXECUTOR_HELP = "local (this machine) | ray (a Ray task per fold; pip install 'merkit\\[ray]')"
+ADDRESS_HELP = "with --executor ray: auto (the cluster of `ray start`) or ray://host:10001; default: a local Ray instance"
+GPUS_PER_FOLD_HELP = "with --executor ray: GPUs per fold, fractions share a GPU (default: 1 when the device is a GPU, else 0)"
+CPUS_PER_FOLD_HELP = "with --executor ray: CPUs (and torch threads) per fold"
+
+
+def _executor(name: str, fold_workers: int, address: Optional[str], gpus_per_fold: Optional[float],
+              cpus_per_fold: float):
+    """``(executor, fold_workers for run_loso)`` for the train options."""
+    check_choice("executor", name, ("local", "ray"))
+    if name == "local":
+        if address is not None or gpus_per_fold is not None:
+            raise ConfigError("--address and --gpus-per-fold are options of --executor ray")
+        return None, fold_workers
+    if fold_workers != 1:
+        raise ConfigError("--fold-workers is an option of --executor local (Ray runs as many folds as the cluster fits)")
+    from merkit.train.executors import RayExecutor
+
+    return RayExecutor(address=address, gpus_per_fold=gpus_per_fold, cpus_per_fold=cpus_per_fold), 1
 
 
 @app.command()
@@ -117,7 +142,7 @@ def train(
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
     pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
     strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
     skip_bad: bool = typer.Option(False, help="leave inconsistent or unreadable annotation rows out instead of repairing "
                                   "them, and samples whose frames cannot be read (truncated ...) instead of stopping; "
@@ -126,6 +151,13 @@ def train(
                                                 "(refused otherwise); the run is labelled leaking"),
     all_subjects: bool = typer.Option(False, "--all-subjects", help="train one final model on every subject with the "
                                       "config's fixed budget (no evaluation): a model directory for `merkit predict`"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
+    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory.
 
@@ -136,13 +168,14 @@ def train(
 
     if all_subjects:
         return _train_all_subjects(dataset, root, model, config, protocol, out, epochs, seed, apex_policy, workers,
-                                   pretrained, cache, strict, skip_bad)
+                                   pretrained, cache, strict, skip_bad, device, amp, deterministic)
 
     try:
+        fold_executor, fold_workers = _executor(executor, fold_workers, address, gpus_per_fold, cpus_per_fold)
         run = prepare_run(
             dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, epochs=epochs,
-            seed=seed, selection=selection, apex_policy=apex_policy, pretrained=pretrained,
-            on_error=_policy(strict, skip_bad))
+            seed=seed, selection=selection, apex_policy=apex_policy, pretrained=pretrained, device=device, amp=amp,
+            deterministic=deterministic or None, on_error=_policy(strict, skip_bad))
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
         if run.fixes:
@@ -152,7 +185,8 @@ def train(
         cfg, run_dir = run.config, run.run_dir
         metrics = _run_with_progress(run.samples, run.protocol, cfg, run_dir, cache, workers, fold_workers,
                                      on_error="skip" if skip_bad else "raise", skipped=run.skipped, fixes=run.fixes,
-                                     notes=run.notes, allow_pretrain_overlap=allow_pretrain_overlap)
+                                     notes=run.notes, allow_pretrain_overlap=allow_pretrain_overlap,
+                                     executor=fold_executor)
     except MerkitError as err:
         _fail(err)
     from merkit.eval.reports import format_results
@@ -169,17 +203,21 @@ def train(
             table.add_row(name, str(m["n_samples"]), f"{m['acc']:.4f}", f"{m['uf1']:.4f}", f"{m['uar']:.4f}")
         console.print(table)
     console.print(f"run directory: {run_dir}  (selection: {metrics['selection']['policy']})")
+    compute = metrics["compute"]
+    console.print(f"trained on {', '.join(compute['devices_used']) or compute['device']} (amp {compute['amp']}, "
+                  f"executor {compute['executor']['name']})")
 
 
 def _train_all_subjects(dataset, root, model, config, protocol, out, epochs, seed, apex_policy, workers, pretrained,
-                        cache, strict: bool, skip_bad: bool) -> None:
+                        cache, strict: bool, skip_bad: bool, device: str | None, amp: str | None,
+                        deterministic: bool) -> None:
     from merkit.api import prepare_run
     from merkit.train.loso import train_all
 
     try:
         run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
-                          epochs=epochs, seed=seed, apex_policy=apex_policy, pretrained=pretrained,
-                          on_error=_policy(strict, skip_bad))
+                          epochs=epochs, seed=seed, apex_policy=apex_policy, pretrained=pretrained, device=device,
+                          amp=amp, deterministic=deterministic or None, on_error=_policy(strict, skip_bad))
         if out is None:
             run.run_dir = run.run_dir.with_name(run.run_dir.name + "-final")
         if run.config.selection.policy != "last":
@@ -203,6 +241,9 @@ def pretrain(
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
 ) -> None:
     """Train on a whole dataset; then `merkit train --pretrained OUT/model.pt` fine-tunes under LOSO."""
     from merkit.api import prepare_run
@@ -210,7 +251,7 @@ def pretrain(
 
     try:
         run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out,
-                          epochs=epochs)
+                          epochs=epochs, device=device, amp=amp, deterministic=deterministic or None)
         _warn_skipped(run.skipped)
         with console.status(f"pre-training {run.config.model_name} on {len(run.samples)} clips of {dataset}"):
             path = train_all(run.samples, run.protocol, run.config, out, cache_dir=cache, workers=workers)
@@ -371,7 +412,14 @@ def benchmark(
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
+    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
 ) -> None:
     """Models x datasets x seeds under LOSO -> one table (results.md/.csv/.tex) in OUT."""
     import shlex
@@ -380,6 +428,7 @@ def benchmark(
     from merkit.benchmark import format_markdown, run_benchmark
 
     try:
+        fold_executor, fold_workers = _executor(executor, fold_workers, address, gpus_per_fold, cpus_per_fold)
         dataset_names = _split_list(datasets)
         seed_values = [int(s) for s in _split_list(seeds)] if all(s.isdigit() for s in _split_list(seeds)) else None
         if not seed_values:
@@ -398,8 +447,9 @@ def benchmark(
                 _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
                 protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
                 grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
-                cache_dir=cache, workers=workers, fold_workers=fold_workers,
-                command=shlex.join(["merkit", *sys.argv[1:]]), on_run=on_run, on_fold=on_fold)
+                cache_dir=cache, workers=workers, fold_workers=fold_workers, executor=fold_executor, device=device,
+                amp=amp, deterministic=deterministic or None, command=shlex.join(["merkit", *sys.argv[1:]]),
+                on_run=on_run, on_fold=on_fold)
     except MerkitError as err:
         _fail(err)
     console.print(format_markdown(result.rows))
@@ -421,6 +471,13 @@ def tune_command(
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
     fold_workers: int = typer.Option(1, min=1, help="outer folds tuned at once"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
+    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
+    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    executor: str = typer.Option("local", help=EXECUTOR_HELP),
+    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
+    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
+    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
 ) -> None:
     """Nested LOSO: hyper-parameters chosen per outer fold on its training subjects only."""
     from merkit.api import prepare_run
@@ -428,7 +485,9 @@ def tune_command(
     from merkit.train.tune import run_nested
 
     try:
-        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, seed=seed)
+        fold_executor, fold_workers = _executor(executor, fold_workers, address, gpus_per_fold, cpus_per_fold)
+        run = prepare_run(dataset=dataset, root=root, model=model, config=config, protocol=protocol, out=out, seed=seed,
+                          device=device, amp=amp, deterministic=deterministic or None)
         run_dir = out if out is not None else Path("runs") / f"{dataset}-{run.config.model_name}-nested"
         for line in run.notes:
             console.print(f"[cyan]note[/] {line}")
@@ -437,6 +496,7 @@ def tune_command(
             task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
             metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
                                  inner_folds=inner_folds, cache_dir=cache, workers=workers, fold_workers=fold_workers,
+                                 executor=fold_executor,
                                  on_fold=lambda done, total, name: progress.update(task, completed=done, total=total))
     except MerkitError as err:
         _fail(err)

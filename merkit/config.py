@@ -61,6 +61,16 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    """Optimisation, and where and how precisely it computes.
+
+    ``device``: ``auto`` (first CUDA GPU, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``,
+    ``mps``. ``amp``: ``none`` (float32), ``bf16`` (CPU, MPS, CUDA with native bfloat16) or
+    ``fp16`` (CUDA and MPS, with a gradient scaler). ``deterministic``: torch's determinism flags
+    (cuDNN, cuBLAS, deterministic algorithms), recorded in ``metrics.json``. ``device`` and
+    ``deterministic`` say how a run computes, not what: a finished fold is reused on another
+    device (:mod:`merkit.train.device`).
+    """
+
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -70,6 +80,8 @@ class TrainConfig(_Strict):
     augment: AugmentConfig = AugmentConfig()
     grad_clip: float | None = None
     amp: Literal["none", "bf16", "fp16"] = "none"
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    deterministic: bool = False
 
 
 class ViewsConfig(_Strict):
@@ -242,6 +254,20 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
     except ValidationError as err:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         raise ConfigError(f"{source}: {problems}") from None
+
+
+#: ``train`` settings that say how a run computes, not what: left out of :func:`result_settings`
+COMPUTE_SETTINGS = ("device", "deterministic")
+
+
+def result_settings(config: RunConfig) -> dict[str, Any]:
+    """The resolved config as a dict without the compute settings (:data:`COMPUTE_SETTINGS`):
+    what a run's results depend on, and what resuming a fold or a benchmark run compares, so a
+    run may resume on another device."""
+    settings = config.model_dump(mode="json")
+    for key in COMPUTE_SETTINGS:
+        settings["train"].pop(key)
+    return settings
 
 
 def dump_config(config: RunConfig, path: str | Path, extra: dict[str, Any] | None = None) -> None:

@@ -259,8 +259,9 @@ class STSTNet(MERModel):
     def _fused_features(self, flow: torch.Tensor) -> torch.Tensor | None:
         """Training-mode features by :class:`FusedStreams`, running statistics updated as
         ``nn.BatchNorm2d`` does; None (use the published layer order) when a batch-norm weight
-        is not positive or autocast is on."""
-        if torch.is_autocast_enabled(flow.device.type):
+        is not positive, autocast is on, or the tensors are on torch's ``meta`` device (no values
+        to check the weights on; the device tests run there)."""
+        if flow.device.type == "meta" or torch.is_autocast_enabled(flow.device.type):
             return None
         convs = [stream[0] for stream in self.streams]
         norms: list[nn.BatchNorm2d] = [stream[2] for stream in self.streams]

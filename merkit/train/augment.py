@@ -4,6 +4,8 @@ Image-like views have their spatial axes last: ``(B, C, H, W)`` or ``(B, T, C, H
 facial-region arrangement ``flow_regions`` is never flipped or shifted (its regions would trade places).
 Flips of flow views change the sign of the matching flow component (u for horizontal flips,
 v for vertical ones): a mirrored face moves the other way. Strain is unchanged by flips.
+Random draws come from a CPU generator whatever the views' device (the same seed gives the
+same augmentation on every device); what they decide is moved to the views' device.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def _flip_sign(name: str, view: torch.Tensor, component: int, mask: torch.Tensor
         return view
     sign = torch.ones_like(view)
     channel = (slice(None),) * (view.dim() - 3) + (component,)
-    index = (mask,) + channel[1:]
+    index = (_on(mask, view),) + channel[1:]
     sign[index] = -1.0
     return view * sign
 
@@ -56,9 +58,9 @@ def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generat
         for name in out:
             if name in INTENSITY_VIEWS:
                 shape = (batch,) + (1,) * (out[name].dim() - 1)
-                out[name] = (out[name] * gain.view(shape) + bias.view(shape)).clamp(0, 1)
+                out[name] = (out[name] * _on(gain, out[name]).view(shape) + _on(bias, out[name]).view(shape)).clamp(0, 1)
             elif name in VIEWS and VIEWS[name].content == "difference":
-                out[name] = out[name] * gain.view((batch,) + (1,) * (out[name].dim() - 1))
+                out[name] = out[name] * _on(gain, out[name]).view((batch,) + (1,) * (out[name].dim() - 1))
     return out
 
 
@@ -117,7 +119,12 @@ def apply_offline_copies(views: dict[str, torch.Tensor], copy_index: torch.Tenso
 
 
 def _bmask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return mask.view((-1,) + (1,) * (like.dim() - 1))
+    return _on(mask, like).view((-1,) + (1,) * (like.dim() - 1))
+
+
+def _on(drawn: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A tensor drawn on the CPU generator, on the device of the view it applies to."""
+    return drawn.to(like.device)
 
 
 def _shift(view: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:

@@ -10,6 +10,13 @@ fold's predictions resumes after it.
 ``folds: leave-one-sample-out`` in a config (paper 004's Eq. 4.5) makes one fold per clip
 instead; that scheme is not subject-independent and ``metrics.json`` says so under ``folds``.
 
+Folds are independent tasks of one function, :func:`run_fold`, run by an executor
+(:mod:`merkit.train.executors`): ``local`` (in this process or worker processes) or ``ray`` (a
+task per fold on a Ray cluster). A fold writes its own directory the same way under every
+executor; the driver only gathers the fold predictions and writes the run's files. Workers of a
+Ray cluster read the views from the view cache (a folder every node sees at the same path) and
+build any view missing there.
+
 Run directory (the contract with metrics and reports)::
 
     runs/<name>/config.yaml         fully resolved config + protocol
@@ -27,20 +34,19 @@ nothing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from merkit.config import RunConfig, dump_config
+from merkit.config import RunConfig, dump_config, result_settings
 from merkit.data.protocols import Protocol
 from merkit.data.repairs import Fix
 from merkit.data.sample import Sample
@@ -49,8 +55,10 @@ from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, read_predictions, 
 from merkit.models.registry import create, input_spec, model_class
 from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
+from merkit.train.device import configure_determinism, cpu_state_dict, place_views, resolve_device
+from merkit.train.executors import Executor, LocalExecutor
 from merkit.train.progress import FoldProgress
-from merkit.train.trainer import History, fit, predict_proba, subset, to_tensors
+from merkit.train.trainer import History, Views, fit, predict_proba, subset, to_tensors
 from merkit.views import CHANNEL_VIEWS, VIEWS
 
 log = logging.getLogger(__name__)
@@ -183,6 +191,7 @@ def run_loso(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     fold_workers: int = 1,
+    executor: Executor | None = None,
     on_fold: Callable[[int, int, str], None] | None = None,
     on_progress: Callable[[str, int, int], None] | None = None,
     on_error: str = "raise",
@@ -207,13 +216,16 @@ def run_loso(
         run_dir: output folder; completed folds found there are reused (resume) after they are
             verified (their fingerprint, row count, test clips and checksum); a fold whose
             predictions fail the check is trained again.
-        cache_dir: view cache folder (None: no cache).
+        cache_dir: view cache folder (None: no cache; the ray executor needs one, shared by
+            every node at the same path).
         workers: preprocessing worker processes.
-        fold_workers: folds trained at once, each in its own process on one thread (small
-            models use two cores better this way than one process on two threads). Every fold
-            is seeded on its own and trains on one thread (also with ``fold_workers=1``), so the
-            results do not depend on this number.
-        on_fold: callback ``(fold number, number of folds, fold name)`` before each fold.
+        fold_workers: with the default local executor, folds trained at once, each in its own
+            process on one thread (small models use two cores better this way than one process
+            on two threads). Every fold is seeded on its own and trains on one thread (also with
+            ``fold_workers=1``), so the results do not depend on this number.
+        executor: runs the folds (default: ``LocalExecutor(fold_workers)``); a
+            :class:`~merkit.train.executors.RayExecutor` gives the same predictions.
+        on_fold: callback ``(folds finished, number of folds, name of the fold just finished)``.
         on_progress: callback ``(stage, done, total)`` during preprocessing.
         on_error: ``raise`` on a sample whose views cannot be built (an unreadable frame ...),
             or ``skip`` it; skipped samples are recorded in ``metrics.json`` and ``log.txt``.
@@ -227,22 +239,34 @@ def run_loso(
             checkpoint was trained on, labelling the run as leaking, instead of refusing.
 
     Returns:
-        The metrics dict written to ``metrics.json``.
+        The metrics dict written to ``metrics.json`` (``compute`` records the executor, the
+        device setting and the devices the folds ran on, the precision and the determinism
+        flags).
 
     Raises:
-        ConfigError: bad model options or views settings, or finished folds of another run in
+        ConfigError: bad model options or views settings, a device this machine or cluster
+            lacks, a remote executor without a view cache, or finished folds of another run in
             ``run_dir``.
         LeakageError: test subjects seen in pre-training (without ``allow_pretrain_overlap``).
         OutputError: ``run_dir`` cannot be created or written.
         PreprocessError: a sample's views fail and ``on_error="raise"``.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).absolute()  # fold tasks may run in other processes and other folders
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
+    if executor is None:
+        executor = LocalExecutor(fold_workers)
+    elif fold_workers != 1:
+        raise ConfigError("give either fold_workers (local executor) or an executor, not both")
+    if executor.remote and cache_dir is None:
+        raise ConfigError(f"the {executor.name} executor's workers read views from the view cache: give a cache folder "
+                          "that every node sees at the same path")
+    fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
     specs = input_spec(config.model_name, **config.model_kwargs)
     check_views_config(specs, config, model_class(config.model_name))
     pretrain = pretrain_overlap(config, samples, allow=allow_pretrain_overlap)
+    determinism = configure_determinism(config.train.deterministic)
     settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
@@ -270,22 +294,21 @@ def run_loso(
     views = to_tensors(arrays)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = make_folds(kept, config.folds)
-    log.info("%s: %d samples, %d folds, model %s, selection %s", config.folds, len(kept), len(folds), config.model_name,
-             config.selection.policy)
-    jobs = [(number, fold, kept, views, labels, classes, config, run_dir / "folds" / fold.name)
-            for number, fold in enumerate(folds)]
-    progress = FoldProgress(len(folds), classes, workers=min(fold_workers, len(folds)),
+    log.info("%s: %d samples, %d folds, model %s, selection %s, executor %s", config.folds, len(kept), len(folds),
+             config.model_name, config.selection.policy, executor.name)
+    fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
+    inputs = FoldInputs(kept, labels, classes, fold_config, run_dir, views=None if executor.remote else views,
+                        cache_dir=Path(cache_dir).absolute() if cache_dir is not None else None)
+    progress = FoldProgress(len(folds), classes, workers=min(executor.parallel_folds, len(folds)),
                             reused=[f.name for f in folds if (run_dir / "folds" / f.name / "predictions.csv").is_file()])
-    if fold_workers > 1 and len(folds) > 1:
-        frames = _run_folds_in_parallel(jobs, fold_workers, on_fold, progress)
-    else:
-        frames = []
-        for job in jobs:
-            if on_fold is not None:
-                on_fold(job[0] + 1, len(folds), job[1].name)
-            with one_thread():
-                frames.append(progress.fold_done(job[1].name, _run_fold(*job)))
-    write_predictions(pd.concat(frames, ignore_index=True), run_dir / "predictions.csv")
+
+    def on_done(position: int, result: FoldResult) -> None:
+        progress.fold_done(folds[position].name, result.predictions)
+        if on_fold is not None:
+            on_fold(progress.done, len(folds), folds[position].name)
+
+    results: list[FoldResult] = executor.map(run_fold, list(enumerate(folds)), inputs, on_done)
+    write_predictions(pd.concat([r.predictions for r in results], ignore_index=True), run_dir / "predictions.csv")
     scheme = "LOSO" if config.folds == "loso" else config.folds
     facts = {
         "model": config.model_name,
@@ -298,6 +321,11 @@ def run_loso(
         "fixes": [fix.as_dict() for fix in fixes],
         "notes": list(notes),
         "pretrain": pretrain,
+        "compute": {
+            "executor": executor.describe(), "device": config.train.device,
+            "devices_used": sorted({r.device for r in results if r.device is not None}),
+            "amp": config.train.amp, "determinism": determinism,
+        },
     }
     (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
     metrics = evaluate_run(run_dir)
@@ -383,6 +411,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
         (``trained_on``), so that a LOSO run starting from it refuses to test on them.
     """
     out = Path(out)
+    configure_determinism(config.train.deterministic)
     classes = list(protocol.classes)
     specs = input_spec(config.model_name, **config.model_kwargs)
     check_views_config(specs, config, model_class(config.model_name))
@@ -399,48 +428,52 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     })
     (out / "history.json").write_text(json.dumps(history.__dict__))
     path = out / "model.pt"
-    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes,
-                "trained_on": trained_on(kept)}, path)
+    save_checkpoint(model, config, classes, path, trained_on=trained_on(kept))
     return path
 
 
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Compute on one CPU thread inside the block. Every fold trains on one thread, in this process
-    or in a worker: multi-threaded reductions can round differently, so a fold's result would
-    otherwise depend on ``fold_workers`` and on the machine's core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+def save_checkpoint(model: torch.nn.Module, config: RunConfig, classes: Sequence[str], path: Path, *,
+                    trained_on: dict[str, list[str]]) -> None:
+    """Write ``model.pt``: ``{"state_dict", "model" (its config section), "classes", "trained_on"
+    (:func:`trained_on` of its training clips)}``, every tensor on the CPU, so that it loads on
+    any device (:func:`merkit.models.pretrained.read_checkpoint`)."""
+    torch.save({"state_dict": cpu_state_dict(model), "model": config.model, "classes": list(classes),
+                "trained_on": trained_on}, path)
 
 
-def _fold_in_worker(job: tuple) -> pd.DataFrame:
-    torch.set_num_threads(1)
-    return _run_fold(*job)
+@dataclass
+class FoldInputs:
+    """What every fold of a run shares; an executor ships it once to each worker.
+
+    Attributes:
+        samples: every sample of the run (with views); a fold indexes into them.
+        labels: ``(N,)`` class indices of ``samples``.
+        run_dir: the run directory (absolute); fold ``f`` writes ``run_dir/folds/<f.name>/``.
+        views: the views of ``samples``; None: read from ``cache_dir`` (views missing there are
+            built) by the first fold a worker runs, and kept for its next folds.
+    """
+
+    samples: Sequence[Sample]
+    labels: torch.Tensor
+    classes: list[str]
+    config: RunConfig
+    run_dir: Path
+    views: Views | None = field(default=None, repr=False)
+    cache_dir: Path | None = None
 
 
-def _run_folds_in_parallel(jobs: list[tuple], fold_workers: int, on_fold: Callable[[int, int, str], None] | None,
-                           progress: FoldProgress) -> list[pd.DataFrame]:
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+@dataclass
+class FoldResult:
+    """A fold's test predictions (the rows of ``predictions.csv``) and the device it trained on
+    (None for a fold reused from a run that did not record it)."""
 
-    results: dict[int, pd.DataFrame] = {}
-    # fork, as torch's DataLoader workers do: no main-module guard needed in user scripts
-    context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=fold_workers, mp_context=context) as pool:
-        futures = {pool.submit(_fold_in_worker, job): job[0] for job in jobs}
-        for done, future in enumerate(as_completed(futures)):
-            results[futures[future]] = progress.fold_done(jobs[futures[future]][1].name, future.result())
-            if on_fold is not None:
-                on_fold(done + 1, len(jobs), jobs[futures[future]][1].name)
-    return [results[number] for number in sorted(results)]
+    predictions: pd.DataFrame
+    device: str | None
 
 
 def _config_sha1(config: RunConfig) -> str:
-    return hashlib.sha1(json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+    """SHA-1 of the settings a fold's predictions depend on (:func:`merkit.config.result_settings`)."""
+    return hashlib.sha1(json.dumps(result_settings(config), sort_keys=True).encode()).hexdigest()
 
 
 def _fold_fingerprint(fold: Fold, samples: Sequence[Sample], labels: torch.Tensor, classes: list[str],
@@ -531,13 +564,41 @@ def trained_on(samples: Sequence[Sample]) -> dict[str, list[str]]:
     return {"samples": sorted(s.sample_id for s in samples), "subjects": sorted({s.group for s in samples})}
 
 
-def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels: torch.Tensor, classes: list[str],
-              config: RunConfig, fold_dir: Path) -> pd.DataFrame:
+def run_fold(numbered_fold: tuple[int, Fold], inputs: FoldInputs) -> FoldResult:
+    """Train, select and predict one fold and write its directory; reuse it when it is finished.
+
+    The one fold function of every executor: it sets the run's determinism flags in the process
+    it runs in, appends to the run's ``log.txt``, and reads the views from the cache when the
+    inputs carry none.
+
+    Args:
+        numbered_fold: the fold's position in the run (its seed is ``config.seed * 1000 +
+            number``) and the fold.
+        inputs: what the folds of the run share.
+
+    Raises:
+        ConfigError: the fold directory holds a finished fold of another run.
+        LeakageError: a subject in both the training and the test part.
+    """
+    number, fold = numbered_fold
+    samples, labels, classes, config = inputs.samples, inputs.labels, inputs.classes, inputs.config
+    configure_determinism(config.train.deterministic)
+    inputs.run_dir.mkdir(parents=True, exist_ok=True)
+    _attach_log(inputs.run_dir)
+    # copies: index arrays arrive read-only from Ray's object store, and torch warns on those
+    fold = replace(fold, train_index=np.array(fold.train_index), test_index=np.array(fold.test_index))
+    fold_dir = inputs.run_dir / "folds" / fold.name
     fingerprint = _fold_fingerprint(fold, samples, labels, classes, config)
     reused = reuse_finished_fold(fold_dir, fingerprint, fold.name)
     if reused is not None:
-        return reused
+        history_file = fold_dir / "history.json"
+        recorded = json.loads(history_file.read_text()).get("device") if history_file.is_file() else None
+        return FoldResult(reused, recorded)
     _assert_fold_disjoint(fold, [samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
+    if inputs.views is None:  # kept for the worker's next folds of this run
+        inputs.views = _views_from_cache(samples, config, inputs.cache_dir)
+    views = inputs.views
+    device = resolve_device(config.train.device)
     seed = config.seed * 1000 + number
     model = new_model(config, classes, seed=seed)
     train_index = fold.train_index
@@ -550,7 +611,7 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
         _assert_fold_disjoint(fold, [samples[i] for i in val_index], [samples[i] for i in fold.test_index])
         position = {int(i): k for k, i in enumerate(train_index)}
         fit_labels = train_labels[[position[int(i)] for i in fit_index]]
-        val_views, val_labels = subset(views, val_index), labels[val_index].numpy()
+        val_views, val_labels = place_views(subset(views, val_index), device), labels[val_index].numpy()
 
         def validate(m) -> float:
             predicted = predict_proba(m, val_views).argmax(1)
@@ -558,11 +619,12 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
 
         train_index, train_labels = fit_index, fit_labels
     history: History = fit(model, subset(views, train_index), train_labels, config.train, seed=seed, validate=validate,
-                           on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss))
+                           on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss),
+                           device=device)
     probabilities = predict_proba(model, subset(views, fold.test_index))
     fold_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "model": config.model, "classes": classes,
-                "trained_on": trained_on([samples[i] for i in fold.train_index])}, fold_dir / "model.pt")
+    save_checkpoint(model, config, classes, fold_dir / "model.pt",
+                    trained_on=trained_on([samples[i] for i in fold.train_index]))
     (fold_dir / "history.json").write_text(json.dumps(history.__dict__))
     table = pd.DataFrame({
         "sample_id": [samples[i].sample_id for i in fold.test_index],
@@ -577,9 +639,18 @@ def _run_fold(number: int, fold: Fold, samples: Sequence[Sample], views, labels:
     written = write_finished_fold(fold_dir, table, fingerprint)
     selected = (f"epoch {history.best_epoch} (best validation UF1)" if history.best_epoch is not None
                 else f"the last epoch ({config.train.epochs})")
-    log.info("fold %s: %d test samples, acc %.3f, model of %s", fold.name, len(table),
-             float((table.y_true == table.y_pred).mean()), selected)
-    return written
+    log.info("fold %s: %d test samples, acc %.3f, model of %s, device %s", fold.name, len(table),
+             float((table.y_true == table.y_pred).mean()), selected, history.device)
+    return FoldResult(written, history.device)
+
+
+def _views_from_cache(samples: Sequence[Sample], config: RunConfig, cache_dir: Path | None) -> Views:
+    """The views of ``samples`` read from the view cache; a view missing there is built (and cached)."""
+    specs = input_spec(config.model_name, **config.model_kwargs)
+    kept, arrays = ViewBuilder(specs, config.views, cache_dir=cache_dir).build(list(samples))
+    if len(kept) != len(samples):  # cannot happen with on_error="raise"; guards the fold indices
+        raise ConfigError(f"views of {len(samples) - len(kept)} samples could not be built on this worker")
+    return to_tensors(arrays)
 
 
 def _attach_log(run_dir: Path) -> None:

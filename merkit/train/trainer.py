@@ -2,12 +2,13 @@
 
 Micro-expression datasets are small (hundreds of clips), so views are held in memory as
 tensors ``(N, ...)``. Every random choice (initialisation, shuffling, augmentation) flows from
-one seed, so the same seed gives the same model on CPU.
+one seed, so the same seed gives the same model on CPU. The device, mixed precision and moving
+views to the device are :mod:`merkit.train.device`'s; the random draws stay on the CPU whatever
+the device, so they do not depend on it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from typing import Callable
@@ -19,19 +20,22 @@ from torch import nn
 from merkit.config import AugmentConfig, TrainConfig
 from merkit.models.base import MERModel, logits_of
 from merkit.train.augment import apply_offline_copies, augment_batch, offline_copies
+from merkit.train.device import (Precision, Views, describe_device, model_device, place_views, resolve_device,
+                                 resolve_precision, take_batch)
 
 log = logging.getLogger(__name__)
-
-Views = dict[str, torch.Tensor]
 
 
 @dataclass
 class History:
-    """Per-epoch training loss and, when validation data is given, validation scores."""
+    """Per-epoch training loss and, when validation data is given, validation scores; the device
+    and the mixed precision the model was trained with."""
 
     train_loss: list[float] = field(default_factory=list)
     val_uf1: list[float] = field(default_factory=list)
     best_epoch: int | None = None
+    device: str = "cpu"
+    amp: str = "none"
 
 
 def to_tensors(views: dict[str, np.ndarray]) -> Views:
@@ -60,12 +64,35 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
-def _autocast(config: TrainConfig):
-    if config.amp == "none":
-        return contextlib.nullcontext()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if config.amp == "bf16" or device == "cpu" else torch.float16
-    return torch.autocast(device_type=device, dtype=dtype)
+def train_step(model: MERModel, batch: Views, target: torch.Tensor, optimizer: torch.optim.Optimizer,
+               precision: Precision, scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> torch.Tensor:
+    """One optimisation step on one batch; returns the (detached) loss.
+
+    The forward pass and the loss run under the precision's autocast. With a gradient scaler
+    (``amp: fp16``) the loss is scaled before ``backward``, the gradients are unscaled before
+    clipping, and the step is skipped when they overflowed (the scaler then lowers its scale).
+
+    Args:
+        model: in training mode, on the batch's device.
+        batch: view name -> ``(B, ...)`` tensors. target: ``(B,)`` class indices.
+    """
+    with precision.autocast():
+        output = model(batch)
+        loss = model.loss(output, target)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        if grad_clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+    return loss.detach()
 
 
 def fit(
@@ -77,26 +104,40 @@ def fit(
     seed: int,
     validate: Callable[[nn.Module], float] | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> History:
-    """Train ``model`` in place for ``config.epochs`` epochs.
+    """Train ``model`` in place for ``config.epochs`` epochs on ``device``.
+
+    The model, the views (when they fit in device memory; else they are streamed batch by batch)
+    and the labels are moved to the device once; the model stays there.
 
     Args:
         model: a registered merkit model (its ``loss`` is minimised).
         views: view name -> ``(N, ...)`` tensors.
         labels: ``(N,)`` class indices.
-        config: optimiser, schedule, batch size, augmentation.
+        config: optimiser, schedule, batch size, augmentation, precision (``amp``).
         seed: seeds shuffling and augmentation.
         validate: called after every epoch with the model in eval mode; returns a score
             (higher is better). When given, the best epoch's weights are restored at the end.
         on_epoch: progress callback ``(epoch, train_loss)``.
+        device: where to train (default: ``config.device``).
 
     Returns:
         The training history (``best_epoch`` is 1-based, None without ``validate``).
+
+    Raises:
+        ConfigError: the device is not on this machine, or ``amp`` is not available on it.
     """
+    device = resolve_device(config.device if device is None else device)
+    precision = resolve_precision(config.amp, device)
+    model.to(device)
+    views = place_views(views, device)
+    labels = labels.to(device)
+    scaler = precision.grad_scaler()
     generator = torch.Generator().manual_seed(seed)
     optimizer = _optimizer(model, config)
     scheduler = _scheduler(optimizer, config)
-    history = History()
+    history = History(device=describe_device(device), amp=config.amp)
     best_state, best_score = None, -np.inf
     n = len(labels)
     copies = offline_copies(config.augment)  # one (the clip itself) unless offline expansion is asked for
@@ -110,18 +151,11 @@ def fit(
             index = expanded % n
             if len(index) < 2 and n >= 2:  # BatchNorm needs two samples: a lone last sample sits this epoch out
                 continue
-            batch = subset(views, index)
+            batch = take_batch(views, index, device)
             if augmenting:
                 batch = augment_batch(apply_offline_copies(batch, expanded // n, copies), config.augment, generator)
-            with _autocast(config):
-                output = model(batch)
-                loss = model.loss(output, labels[index])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
+            loss = train_step(model, batch, labels[index.to(device)], optimizer, precision, scaler, config.grad_clip)
+            total += float(loss) * len(index)
             seen += len(index)
         if scheduler is not None:
             scheduler.step()
@@ -143,13 +177,27 @@ def fit(
 
 
 @torch.no_grad()
-def predict_proba(model: nn.Module, views: Views, batch_size: int = 64) -> np.ndarray:
-    """Class probabilities ``(N, K)`` in eval mode."""
-    model.eval()
+def predict_proba(model: nn.Module, views: Views, batch_size: int = 64,
+                  device: str | torch.device | None = None) -> np.ndarray:
+    """Class probabilities ``(N, K)`` in eval mode, computed in float32.
+
+    Args:
+        model: a trained model (moved to ``device`` when one is given).
+        views: view name -> ``(N, ...)`` tensors on any device; moved to the model's device
+            once when they fit there, else streamed batch by batch.
+        batch_size: rows per forward pass.
+        device: where to compute (``auto``, ``cpu``, ``cuda:N`` ...); default: where the model is.
+
+    Returns:
+        ``(N, K)`` probabilities on the CPU.
+    """
+    device = model_device(model) if device is None else resolve_device(device)
+    model.to(device).eval()
+    views = place_views(views, device)
     n = next(iter(views.values())).shape[0]
     chunks = []
     for start in range(0, n, batch_size):
         index = torch.arange(start, min(n, start + batch_size))
-        logits = logits_of(model(subset(views, index))).float()
-        chunks.append(torch.softmax(logits, dim=1).numpy())
+        logits = logits_of(model(take_batch(views, index, device))).float()
+        chunks.append(torch.softmax(logits, dim=1).cpu().numpy())
     return np.concatenate(chunks)

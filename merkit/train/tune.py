@@ -33,7 +33,7 @@ import hashlib
 import itertools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Sequence
 
@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from merkit.config import RunConfig, config_from_dict, dump_config
+from merkit.config import RunConfig, config_from_dict, dump_config, result_settings
 from merkit.data.protocols import Protocol
 from merkit.data.sample import Sample
 from merkit.errors import ConfigError
@@ -49,8 +49,10 @@ from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, unweighted_average
 from merkit.models.registry import input_spec
 from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
-from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model, one_thread,
-                               reuse_finished_fold, trained_on, write_finished_fold)
+from merkit.train.device import configure_determinism
+from merkit.train.executors import Executor, LocalExecutor
+from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model,
+                               reuse_finished_fold, save_checkpoint, trained_on, write_finished_fold)
 from merkit.train.trainer import Views, fit, predict_proba, subset, to_tensors
 
 log = logging.getLogger(__name__)
@@ -212,6 +214,7 @@ def run_nested(
     cache_dir: str | Path | None = None,
     workers: int = 1,
     fold_workers: int = 1,
+    executor: Executor | None = None,
     on_fold: Callable[[int, int, str], None] | None = None,
 ) -> dict:
     """Nested LOSO of ``config`` over ``grid``; writes a run directory (module doc).
@@ -223,8 +226,10 @@ def run_nested(
         run_dir: output folder; completed outer folds found there are reused.
         inner, inner_folds: the inner scheme.
         cache_dir, workers: view cache and preprocessing processes.
-        fold_workers: outer folds tuned at once (one process and thread each; results do not
-            depend on it).
+        fold_workers: with the default local executor, outer folds tuned at once (one process
+            and thread each; results do not depend on it).
+        executor: runs the outer folds (default: ``LocalExecutor(fold_workers)``); a Ray
+            executor gets the views with the other shared inputs, once per worker.
         on_fold: callback ``(done, total, fold name)``.
 
     Returns:
@@ -240,6 +245,10 @@ def run_nested(
                           "(put train.epochs in the grid to choose the budget)")
     if config.shuffle_labels:
         raise ConfigError("shuffle_labels is the plain LOSO leak check; run it with `merkit train`, not nested tuning")
+    if executor is None:
+        executor = LocalExecutor(fold_workers)
+    elif fold_workers != 1:
+        raise ConfigError("give either fold_workers (local executor) or an executor, not both")
     points = expand_grid(grid)
     specs = input_spec(config.model_name, **config.model_kwargs)
     for point in points:
@@ -251,11 +260,12 @@ def run_nested(
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
     check_views_config(specs, config)
-    settings = {"config": config.model_dump(mode="json"), "grid": {k: list(v) for k, v in grid.items()},
+    settings = {"config": result_settings(config), "grid": {k: list(v) for k, v in grid.items()},
                 "inner": inner, "inner_folds": inner_folds}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         check_reusable(finished.parent, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
+    fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
     if cache_dir is not None:
         make_output_dir(cache_dir, "view cache")
     make_output_dir(run_dir, "run directory")
@@ -269,9 +279,16 @@ def run_nested(
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = loso_folds(kept)
     log.info("nested LOSO: %d samples, %d outer folds, %d grid points, inner %s", len(kept), len(folds), len(points), inner)
-    jobs = [(number, fold, kept, views, labels, classes, config, points, inner, inner_folds, settings_sha1,
-             run_dir / "folds" / fold.name) for number, fold in enumerate(folds)]
-    results = _map_folds(jobs, fold_workers, on_fold)
+    fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
+    shared = (kept, views, labels, classes, fold_config, points, inner, inner_folds, settings_sha1, Path(run_dir).absolute())
+    finished: list[int] = []
+
+    def on_done(position: int, result: tuple) -> None:
+        finished.append(position)
+        if on_fold is not None:
+            on_fold(len(finished), len(folds), folds[position].name)
+
+    results = executor.map(_nested_fold, list(enumerate(folds)), shared, on_done)
     write_predictions(pd.concat([table for table, _ in results], ignore_index=True), run_dir / "predictions.csv")
     facts = {
         "model": config.model_name,
@@ -280,6 +297,7 @@ def run_nested(
             "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}},
         "apex_policy": config.views.apex_policy,
         "skipped": builder.skipped,
+        "compute": {"executor": executor.describe(), "device": config.train.device, "amp": config.train.amp},
     }
     (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
     metrics = evaluate_run(run_dir)  # the one evaluation, as for run_loso and `merkit evaluate`
@@ -287,36 +305,14 @@ def run_nested(
     return metrics
 
 
-def _map_folds(jobs: list[tuple], fold_workers: int, on_fold: Callable[[int, int, str], None] | None) -> list[tuple]:
-    if fold_workers <= 1 or len(jobs) <= 1:
-        results = []
-        for done, job in enumerate(jobs):
-            with one_thread():  # as in a worker, so that fold_workers does not change the result
-                results.append(_nested_fold(*job))
-            if on_fold is not None:
-                on_fold(done + 1, len(jobs), job[1].name)
-        return results
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    gathered: dict[int, tuple] = {}
-    with ProcessPoolExecutor(max_workers=fold_workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = {pool.submit(_nested_fold_in_worker, job): job[0] for job in jobs}
-        for done, future in enumerate(as_completed(futures)):
-            gathered[futures[future]] = future.result()
-            if on_fold is not None:
-                on_fold(done + 1, len(jobs), jobs[futures[future]][1].name)
-    return [gathered[number] for number in sorted(gathered)]
-
-
-def _nested_fold_in_worker(job: tuple) -> tuple:
-    torch.set_num_threads(1)
-    return _nested_fold(*job)
-
-
-def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: Views, labels: torch.Tensor,
-                 classes: list[str], config: RunConfig, points: list[dict], inner: InnerScheme, inner_folds: int,
-                 settings_sha1: str, fold_dir: Path) -> tuple[pd.DataFrame, dict]:
+def _nested_fold(numbered_fold: tuple[int, Fold], shared: tuple) -> tuple[pd.DataFrame, dict]:
+    """One outer fold (the executors' function): ``shared`` holds what every outer fold needs."""
+    number, fold = numbered_fold
+    samples, views, labels, classes, config, points, inner, inner_folds, settings_sha1, run_dir = shared
+    configure_determinism(config.train.deterministic)
+    # copies: index arrays arrive read-only from Ray's object store, and torch warns on those
+    fold = replace(fold, train_index=np.array(fold.train_index), test_index=np.array(fold.test_index))
+    fold_dir = run_dir / "folds" / fold.name
     training = json.dumps([[samples[i].sample_id, int(labels[i])] for i in fold.train_index])
     fingerprint = {"settings_sha1": settings_sha1, "classes": classes,
                    "train_sha1": hashlib.sha1(training.encode()).hexdigest(),
@@ -335,8 +331,7 @@ def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: View
     model, probabilities = _train_and_predict(chosen_config, classes, views, labels, fold.train_index, fold.test_index,
                                               seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "model": chosen_config.model, "classes": classes,
-                "trained_on": trained_on(train_samples)}, fold_dir / "model.pt")
+    save_checkpoint(model, chosen_config, classes, fold_dir / "model.pt", trained_on=trained_on(train_samples))
     record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
     table = pd.DataFrame({
