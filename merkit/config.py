@@ -82,6 +82,14 @@ class ViewsConfig(_Strict):
         face: ``none`` (frames are already face crops), ``mtcnn`` or ``dlib`` (detect, align, crop).
         depth: where depth_seq comes from (``dataset`` = the Sample's depth frames).
         au: where the au view's landmarks come from (``dlib`` landmarks, or ``synthme`` ground truth).
+        release_flow: how a release's flow images (the MEGC2019 flow format: u, v and strain each
+            min-max scaled per image) become the ``flow`` view. ``minmax``: the released bytes / 255,
+            each channel in [0, 1] (what the published STSTNet and HTNet code read); no motion
+            sits at a different level in every image (the level of the pixels that do not move).
+            ``centered``: u and v minus their per-image median, so that 0 is the motion of the
+            median face pixel (no expression motion), as in the flow merkit computes; negating u
+            then mirrors the clip exactly, so flips are allowed (with ``minmax`` they are refused).
+            Strain is left as released. Views computed from frames ignore this setting.
     """
 
     size: tuple[int, int] | None = None
@@ -96,6 +104,7 @@ class ViewsConfig(_Strict):
     face: Literal["none", "mtcnn", "dlib"] = "none"
     depth: str = "dataset"
     au: Literal["dlib", "synthme"] = "dlib"
+    release_flow: Literal["minmax", "centered"] = "minmax"
 
     @model_validator(mode="after")
     def _interpolation_sets_its_own_rate(self) -> "ViewsConfig":

@@ -40,7 +40,7 @@ from merkit.eval.reports import plot_confusion_matrix
 from merkit.models.registry import create
 from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.trainer import History, fit, predict_proba, subset, to_tensors
-from merkit.views import CHANNEL_VIEWS, VIEWS
+from merkit.views import AUGMENTED_VIEWS, CHANNEL_VIEWS, FLOW_VIEWS, VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,7 @@ def run_loso(
         raise ConfigError("every sample needs a label: apply the protocol first")
     torch.manual_seed(config.seed)
     probe = create(config.model_name, num_classes=len(classes), **config.model_kwargs)
-    check_views_config(probe.input_spec, config)
+    check_views_config(probe.input_spec, config, samples)
     settings = _config_sha1(config)
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         _check_reusable(finished.parent, lambda recorded: recorded.get("config_sha1") == settings)
@@ -186,8 +186,22 @@ def run_loso(
     return metrics
 
 
-def check_views_config(specs, config: RunConfig) -> None:
-    """The ``views`` section's optional size/channels/num_frames must agree with the input spec."""
+def check_views_config(specs, config: RunConfig, samples: Sequence[Sample] = ()) -> None:
+    """The ``views`` section's optional size/channels/num_frames must agree with the input spec,
+    and flips must not be applied to a released min-max scaled flow.
+
+    A flip negates u (horizontal) or v (vertical), which mirrors a flow whose 0 is no motion. The
+    MEGC2019 flow release is min-max scaled per image (no motion is not 0): a negated channel
+    would leave the range the model was shown, so with ``views.release_flow: minmax`` flips of a
+    released flow view are refused (``centered`` makes them exact).
+
+    Args:
+        specs: the model's input spec. config: the run config.
+        samples: the run's samples (a release is recognised by ``meta["precomputed_views"]``).
+
+    Raises:
+        ConfigError: a disagreement, or a flip of a released min-max flow.
+    """
     v = config.views
     for spec in specs:
         if v.size is not None and VIEWS[spec.name].spatial and tuple(v.size) != tuple(spec.size):
@@ -196,6 +210,14 @@ def check_views_config(specs, config: RunConfig) -> None:
             raise ConfigError(f"views.channels {v.channels} disagrees with the model's {spec.name} view ({spec.channels})")
         if v.num_frames is not None and spec.length is not None and v.num_frames != spec.length:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
+    augment = config.train.augment
+    flipped = [s.name for s in specs if s.name in FLOW_VIEWS and s.name in AUGMENTED_VIEWS]
+    released = any("flow" in s.meta.get("precomputed_views", ()) for s in samples)
+    if released and flipped and (augment.hflip or augment.vflip) and v.release_flow == "minmax":
+        raise ConfigError(
+            f"train.augment flips the {flipped[0]} view, which negates u (hflip) or v (vflip); the released flow "
+            "images are min-max scaled per image, so no motion is not 0 and a negated channel is no mirror image: "
+            "set views.release_flow: centered (u and v minus their median; flips are then exact) or turn the flips off")
 
 
 def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.nn.Module:
@@ -227,7 +249,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     out.mkdir(parents=True, exist_ok=True)
     classes = list(protocol.classes)
     model = new_model(config, classes, seed=config.seed)
-    check_views_config(model.input_spec, config)
+    check_views_config(model.input_spec, config, samples)
     kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     history = fit(model, to_tensors(arrays), labels, config.train, seed=config.seed)

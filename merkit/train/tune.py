@@ -245,13 +245,14 @@ def run_nested(
         changed = apply_point(config, point)
         if input_spec(changed.model_name, **changed.model_kwargs) != specs or changed.views != config.views:
             raise ConfigError(f"grid point {point} changes the views the model reads; tune views in separate runs")
+        check_views_config(specs, changed, samples)
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: is a file; a run directory must be a folder")
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
-    check_views_config(specs, config)
+    check_views_config(specs, config, samples)
     settings = {"config": config.model_dump(mode="json"), "grid": {k: list(v) for k, v in grid.items()},
                 "inner": inner, "inner_folds": inner_folds}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
