@@ -53,6 +53,14 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
+    """Optimisation settings of one fit.
+
+    ``sampler``: ``shuffle`` (every training clip once per epoch, in a random order) or
+    ``balanced`` (as many draws per epoch as training clips, with replacement, each class equally
+    likely: the class-balanced counterpart of a class-weighted loss that works with every
+    model's own loss).
+    """
+
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -61,6 +69,7 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
     grad_clip: float | None = None
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     amp: Literal["none", "bf16", "fp16"] = "none"
 
 

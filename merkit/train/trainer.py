@@ -43,6 +43,21 @@ def subset(views: Views, index: np.ndarray | torch.Tensor) -> Views:
     return {k: v[index] for k, v in views.items()}
 
 
+def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator) -> torch.Tensor:
+    """Positions of the training clips in one epoch, ``(N,)`` for ``N = len(labels)``.
+
+    ``shuffle``: a random permutation. ``balanced``: ``N`` draws with replacement, clip ``i`` with
+    probability ``1 / (K * count(labels[i]))`` for the ``K`` classes present, so every class is
+    drawn equally often on average.
+    """
+    n = len(labels)
+    if sampler == "shuffle":
+        return torch.randperm(n, generator=generator)
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse].double()
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -84,7 +99,7 @@ def fit(
         model: a registered merkit model (its ``loss`` is minimised).
         views: view name -> ``(N, ...)`` tensors.
         labels: ``(N,)`` class indices.
-        config: optimiser, schedule, batch size, augmentation.
+        config: optimiser, schedule, batch size, sampler (shuffled or class-balanced epochs), augmentation.
         seed: seeds shuffling and augmentation.
         validate: called after every epoch with the model in eval mode; returns a score
             (higher is better). When given, the best epoch's weights are restored at the end.
@@ -101,7 +116,7 @@ def fit(
     n = len(labels)
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(n, generator=generator)
+        order = epoch_order(labels, config.sampler, generator)
         total, seen = 0.0, 0
         for start in range(0, n, config.batch_size):
             index = order[start : start + config.batch_size]
