@@ -13,6 +13,14 @@ Inner schemes (``inner``):
 * ``kfold``: ``inner_folds`` subject-grouped folds (every subject's clips in one fold; subjects
   shuffled by the run seed, then dealt out in turn so fold sizes differ by at most one subject).
 
+Selection groups (``selection_groups = g``), a cheaper scheme that is just as honest: the
+subjects are dealt into ``g`` groups (shuffled by the run seed, each source dataset of a
+composite spread over the groups, :func:`split_selection_groups`); for the test subjects of group
+``i`` the grid is scored once, by the inner scheme on the subjects of the *other* groups only
+(a subset of the training subjects of each of those outer folds), and the chosen point is
+trained per outer LOSO fold as usual. A test subject never influences its own choice; the grid
+costs ``g`` choices instead of one per outer fold (68 on the MEGC2019 composite).
+
 Score of a grid point: UF1 of the inner predictions pooled over its inner folds (the MEGC
 convention), ties broken by pooled UAR, then by grid order. Inside every fit the model after the
 last epoch is used (``selection: last``; put ``train.epochs`` in the grid to choose the budget).
@@ -23,8 +31,10 @@ model and training settings, not the views (every point must read the same views
 
 Run directory: the one of :mod:`merkit.train.loso` (``config.yaml`` with a ``tune`` section,
 ``predictions.csv``, ``metrics.json`` whose ``selection`` says ``nested``, the grid, the inner
-scheme and the point chosen for every outer fold, ``folds/<subject>/`` with ``choice.json``);
-an interrupted run resumes from its completed outer folds.
+scheme and the point chosen for every outer fold, ``folds/<subject>/`` with ``choice.json``;
+with selection groups also ``selection/group<i>.json``: the group's subjects, the subjects
+that chose and every point's inner scores); an interrupted run resumes from its completed
+outer folds and group choices.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ import torch
 from merkit.config import RunConfig, config_from_dict, dump_config
 from merkit.data.protocols import Protocol
 from merkit.data.sample import Sample
-from merkit.errors import ConfigError
+from merkit.errors import ConfigError, LeakageError
 from merkit.eval.metrics import compute_metrics, unweighted_average_recall, unweighted_f1
 from merkit.eval.reports import plot_confusion_matrix
 from merkit.models.registry import input_spec
@@ -130,6 +140,36 @@ def inner_splits(samples: Sequence[Sample], scheme: InnerScheme, folds: int, see
     return splits
 
 
+def split_selection_groups(samples: Sequence[Sample], groups: int, seed: int) -> dict[str, int]:
+    """Deal the subjects of ``samples`` into ``groups`` selection groups.
+
+    The subjects of each source dataset (in sorted dataset order) are shuffled by ``seed`` and
+    dealt out in turn, the deal continuing from one dataset to the next, so every dataset is
+    spread over the groups and group sizes differ by at most one subject.
+
+    Returns:
+        subject group (``Sample.group``, ``dataset/subject``) -> selection group in ``[0, groups)``.
+
+    Raises:
+        ConfigError: ``groups`` below 2 or above the number of subjects.
+    """
+    by_dataset: dict[str, list[str]] = {}
+    for group in sorted({s.group for s in samples}):
+        by_dataset.setdefault(group.split("/", 1)[0], []).append(group)
+    count = sum(len(v) for v in by_dataset.values())
+    if not 2 <= groups <= count:
+        raise ConfigError(f"selection groups: expected between 2 and the {count} subjects, got {groups}")
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, int] = {}
+    position = 0
+    for dataset in sorted(by_dataset):
+        subjects = by_dataset[dataset]
+        for index in rng.permutation(len(subjects)):
+            assignment[subjects[index]] = position % groups
+            position += 1
+    return assignment
+
+
 @dataclass(frozen=True)
 class Choice:
     """The outcome of :func:`choose_point` on one outer fold's training subjects.
@@ -184,19 +224,28 @@ def choose_point(samples: Sequence[Sample], views: Views, labels: torch.Tensor, 
     return Choice(best, dict(points[best]), scores)
 
 
-def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int) -> dict[str, Any]:
+def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int,
+                       groups: int | None = None) -> dict[str, Any]:
     """The ``selection`` entry of a nested run's ``metrics.json`` (without the chosen points)."""
-    scheme = "inner LOSO over the training subjects" if inner == "loso" else \
-        f"inner subject-grouped {inner_folds}-fold cross-validation over the training subjects"
-    return {
+    scheme = "inner LOSO" if inner == "loso" else f"inner subject-grouped {inner_folds}-fold cross-validation"
+    description = {
         "policy": "nested",
         "grid": {k: list(v) for k, v in grid.items()},
         "inner": {"scheme": inner, "folds": inner_folds if inner == "kfold" else None},
         "score": "pooled inner UF1 (ties: pooled inner UAR, then grid order)",
-        "description": f"nested LOSO: for each outer test subject every grid point is scored by {scheme} of that "
-                       "fold; the best point is retrained on all training subjects (model after the last epoch) and "
-                       "evaluated once on the test subject, which never influences the choice",
+        "description": f"nested LOSO: for each outer test subject every grid point is scored by {scheme} over the "
+                       "training subjects of that fold; the best point is retrained on all training subjects (model "
+                       "after the last epoch) and evaluated once on the test subject, which never influences the choice",
     }
+    if groups is not None:
+        description["selection_groups"] = groups
+        description["description"] = (
+            f"nested LOSO with {groups} selection groups: the subjects are dealt into {groups} groups (shuffled by the "
+            "run seed, every source dataset spread over the groups); for the test subjects of group i every grid "
+            f"point is scored by {scheme} over the subjects of the other groups only (a subset of each such fold's "
+            "training subjects), and the best point is trained per LOSO fold on all of its training subjects (model "
+            "after the last epoch) and evaluated once on the test subject, which never influences its own choice")
+    return description
 
 
 def run_nested(
@@ -208,6 +257,7 @@ def run_nested(
     *,
     inner: InnerScheme = "kfold",
     inner_folds: int = 3,
+    selection_groups: int | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 1,
     fold_workers: int = 1,
@@ -221,18 +271,24 @@ def run_nested(
         grid: dotted config keys -> candidate values.
         run_dir: output folder; completed outer folds found there are reused.
         inner, inner_folds: the inner scheme.
+        selection_groups: None (a choice per outer fold, on its training subjects), or the
+            number ``g`` of selection groups (module doc): one choice per group, on the subjects
+            of the other groups.
         cache_dir, workers: view cache and preprocessing processes.
-        fold_workers: outer folds tuned at once (one process and thread each; results do not
-            depend on it).
+        fold_workers: outer folds (or group choices) computed at once (one process and thread
+            each; results do not depend on it).
         on_fold: callback ``(done, total, fold name)``.
 
     Returns:
         The metrics written to ``metrics.json``; ``selection`` holds the grid, the inner
-        scheme and ``chosen`` (outer fold -> point).
+        scheme and ``chosen`` (outer fold -> point); with selection groups also
+        ``selection_groups`` (g) and ``groups`` (per group: its subjects, the point chosen and
+        every point's inner scores).
 
     Raises:
         ConfigError: a bad grid, a point that changes the views, ``selection`` other than
-            ``last``, ``shuffle_labels``, or a run directory holding another run's folds.
+            ``last``, ``shuffle_labels``, a bad number of selection groups, or a run directory
+            holding another run's folds.
     """
     if config.selection.policy != "last":
         raise ConfigError("nested tuning scores every fit after its last epoch: set selection.policy to 'last' "
@@ -253,30 +309,52 @@ def run_nested(
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
     check_views_config(specs, config, samples)
-    settings = {"config": config.model_dump(mode="json"), "grid": {k: list(v) for k, v in grid.items()},
-                "inner": inner, "inner_folds": inner_folds}
+    membership = split_selection_groups(samples, selection_groups, config.seed) if selection_groups is not None else None
+    if membership is not None:
+        choosers = len(membership) - max(np.bincount(list(membership.values())))
+        if choosers < (2 if inner == "loso" else inner_folds):
+            raise ConfigError(f"{selection_groups} selection groups leave {choosers} subjects to choose a group's point, "
+                              f"too few for inner {inner}" + (f" with {inner_folds} folds" if inner == "kfold" else ""))
+    tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
+    if selection_groups is not None:
+        tuning["selection_groups"] = selection_groups
+    settings = {"config": config.model_dump(mode="json"), **tuning}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         _check_reusable(finished.parent, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
+    for finished in sorted((run_dir / "selection").glob("group*.json")):
+        _check_reusable_choice(finished, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml", extra={
-        "protocol": {"name": protocol.name, "classes": classes},
-        "tune": {"grid": settings["grid"], "inner": inner, "inner_folds": inner_folds},
-    })
+    dump_config(config, run_dir / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes},
+                                                        "tune": tuning})
     builder = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers)
     kept, arrays = builder.build(list(samples))
     views = to_tensors(arrays)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = loso_folds(kept)
-    log.info("nested LOSO: %d samples, %d outer folds, %d grid points, inner %s", len(kept), len(folds), len(points), inner)
+    log.info("nested LOSO: %d samples, %d outer folds, %d grid points, inner %s%s", len(kept), len(folds), len(points),
+             inner, f", {selection_groups} selection groups" if selection_groups else "")
+    group_records: list[dict] = []
+    if membership is not None:
+        group_of = np.array([membership[s.group] for s in kept])
+        group_jobs = [(group, np.flatnonzero(group_of != group), sorted(g for g, k in membership.items() if k == group),
+                       kept, views, labels, classes, config, points, inner, inner_folds, config.seed * 1000 + group,
+                       settings_sha1, run_dir / "selection" / f"group{group}.json") for group in range(selection_groups)]
+        group_records = _map_parallel(_group_choice, group_jobs, fold_workers)
     jobs = [(number, fold, kept, views, labels, classes, config, points, inner, inner_folds, settings_sha1,
-             run_dir / "folds" / fold.name) for number, fold in enumerate(folds)]
-    results = _map_folds(jobs, fold_workers, on_fold)
+             run_dir / "folds" / fold.name,
+             group_records[membership[fold.test_group]] if membership is not None else None)
+            for number, fold in enumerate(folds)]
+    results = _map_parallel(_nested_fold, jobs, fold_workers,
+                            None if on_fold is None else lambda done, total, job: on_fold(done, total, job[1].name))
     predictions = pd.concat([table for table, _ in results], ignore_index=True)
     predictions.to_csv(run_dir / "predictions.csv", index=False)
     metrics = compute_metrics(predictions, classes)
-    metrics["selection"] = nested_description(grid, inner, inner_folds) | {
+    metrics["selection"] = nested_description(grid, inner, inner_folds, selection_groups) | {
         "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}}
+    if group_records:
+        metrics["selection"]["groups"] = [{k: record[k] for k in ("group", "subjects", "point", "scores")}
+                                          for record in group_records]
     metrics["skipped"] = builder.skipped
     metrics["apex_policy"] = config.views.apex_policy
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -294,35 +372,73 @@ def _check_reusable(fold_dir: Path, matches: Callable[[dict], bool]) -> None:
             "differ, or it records none): resuming would mix results; write this run to a new run directory")
 
 
-def _map_folds(jobs: list[tuple], fold_workers: int, on_fold: Callable[[int, int, str], None] | None) -> list[tuple]:
-    if fold_workers <= 1 or len(jobs) <= 1:
+def _check_reusable_choice(path: Path, matches: Callable[[dict], bool]) -> None:
+    if not matches(json.loads(path.read_text()).get("fingerprint", {})):
+        raise ConfigError(
+            f"{path} holds the choice of a selection group of another run (its config, grid, inner scheme, groups, "
+            "classes or clips differ): resuming would mix results; write this run to a new run directory")
+
+
+def _map_parallel(function: Callable[..., Any], jobs: list[tuple], workers: int,
+                  on_done: Callable[[int, int, tuple], None] | None = None) -> list:
+    """``[function(*job) for job in jobs]``, in ``workers`` forked processes (one thread each)
+    when ``workers > 1``; ``on_done(done, total, job)`` after each job."""
+    if workers <= 1 or len(jobs) <= 1:
         results = []
         for done, job in enumerate(jobs):
-            results.append(_nested_fold(*job))
-            if on_fold is not None:
-                on_fold(done + 1, len(jobs), job[1].name)
+            results.append(function(*job))
+            if on_done is not None:
+                on_done(done + 1, len(jobs), job)
         return results
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    gathered: dict[int, tuple] = {}
-    with ProcessPoolExecutor(max_workers=fold_workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        futures = {pool.submit(_nested_fold_in_worker, job): job[0] for job in jobs}
+    gathered: dict[int, Any] = {}
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = {pool.submit(_in_worker, function, job): number for number, job in enumerate(jobs)}
         for done, future in enumerate(as_completed(futures)):
             gathered[futures[future]] = future.result()
-            if on_fold is not None:
-                on_fold(done + 1, len(jobs), jobs[futures[future]][1].name)
+            if on_done is not None:
+                on_done(done + 1, len(jobs), jobs[futures[future]])
     return [gathered[number] for number in sorted(gathered)]
 
 
-def _nested_fold_in_worker(job: tuple) -> tuple:
+def _in_worker(function: Callable[..., Any], job: tuple) -> Any:
     torch.set_num_threads(1)
-    return _nested_fold(*job)
+    return function(*job)
+
+
+def _group_choice(group: int, chooser_index: np.ndarray, members: list[str], samples: Sequence[Sample], views: Views,
+                  labels: torch.Tensor, classes: list[str], config: RunConfig, points: list[dict], inner: InnerScheme,
+                  inner_folds: int, seed: int, settings_sha1: str, path: Path) -> dict:
+    """The choice of selection group ``group``: :func:`choose_point` on the samples at
+    ``chooser_index`` (the other groups' subjects), or the one recorded at ``path``."""
+    choosers = [samples[i] for i in chooser_index]
+    if {s.group for s in choosers} & set(members):
+        raise LeakageError(f"selection group {group}: its own subjects are among those that choose its point")
+    clips = json.dumps([[s.sample_id, int(labels[i])] for s, i in zip(choosers, chooser_index)])
+    fingerprint = {"settings_sha1": settings_sha1, "classes": classes, "subjects": members,
+                   "choosers_sha1": hashlib.sha1(clips.encode()).hexdigest()}
+    if path.is_file():
+        _check_reusable_choice(path, lambda recorded: recorded == fingerprint)
+        log.info("selection group %d: reusing %s", group, path)
+        return json.loads(path.read_text())
+    choice = choose_point(choosers, subset(views, chooser_index), labels[chooser_index], config, points, classes,
+                          inner=inner, inner_folds=inner_folds, seed=seed)
+    record = {"group": group, "subjects": members, "choosers": sorted({s.group for s in choosers}),
+              "index": choice.index, "point": choice.point, "scores": choice.scores, "fingerprint": fingerprint}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    log.info("selection group %d (%d subjects): chose %s (inner UF1 %.3f on %d other subjects)", group, len(members),
+             choice.point, choice.scores[choice.index]["uf1"], len(record["choosers"]))
+    return record
 
 
 def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: Views, labels: torch.Tensor,
                  classes: list[str], config: RunConfig, points: list[dict], inner: InnerScheme, inner_folds: int,
-                 settings_sha1: str, fold_dir: Path) -> tuple[pd.DataFrame, dict]:
+                 settings_sha1: str, fold_dir: Path, group_record: dict | None = None) -> tuple[pd.DataFrame, dict]:
     training = json.dumps([[samples[i].sample_id, int(labels[i])] for i in fold.train_index])
     fingerprint = {"settings_sha1": settings_sha1, "classes": classes,
                    "train_sha1": hashlib.sha1(training.encode()).hexdigest(),
@@ -337,15 +453,20 @@ def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: View
     test_samples = [samples[i] for i in fold.test_index]
     assert_disjoint(train_samples, test_samples)
     seed = config.seed * 1000 + number  # the plain LOSO fold seed: a one-point grid gives run_loso's predictions
-    # the choice sees the training subjects only
-    choice = choose_point(train_samples, subset(views, fold.train_index), labels[fold.train_index], config, points,
-                          classes, inner=inner, inner_folds=inner_folds, seed=seed)
-    chosen_config = apply_point(config, choice.point)
+    if group_record is None:  # the choice sees the training subjects only
+        choice = choose_point(train_samples, subset(views, fold.train_index), labels[fold.train_index], config, points,
+                              classes, inner=inner, inner_folds=inner_folds, seed=seed)
+        record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
+    else:  # chosen by the other selection groups, all of them training subjects of this fold
+        if fold.test_group in group_record["choosers"]:
+            raise LeakageError(f"fold {fold.name}: its test subject helped choose its selection group's point")
+        record = {"index": group_record["index"], "point": group_record["point"], "scores": group_record["scores"],
+                  "selection_group": group_record["group"]}
+    chosen_config = apply_point(config, record["point"])
     model, probabilities = _train_and_predict(chosen_config, classes, views, labels, fold.train_index, fold.test_index,
                                               seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(), "model": chosen_config.model, "classes": classes}, fold_dir / "model.pt")
-    record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
     table = pd.DataFrame({
         "sample_id": [s.sample_id for s in test_samples],
@@ -361,6 +482,6 @@ def _nested_fold(number: int, fold: Fold, samples: Sequence[Sample], views: View
     tmp = fold_dir / "predictions.csv.tmp"
     table.to_csv(tmp, index=False)
     tmp.replace(done)
-    log.info("fold %s: chose %s (inner UF1 %.3f), %d test samples, acc %.3f", fold.name, choice.point,
-             choice.scores[choice.index]["uf1"], len(table), float((table.y_true == table.y_pred).mean()))
+    log.info("fold %s: chose %s (inner UF1 %.3f), %d test samples, acc %.3f", fold.name, record["point"],
+             record["scores"][record["index"]]["uf1"], len(table), float((table.y_true == table.y_pred).mean()))
     return table, record
