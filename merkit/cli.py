@@ -468,8 +468,10 @@ def tune_command(
     seed: Optional[int] = typer.Option(None, min=0, help="override the run seed"),
     inner: str = typer.Option("kfold", help="inner scheme on each outer fold's training subjects: loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="subject-grouped folds of --inner kfold"),
+    selection_groups: Optional[int] = typer.Option(
+        None, min=2, help="choose once per group of subjects, on the other groups' subjects (cheaper, still honest)"),
     workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
-    fold_workers: int = typer.Option(1, min=1, help="outer folds tuned at once"),
+    fold_workers: int = typer.Option(1, min=1, help="outer folds (or group choices) computed at once"),
     cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
     device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
     amp: Optional[str] = typer.Option(None, help=AMP_HELP),
@@ -495,8 +497,8 @@ def tune_command(
         with _progress() as progress, _log_to_stderr_without_terminal():
             task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
             metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
-                                 inner_folds=inner_folds, cache_dir=cache, workers=workers, fold_workers=fold_workers,
-                                 executor=fold_executor,
+                                 inner_folds=inner_folds, selection_groups=selection_groups, cache_dir=cache,
+                                 workers=workers, fold_workers=fold_workers, executor=fold_executor,
                                  on_fold=lambda done, total, name: progress.update(task, completed=done, total=total))
     except MerkitError as err:
         _fail(err)
@@ -508,7 +510,10 @@ def tune_command(
         counts[key] = counts.get(key, 0) + 1
     for key, count in sorted(counts.items(), key=lambda item: -item[1]):
         console.print(f"chosen in {count} of {len(chosen)} outer folds: {key}")
-    console.print(f"run directory: {run_dir}  (selection: nested, inner {inner})")
+    for group in metrics["selection"].get("groups", []):
+        console.print(f"selection group {group['group']} ({len(group['subjects'])} subjects): {json.dumps(group['point'])}")
+    groups = f", {selection_groups} selection groups" if selection_groups else ""
+    console.print(f"run directory: {run_dir}  (selection: nested, inner {inner}{groups})")
 
 
 @app.command()

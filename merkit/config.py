@@ -63,6 +63,10 @@ class AugmentConfig(_Strict):
 class TrainConfig(_Strict):
     """Optimisation, and where and how precisely it computes.
 
+    ``sampler``: ``shuffle`` (every training clip once per epoch, in a random order) or
+    ``balanced`` (as many draws per epoch as training clips, with replacement, each class equally
+    likely: the class-balanced counterpart of a class-weighted loss that works with every
+    model's own loss).
     ``device``: ``auto`` (first CUDA GPU, else MPS, else CPU), ``cpu``, ``cuda``, ``cuda:N``,
     ``mps``. ``amp``: ``none`` (float32), ``bf16`` (CPU, MPS, CUDA with native bfloat16) or
     ``fp16`` (CUDA and MPS, with a gradient scaler). ``deterministic``: torch's determinism flags
@@ -79,6 +83,7 @@ class TrainConfig(_Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     augment: AugmentConfig = AugmentConfig()
     grad_clip: float | None = None
+    sampler: Literal["shuffle", "balanced"] = "shuffle"
     amp: Literal["none", "bf16", "fp16"] = "none"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     deterministic: bool = False
@@ -110,6 +115,14 @@ class ViewsConfig(_Strict):
             ``depth-anything:<checkpoint dir>`` or ``depth-anything`` (the directory in
             ``$MERKIT_DEPTH_ANYTHING``); see :mod:`merkit.preprocess.depth`.
         au: where the au view's landmarks come from (``dlib`` landmarks, or ``synthme`` ground truth).
+        release_flow: how a release's flow images (the MEGC2019 flow format: u, v and strain each
+            min-max scaled per image) become the ``flow`` view. ``minmax``: the released bytes / 255,
+            each channel in [0, 1] (what the published STSTNet and HTNet code read); no motion
+            sits at a different level in every image (the level of the pixels that do not move).
+            ``centered``: u and v minus their per-image median, so that 0 is the motion of the
+            median face pixel (no expression motion), as in the flow merkit computes; negating u
+            then mirrors the clip exactly, so flips are allowed (with ``minmax`` they are refused).
+            Strain is left as released. Views computed from frames ignore this setting.
     """
 
     size: tuple[int, int] | None = None
@@ -124,6 +137,7 @@ class ViewsConfig(_Strict):
     face: Literal["none", "mtcnn", "dlib", "dlib-box"] = "none"
     depth: str = "dataset"
     au: Literal["dlib", "synthme"] = "dlib"
+    release_flow: Literal["minmax", "centered"] = "minmax"
 
     @model_validator(mode="after")
     def _interpolation_sets_its_own_rate(self) -> "ViewsConfig":

@@ -148,6 +148,13 @@ def test_cli_benchmark_and_tune(synth_root, tmp_path):
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())  # rich wraps long lines
     assert "of 4 outer folds" in output and "selection: nested" in output
+    result = runner.invoke(app, ["tune", "--dataset", "synthme", "--root", str(synth_root), "--config", config,
+                                 "--grid", str(grid), "--inner-folds", "2", "--selection-groups", "2", "--out",
+                                 str(tmp_path / "grouped"), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    output = " ".join(result.output.split())
+    assert "selection group 0 (2 subjects)" in output and "2 selection groups" in output
+    assert json.loads((tmp_path / "grouped" / "metrics.json").read_text())["selection"]["selection_groups"] == 2
     result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme", "--root", str(synth_root),
                                  "--seeds", "0,x", "--out", str(tmp_path / "bench")])
     assert result.exit_code == 2 and "--seeds" in " ".join(result.output.split())

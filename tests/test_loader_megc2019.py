@@ -125,3 +125,75 @@ def test_flow_release_bad_rows(tmp_path):
 def test_registered():
     assert get_dataset("megc2019").protocols == ("megc2019-3",)
     assert "filename_o" in get_dataset("megc2019-flow").layout
+
+
+def _write_flow_png(path, flow_uvs):
+    """Write a (3, H, W) flow the way the release does: each channel min-max scaled to 0..255."""
+    scaled = []
+    for channel in flow_uvs:
+        scaled.append(np.round(255 * (channel - channel.min()) / (channel.max() - channel.min())))
+    image = np.stack(scaled, axis=-1).astype(np.uint8)
+    import cv2
+
+    assert cv2.imwrite(str(path), image[..., ::-1])  # RGB = u, v, strain; cv2 writes BGR
+
+
+def test_centered_release_flow_puts_no_motion_at_zero_and_mirrors_exactly(tmp_path):
+    """A clip and its mirror image, each written as the release writes flow (per-image min-max):
+    the centered view of the mirror is the flipped centered view with u negated, which is what
+    the horizontal flip of the augmentation does; the minmax view is not."""
+    from dataclasses import replace
+
+    from merkit.config import ViewsConfig
+    from merkit.preprocess.pipeline import build_views
+    from merkit.views import ViewSpec
+
+    rng = np.random.default_rng(0)
+    u, v = np.zeros((28, 28)), np.zeros((28, 28))
+    u[5:12, 4:10] = 1.5 + rng.random((7, 6))  # an asymmetric movement on a still face
+    v[18:24, 14:20] = -2.0 - rng.random((6, 6))
+    strain = np.abs(np.gradient(u, axis=1)) + np.abs(np.gradient(v, axis=0)) + 0.01 * rng.random((28, 28))
+    _write_flow_png(tmp_path / "clip.png", [u, v, strain])
+    _write_flow_png(tmp_path / "mirror.png", [-u[:, ::-1], v[:, ::-1], strain[:, ::-1]])
+    root = build_megc2019_flow(tmp_path / "release", megc2019_flow_rows()[:1], crops=False)
+    sample = load_dataset("megc2019-flow", root).samples[0]
+    mirror = replace(sample, meta={**sample.meta, "flow_image": str(tmp_path / "mirror.png")})
+    sample = replace(sample, meta={**sample.meta, "flow_image": str(tmp_path / "clip.png")})
+    spec = [ViewSpec("flow", (28, 28), 3)]
+
+    def view(s, encoding):
+        return build_views(s, spec, ViewsConfig(release_flow=encoding))["flow"]
+
+    minmax, centered = view(sample, "minmax"), view(sample, "centered")
+    np.testing.assert_allclose(minmax, read_flow_image(tmp_path / "clip.png"))
+    assert np.median(centered[0]) == 0 and np.median(centered[1]) == 0
+    np.testing.assert_allclose(centered[0][u == 0], 0, atol=1e-6)  # the still face is 0
+    np.testing.assert_allclose(centered[:2], minmax[:2] - np.median(minmax[:2], axis=(1, 2), keepdims=True))
+    np.testing.assert_array_equal(centered[2], minmax[2])  # strain as released
+    flipped = centered[:, :, ::-1].copy()
+    flipped[0] *= -1
+    np.testing.assert_allclose(view(mirror, "centered"), flipped, atol=1 / 255)
+    wrong = minmax[:, :, ::-1].copy()
+    wrong[0] *= -1
+    assert np.abs(view(mirror, "minmax") - wrong).max() > 0.5  # negating the minmax u is no mirror
+    assert view(sample, "centered").shape == (3, 28, 28)
+    resized = build_views(sample, [ViewSpec("flow", (32, 32), 3)], ViewsConfig(release_flow="centered"))["flow"]
+    assert resized.shape == (3, 32, 32) and abs(np.median(resized[0])) < 1e-6
+
+
+def test_flips_of_a_released_minmax_flow_are_refused(tmp_path):
+    from merkit.config import config_from_dict
+    from merkit.data.protocols import get_protocol
+    from merkit.errors import ConfigError
+    from merkit.train.loso import run_loso
+
+    rows = [r for r in megc2019_flow_rows() if r["sub"] in ("sub01", "s01")]
+    samples = apply_protocol(load_dataset("megc2019-flow", build_megc2019_flow(tmp_path / "r", rows)).samples,
+                             "megc2019-3")
+    raw = {"model": {"name": "logreg", "image_size": 28, "view": "flow"},
+           "train": {"epochs": 1, "augment": {"hflip": True}}}
+    with pytest.raises(ConfigError, match="release_flow: centered"):
+        run_loso(samples, get_protocol("megc2019-3"), config_from_dict(raw), tmp_path / "a")
+    metrics = run_loso(samples, get_protocol("megc2019-3"), config_from_dict({**raw, "views": {"release_flow": "centered"}}),
+                       tmp_path / "b")
+    assert metrics["n_samples"] == len(samples)

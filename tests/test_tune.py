@@ -141,3 +141,96 @@ def test_parallel_outer_folds_give_the_same_run(synth_samples, tmp_path):
     two = run_nested(synth_samples, protocol, config, grid, tmp_path / "two", inner="kfold", inner_folds=2,
                      fold_workers=2)
     assert one["selection"]["chosen"] == two["selection"]["chosen"] and one["uf1"] == two["uf1"]
+
+
+def test_selection_groups_spread_every_source_dataset():
+    from merkit.data.sample import FrameSource, Sample
+    from merkit.train.tune import split_selection_groups
+
+    counts = {"casme2": 24, "samm": 28, "smic": 16}  # the composite's subjects per source
+    samples = [Sample(dataset=d, subject=f"{k:02d}", clip_id=f"c{c}", frames=FrameSource((), ()), onset_frame=0,
+                      apex_frame=None, offset_frame=0, emotion="negative")
+               for d, n in counts.items() for k in range(n) for c in range(2)]
+    for groups in (2, 3):
+        assignment = split_selection_groups(samples, groups, seed=0)
+        assert sorted(assignment) == sorted({s.group for s in samples})
+        sizes = np.bincount(list(assignment.values()), minlength=groups)
+        assert sizes.max() - sizes.min() <= 1
+        for dataset, n in counts.items():
+            per_group = np.bincount([g for s, g in assignment.items() if s.startswith(dataset)], minlength=groups)
+            assert per_group.max() - per_group.min() <= 1 and per_group.sum() == n
+    assert split_selection_groups(samples, 2, seed=0) == split_selection_groups(samples, 2, seed=0)
+    assert split_selection_groups(samples, 2, seed=0) != split_selection_groups(samples, 2, seed=1)
+    for bad in (1, 69):
+        with pytest.raises(ConfigError, match="between 2 and the 68 subjects"):
+            split_selection_groups(samples, bad, seed=0)
+
+
+def test_selection_groups_never_let_a_test_subject_influence_its_own_choice(synth_samples, tmp_path, monkeypatch):
+    """With two selection groups the grid is scored twice, each time on the other group's subjects
+    only; changing only sub01's labels leaves the choice for sub01's group (and for the fold testing
+    sub01) exactly as it was, while the other group, which chose on sub01, sees the change."""
+    from merkit.train.tune import split_selection_groups
+
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    membership = split_selection_groups(synth_samples, 2, seed=config.seed)
+    own = membership["synthme/sub01"]
+    seen: list[set[str]] = []
+    original_choose = tune.choose_point
+
+    def recording(samples, *args, **kwargs):
+        seen.append({s.group for s in samples})
+        return original_choose(samples, *args, **kwargs)
+
+    monkeypatch.setattr(tune, "choose_point", recording)
+    first = run_nested(synth_samples, protocol, config, GRID, tmp_path / "a", inner="kfold", inner_folds=2,
+                       selection_groups=2)
+    assert seen == [{g for g, k in membership.items() if k != group} for group in (0, 1)]  # one choice per group
+    relabelled = [replace(s, label=(s.label + 1) % 5) if s.subject == "sub01" else s for s in synth_samples]
+    run_nested(relabelled, protocol, config, GRID, tmp_path / "b", inner="kfold", inner_folds=2, selection_groups=2)
+
+    def group_choice(run, group):
+        record = json.loads((tmp_path / run / "selection" / f"group{group}.json").read_text())
+        return {k: record[k] for k in ("index", "point", "scores", "subjects", "choosers")}
+
+    assert group_choice("a", own) == group_choice("b", own)
+    assert "synthme/sub01" in group_choice("a", own)["subjects"] and "synthme/sub01" not in group_choice("a", own)["choosers"]
+    assert len({s["uf1"] for s in group_choice("a", own)["scores"]}) > 1  # the points really score differently
+    assert group_choice("a", 1 - own)["scores"] != group_choice("b", 1 - own)["scores"]
+    fold = [json.loads((tmp_path / r / "folds" / "sub01" / "choice.json").read_text()) for r in "ab"]
+    assert fold[0] == fold[1] and fold[0]["selection_group"] == own
+    selection = first["selection"]
+    assert selection["policy"] == "nested" and selection["selection_groups"] == 2
+    assert "2 selection groups" in selection["description"] and "other groups only" in selection["description"]
+    assert [g["subjects"] for g in selection["groups"]] == [sorted(g for g, k in membership.items() if k == i)
+                                                             for i in (0, 1)]
+    for name, point in selection["chosen"].items():
+        assert point == selection["groups"][membership[f"synthme/{name}"]]["point"]
+    import yaml
+
+    recorded = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())
+    assert recorded["tune"] == {"grid": GRID, "inner": "kfold", "inner_folds": 2, "selection_groups": 2}
+
+
+def test_selection_groups_resume_refuse_another_setting_and_run_in_parallel(synth_samples, tmp_path, monkeypatch):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    grid = {"train.lr": [0.3, 0.01]}
+    kwargs = {"inner": "kfold", "inner_folds": 2, "selection_groups": 2}
+    first = run_nested(synth_samples, protocol, config, grid, tmp_path / "run", **kwargs)
+    parallel = run_nested(synth_samples, protocol, config, grid, tmp_path / "parallel", fold_workers=2, **kwargs)
+    assert parallel["selection"] == first["selection"] and parallel["uf1"] == first["uf1"]
+    for fold in (tmp_path / "run" / "folds").iterdir():  # an interrupted run: folds lost, group choices kept
+        (fold / "predictions.csv").unlink()
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a recorded group choice was made again")
+
+    monkeypatch.setattr(tune, "choose_point", refuse)
+    assert run_nested(synth_samples, protocol, config, grid, tmp_path / "run", **kwargs) == first
+    with pytest.raises(ConfigError, match="selection group of another run|another run"):
+        run_nested(synth_samples, protocol, config, grid, tmp_path / "run", inner="kfold", inner_folds=2,
+                   selection_groups=3)
+    with pytest.raises(ConfigError, match="between 2 and the 4 subjects"):
+        run_nested(synth_samples, protocol, config, grid, tmp_path / "other", selection_groups=5)

@@ -185,7 +185,7 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
         PreprocessError: a view cannot be built (message names the sample and the step).
     """
     if sample.meta.get("precomputed_views"):
-        return _precomputed_views(sample, specs)
+        return _precomputed_views(sample, specs, config)
     course = load_course(sample, config, full=any(spec.name in SEQUENCE_VIEWS for spec in specs))
     onset, apex = course.frames[0], course.frames[course.apex]
     views: dict[str, np.ndarray] = {}
@@ -241,13 +241,15 @@ def release_views(shipped: Sequence[str]) -> set[str]:
     return available | {name for name, sources in DERIVED_VIEWS.items() if available.issuperset(sources)}
 
 
-def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec]) -> dict[str, np.ndarray]:
+def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) -> dict[str, np.ndarray]:
     """Views a release ships ready-made (the MEGC2019 flow format: ``flow`` and ``apex`` images),
     and the views derived from them (:data:`DERIVED_VIEWS`).
 
     The released flow image is per-image min-max scaled to [0, 1] (see
-    :func:`merkit.data.megc2019.read_flow_image`); it is resized to the spec's size if needed.
-    ``flow_regions`` cuts that flow around the facial points of the apex crop.
+    :func:`merkit.data.megc2019.read_flow_image`); with ``config.release_flow == "centered"`` its
+    u and v channels are shifted by their median (:func:`center_release_flow`). It is resized to
+    the spec's size if needed. ``flow_regions`` cuts that flow around the facial points of the
+    apex crop.
     """
     from merkit.data.megc2019 import read_flow_image
     from merkit.data.sample import read_image
@@ -261,6 +263,8 @@ def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec]) -> dict[str, n
             )
         if spec.name in ("flow", "flow_regions"):
             flow = read_flow_image(sample.meta["flow_image"])
+            if config.release_flow == "centered":
+                flow = center_release_flow(flow)
             if flow.shape[1:] != tuple(spec.size):
                 h, w = spec.size
                 flow = cv2.resize(flow.transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
@@ -273,6 +277,26 @@ def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec]) -> dict[str, n
         else:
             views[spec.name] = to_image_view(read_image(sample.meta[f"{spec.name}_image"]), spec.size, spec.channels)
     return views
+
+
+def center_release_flow(flow: np.ndarray) -> np.ndarray:
+    """A released min-max scaled flow image with u and v shifted so that their median is 0.
+
+    Per-image min-max scaling puts no motion at a different level in every image; the median
+    pixel of a face does not move with the expression, so after the shift 0 is no motion. The
+    shift commutes with the release's scaling of a mirrored clip: the release holds ``1 - u`` for
+    the mirrored u, and ``(1 - u) - median(1 - u) = -(u - median(u))``, so negating the centered u
+    (what a horizontal flip does) gives exactly the centered view of the mirrored clip.
+
+    Args:
+        flow: ``(3, H, W)`` u, v, strain in [0, 1].
+
+    Returns:
+        ``(3, H, W)`` float32: u and v in [-1, 1] with median 0, strain unchanged.
+    """
+    centered = np.array(flow, dtype=np.float32, copy=True)
+    centered[:2] -= np.median(centered[:2].reshape(2, -1), axis=1)[:, None, None]
+    return centered
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

@@ -59,7 +59,7 @@ from merkit.train.device import configure_determinism, cpu_state_dict, place_vie
 from merkit.train.executors import Executor, LocalExecutor
 from merkit.train.progress import FoldProgress
 from merkit.train.trainer import History, Views, fit, predict_proba, subset, to_tensors
-from merkit.views import CHANNEL_VIEWS, VIEWS
+from merkit.views import AUGMENTED_VIEWS, CHANNEL_VIEWS, FLOW_VIEWS, VIEWS
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ def run_loso(
                           "that every node sees at the same path")
     fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
     specs = input_spec(config.model_name, **config.model_kwargs)
-    check_views_config(specs, config, model_class(config.model_name))
+    check_views_config(specs, config, model_class(config.model_name), samples)
     pretrain = pretrain_overlap(config, samples, allow=allow_pretrain_overlap)
     determinism = configure_determinism(config.train.deterministic)
     settings = _config_sha1(config)
@@ -365,10 +365,26 @@ def pretrain_overlap(config: RunConfig, samples: Sequence[Sample], *, allow: boo
             "leaking": bool(overlap)}
 
 
-def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type | None = None) -> None:
-    """The ``views`` section's optional size/channels/num_frames must agree with the input spec, and
-    ``sampling: all`` (padded sequences) needs a model that reads ``<view>_mask`` (its
-    ``takes_padded_sequences``; checked when ``model``, a model or its class, is given)."""
+def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type | None = None,
+                       samples: Sequence[Sample] = ()) -> None:
+    """The ``views`` section's optional size/channels/num_frames must agree with the input spec;
+    ``sampling: all`` (padded sequences) needs a model that reads ``<view>_mask``; flips must not
+    be applied to a released min-max scaled flow.
+
+    A flip negates u (horizontal) or v (vertical), which mirrors a flow whose 0 is no motion. The
+    MEGC2019 flow release is min-max scaled per image (no motion is not 0): a negated channel
+    would leave the range the model was shown, so with ``views.release_flow: minmax`` flips of a
+    released flow view are refused (``centered`` makes them exact).
+
+    Args:
+        specs: the model's input spec. config: the run config.
+        model: the model or its class (its ``takes_padded_sequences`` is checked); None: not checked.
+        samples: the run's samples (a release is recognised by ``meta["precomputed_views"]``).
+
+    Raises:
+        ConfigError: a disagreement, padded sequences for a model without a mask, or a flip of a
+            released min-max flow.
+    """
     v = config.views
     if model is not None and v.sampling == "all" and not getattr(model, "takes_padded_sequences", False):
         raise ConfigError(f"views.sampling 'all' pads clips to the view length, but model {config.model_name!r} does "
@@ -380,6 +396,14 @@ def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type |
             raise ConfigError(f"views.channels {v.channels} disagrees with the model's {spec.name} view ({spec.channels})")
         if v.num_frames is not None and spec.length is not None and v.num_frames != spec.length:
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
+    augment = config.train.augment
+    flipped = [s.name for s in specs if s.name in FLOW_VIEWS and s.name in AUGMENTED_VIEWS]
+    released = any("flow" in s.meta.get("precomputed_views", ()) for s in samples)
+    if released and flipped and (augment.hflip or augment.vflip) and v.release_flow == "minmax":
+        raise ConfigError(
+            f"train.augment flips the {flipped[0]} view, which negates u (hflip) or v (vflip); the released flow "
+            "images are min-max scaled per image, so no motion is not 0 and a negated channel is no mirror image: "
+            "set views.release_flow: centered (u and v minus their median; flips are then exact) or turn the flips off")
 
 
 def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.nn.Module:
@@ -414,7 +438,7 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     configure_determinism(config.train.deterministic)
     classes = list(protocol.classes)
     specs = input_spec(config.model_name, **config.model_kwargs)
-    check_views_config(specs, config, model_class(config.model_name))
+    check_views_config(specs, config, model_class(config.model_name), samples)
     if cache_dir is not None:
         make_output_dir(cache_dir, "view cache")
     make_output_dir(out, "pre-training folder")

@@ -47,6 +47,22 @@ def subset(views: Views, index: np.ndarray | torch.Tensor) -> Views:
     return {k: v[index] for k, v in views.items()}
 
 
+def epoch_order(labels: torch.Tensor, sampler: str, generator: torch.Generator, copies: int = 1) -> torch.Tensor:
+    """Positions drawn for one epoch, ``(N * copies,)`` for ``N = len(labels)``: position ``p`` is
+    clip ``p % N`` in its offline copy ``p // N`` (``copies`` = 1 without offline expansion).
+
+    ``shuffle``: a random permutation. ``balanced``: ``N * copies`` draws with replacement, clip
+    ``i`` with probability ``1 / (K * count(labels[i]))`` for the ``K`` classes present, so every
+    class is drawn equally often on average. Draws use the CPU ``generator`` whatever the device.
+    """
+    n = len(labels) * copies
+    if sampler == "shuffle":
+        return torch.randperm(n, generator=generator)
+    _, inverse, counts = torch.unique(labels.cpu(), return_inverse=True, return_counts=True)
+    weights = (1.0 / counts[inverse].double()).repeat(copies)
+    return torch.multinomial(weights, n, replacement=True, generator=generator)
+
+
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "adamw":
@@ -115,7 +131,8 @@ def fit(
         model: a registered merkit model (its ``loss`` is minimised).
         views: view name -> ``(N, ...)`` tensors.
         labels: ``(N,)`` class indices.
-        config: optimiser, schedule, batch size, augmentation, precision (``amp``).
+        config: optimiser, schedule, batch size, sampler (shuffled or class-balanced epochs),
+            augmentation, precision (``amp``).
         seed: seeds shuffling and augmentation.
         validate: called after every epoch with the model in eval mode; returns a score
             (higher is better). When given, the best epoch's weights are restored at the end.
@@ -144,7 +161,7 @@ def fit(
     augmenting = config.augment != AugmentConfig()  # without augmentation a batch is a plain slice of the views
     for epoch in range(config.epochs):
         model.train()
-        order = torch.randperm(n * len(copies), generator=generator)
+        order = epoch_order(labels, config.sampler, generator, copies=len(copies))
         total, seen = 0.0, 0
         for start in range(0, len(order), config.batch_size):
             expanded = order[start : start + config.batch_size]

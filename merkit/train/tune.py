@@ -13,6 +13,14 @@ Inner schemes (``inner``):
 * ``kfold``: ``inner_folds`` subject-grouped folds (every subject's clips in one fold; subjects
   shuffled by the run seed, then dealt out in turn so fold sizes differ by at most one subject).
 
+Selection groups (``selection_groups = g``), a cheaper scheme that is just as honest: the
+subjects are dealt into ``g`` groups (shuffled by the run seed, each source dataset of a
+composite spread over the groups, :func:`split_selection_groups`); for the test subjects of group
+``i`` the grid is scored once, by the inner scheme on the subjects of the *other* groups only
+(a subset of the training subjects of each of those outer folds), and the chosen point is
+trained per outer LOSO fold as usual. A test subject never influences its own choice; the grid
+costs ``g`` choices instead of one per outer fold (68 on the MEGC2019 composite).
+
 Score of a grid point: UF1 of the inner predictions pooled over its inner folds (the MEGC
 convention), ties broken by pooled UAR, then by grid order. Inside every fit the model after the
 last epoch is used (``selection: last``; put ``train.epochs`` in the grid to choose the budget).
@@ -23,8 +31,10 @@ model and training settings, not the views (every point must read the same views
 
 Run directory: the one of :mod:`merkit.train.loso` (``config.yaml`` with a ``tune`` section,
 ``predictions.csv``, ``metrics.json`` whose ``selection`` says ``nested``, the grid, the inner
-scheme and the point chosen for every outer fold, ``folds/<subject>/`` with ``choice.json``);
-an interrupted run resumes from its completed outer folds.
+scheme and the point chosen for every outer fold, ``folds/<subject>/`` with ``choice.json``;
+with selection groups also ``selection/group<i>.json``: the group's subjects, the subjects
+that chose and every point's inner scores); an interrupted run resumes from its completed
+outer folds and group choices.
 """
 
 from __future__ import annotations
@@ -44,7 +54,7 @@ import torch
 from merkit.config import RunConfig, config_from_dict, dump_config, result_settings
 from merkit.data.protocols import Protocol
 from merkit.data.sample import Sample
-from merkit.errors import ConfigError
+from merkit.errors import ConfigError, LeakageError
 from merkit.eval.metrics import RUN_FACTS_FILE, evaluate_run, unweighted_average_recall, unweighted_f1, write_predictions
 from merkit.models.registry import input_spec
 from merkit.outputs import make_output_dir
@@ -133,6 +143,36 @@ def inner_splits(samples: Sequence[Sample], scheme: InnerScheme, folds: int, see
     return splits
 
 
+def split_selection_groups(samples: Sequence[Sample], groups: int, seed: int) -> dict[str, int]:
+    """Deal the subjects of ``samples`` into ``groups`` selection groups.
+
+    The subjects of each source dataset (in sorted dataset order) are shuffled by ``seed`` and
+    dealt out in turn, the deal continuing from one dataset to the next, so every dataset is
+    spread over the groups and group sizes differ by at most one subject.
+
+    Returns:
+        subject group (``Sample.group``, ``dataset/subject``) -> selection group in ``[0, groups)``.
+
+    Raises:
+        ConfigError: ``groups`` below 2 or above the number of subjects.
+    """
+    by_dataset: dict[str, list[str]] = {}
+    for group in sorted({s.group for s in samples}):
+        by_dataset.setdefault(group.split("/", 1)[0], []).append(group)
+    count = sum(len(v) for v in by_dataset.values())
+    if not 2 <= groups <= count:
+        raise ConfigError(f"selection groups: expected between 2 and the {count} subjects, got {groups}")
+    rng = np.random.default_rng(seed)
+    assignment: dict[str, int] = {}
+    position = 0
+    for dataset in sorted(by_dataset):
+        subjects = by_dataset[dataset]
+        for index in rng.permutation(len(subjects)):
+            assignment[subjects[index]] = position % groups
+            position += 1
+    return assignment
+
+
 @dataclass(frozen=True)
 class Choice:
     """The outcome of :func:`choose_point` on one outer fold's training subjects.
@@ -187,19 +227,28 @@ def choose_point(samples: Sequence[Sample], views: Views, labels: torch.Tensor, 
     return Choice(best, dict(points[best]), scores)
 
 
-def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int) -> dict[str, Any]:
+def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int,
+                       groups: int | None = None) -> dict[str, Any]:
     """The ``selection`` entry of a nested run's ``metrics.json`` (without the chosen points)."""
-    scheme = "inner LOSO over the training subjects" if inner == "loso" else \
-        f"inner subject-grouped {inner_folds}-fold cross-validation over the training subjects"
-    return {
+    scheme = "inner LOSO" if inner == "loso" else f"inner subject-grouped {inner_folds}-fold cross-validation"
+    description = {
         "policy": "nested",
         "grid": {k: list(v) for k, v in grid.items()},
         "inner": {"scheme": inner, "folds": inner_folds if inner == "kfold" else None},
         "score": "pooled inner UF1 (ties: pooled inner UAR, then grid order)",
-        "description": f"nested LOSO: for each outer test subject every grid point is scored by {scheme} of that "
-                       "fold; the best point is retrained on all training subjects (model after the last epoch) and "
-                       "evaluated once on the test subject, which never influences the choice",
+        "description": f"nested LOSO: for each outer test subject every grid point is scored by {scheme} over the "
+                       "training subjects of that fold; the best point is retrained on all training subjects (model "
+                       "after the last epoch) and evaluated once on the test subject, which never influences the choice",
     }
+    if groups is not None:
+        description["selection_groups"] = groups
+        description["description"] = (
+            f"nested LOSO with {groups} selection groups: the subjects are dealt into {groups} groups (shuffled by the "
+            "run seed, every source dataset spread over the groups); for the test subjects of group i every grid "
+            f"point is scored by {scheme} over the subjects of the other groups only (a subset of each such fold's "
+            "training subjects), and the best point is trained per LOSO fold on all of its training subjects (model "
+            "after the last epoch) and evaluated once on the test subject, which never influences its own choice")
+    return description
 
 
 def run_nested(
@@ -211,6 +260,7 @@ def run_nested(
     *,
     inner: InnerScheme = "kfold",
     inner_folds: int = 3,
+    selection_groups: int | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 1,
     fold_workers: int = 1,
@@ -225,20 +275,27 @@ def run_nested(
         grid: dotted config keys -> candidate values.
         run_dir: output folder; completed outer folds found there are reused.
         inner, inner_folds: the inner scheme.
+        selection_groups: None (a choice per outer fold, on its training subjects), or the
+            number ``g`` of selection groups (module doc): one choice per group, on the subjects
+            of the other groups.
         cache_dir, workers: view cache and preprocessing processes.
-        fold_workers: with the default local executor, outer folds tuned at once (one process
-            and thread each; results do not depend on it).
-        executor: runs the outer folds (default: ``LocalExecutor(fold_workers)``); a Ray
-            executor gets the views with the other shared inputs, once per worker.
+        fold_workers: with the default local executor, outer folds (or group choices) computed
+            at once (one process and thread each; results do not depend on it).
+        executor: runs the outer folds and the group choices (default:
+            ``LocalExecutor(fold_workers)``); a Ray executor gets the views with the other shared
+            inputs, once per worker.
         on_fold: callback ``(done, total, fold name)``.
 
     Returns:
         The metrics written to ``metrics.json``; ``selection`` holds the grid, the inner
-        scheme and ``chosen`` (outer fold -> point).
+        scheme and ``chosen`` (outer fold -> point); with selection groups also
+        ``selection_groups`` (g) and ``groups`` (per group: its subjects, the point chosen and
+        every point's inner scores).
 
     Raises:
         ConfigError: a bad grid, a point that changes the views, ``selection`` other than
-            ``last``, ``shuffle_labels``, or a run directory holding another run's folds.
+            ``last``, ``shuffle_labels``, a bad number of selection groups, or a run directory
+            holding another run's folds.
     """
     if config.selection.policy != "last":
         raise ConfigError("nested tuning scores every fit after its last epoch: set selection.policy to 'last' "
@@ -255,32 +312,45 @@ def run_nested(
         changed = apply_point(config, point)
         if input_spec(changed.model_name, **changed.model_kwargs) != specs or changed.views != config.views:
             raise ConfigError(f"grid point {point} changes the views the model reads; tune views in separate runs")
+        check_views_config(specs, changed, samples=samples)
     run_dir = Path(run_dir)
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
-    check_views_config(specs, config)
-    settings = {"config": result_settings(config), "grid": {k: list(v) for k, v in grid.items()},
-                "inner": inner, "inner_folds": inner_folds}
+    check_views_config(specs, config, samples=samples)
+    membership = split_selection_groups(samples, selection_groups, config.seed) if selection_groups is not None else None
+    if membership is not None:
+        choosers = len(membership) - max(np.bincount(list(membership.values())))
+        if choosers < (2 if inner == "loso" else inner_folds):
+            raise ConfigError(f"{selection_groups} selection groups leave {choosers} subjects to choose a group's point, "
+                              f"too few for inner {inner}" + (f" with {inner_folds} folds" if inner == "kfold" else ""))
+    tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
+    if selection_groups is not None:
+        tuning["selection_groups"] = selection_groups
+    settings = {"config": result_settings(config), **tuning}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         check_reusable(finished.parent, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
+    for finished in sorted((run_dir / "selection").glob("group*.json")):
+        _check_reusable_choice(finished, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
     fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
     if cache_dir is not None:
         make_output_dir(cache_dir, "view cache")
     make_output_dir(run_dir, "run directory")
-    dump_config(config, run_dir / "config.yaml", extra={
-        "protocol": {"name": protocol.name, "classes": classes},
-        "tune": {"grid": settings["grid"], "inner": inner, "inner_folds": inner_folds},
-    })
+    dump_config(config, run_dir / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes},
+                                                        "tune": tuning})
     builder = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers)
     kept, arrays = builder.build(list(samples))
     views = to_tensors(arrays)
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = loso_folds(kept)
-    log.info("nested LOSO: %d samples, %d outer folds, %d grid points, inner %s", len(kept), len(folds), len(points), inner)
+    log.info("nested LOSO: %d samples, %d outer folds, %d grid points, inner %s%s", len(kept), len(folds), len(points),
+             inner, f", {selection_groups} selection groups" if selection_groups else "")
     fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
-    shared = (kept, views, labels, classes, fold_config, points, inner, inner_folds, settings_sha1, Path(run_dir).absolute())
+    inputs = NestedInputs(kept, views, labels, classes, fold_config, points, inner, inner_folds, settings_sha1,
+                          Path(run_dir).absolute(), membership)
+    if membership is not None:
+        inputs.group_records = executor.map(_group_choice, list(range(selection_groups)), inputs)
     finished: list[int] = []
 
     def on_done(position: int, result: tuple) -> None:
@@ -288,13 +358,17 @@ def run_nested(
         if on_fold is not None:
             on_fold(len(finished), len(folds), folds[position].name)
 
-    results = executor.map(_nested_fold, list(enumerate(folds)), shared, on_done)
+    results = executor.map(_nested_fold, list(enumerate(folds)), inputs, on_done)
     write_predictions(pd.concat([table for table, _ in results], ignore_index=True), run_dir / "predictions.csv")
+    selection = nested_description(grid, inner, inner_folds, selection_groups) | {
+        "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}}
+    if inputs.group_records:
+        selection["groups"] = [{k: record[k] for k in ("group", "subjects", "point", "scores")}
+                               for record in inputs.group_records]
     facts = {
         "model": config.model_name,
         "label": f"{config.model_name} nested LOSO ({protocol.name})",
-        "selection": nested_description(grid, inner, inner_folds) | {
-            "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}},
+        "selection": selection,
         "apex_policy": config.views.apex_policy,
         "skipped": builder.skipped,
         "compute": {"executor": executor.describe(), "device": config.train.device, "amp": config.train.amp},
@@ -305,14 +379,76 @@ def run_nested(
     return metrics
 
 
-def _nested_fold(numbered_fold: tuple[int, Fold], shared: tuple) -> tuple[pd.DataFrame, dict]:
-    """One outer fold (the executors' function): ``shared`` holds what every outer fold needs."""
+def _check_reusable_choice(path: Path, matches: Callable[[dict], bool]) -> None:
+    if not matches(json.loads(path.read_text()).get("fingerprint", {})):
+        raise ConfigError(
+            f"{path} holds the choice of a selection group of another run (its config, grid, inner scheme, groups, "
+            "classes or clips differ): resuming would mix results; write this run to a new run directory")
+
+
+@dataclass
+class NestedInputs:
+    """What every outer fold and group choice of a nested run shares; an executor ships it once
+    to each worker. ``membership``: subject group -> selection group (None without selection
+    groups); ``group_records``: each selection group's choice, set before the outer folds run."""
+
+    samples: Sequence[Sample]
+    views: Views
+    labels: torch.Tensor
+    classes: list[str]
+    config: RunConfig
+    points: list[dict]
+    inner: InnerScheme
+    inner_folds: int
+    settings_sha1: str
+    run_dir: Path
+    membership: dict[str, int] | None = None
+    group_records: list[dict] | None = None
+
+
+def _group_choice(group: int, inputs: NestedInputs) -> dict:
+    """The choice of selection group ``group`` (an executors' function): :func:`choose_point` on
+    the other groups' subjects, or the one recorded in ``selection/group<group>.json``."""
+    samples, views, labels, config = inputs.samples, inputs.views, inputs.labels, inputs.config
+    configure_determinism(config.train.deterministic)
+    group_of = np.array([inputs.membership[s.group] for s in samples])
+    chooser_index = np.flatnonzero(group_of != group)
+    members = sorted(g for g, k in inputs.membership.items() if k == group)
+    classes, path = inputs.classes, inputs.run_dir / "selection" / f"group{group}.json"
+    fingerprint_settings = inputs.settings_sha1
+    choosers = [samples[i] for i in chooser_index]
+    if {s.group for s in choosers} & set(members):
+        raise LeakageError(f"selection group {group}: its own subjects are among those that choose its point")
+    clips = json.dumps([[s.sample_id, int(labels[i])] for s, i in zip(choosers, chooser_index)])
+    fingerprint = {"settings_sha1": fingerprint_settings, "classes": classes, "subjects": members,
+                   "choosers_sha1": hashlib.sha1(clips.encode()).hexdigest()}
+    if path.is_file():
+        _check_reusable_choice(path, lambda recorded: recorded == fingerprint)
+        log.info("selection group %d: reusing %s", group, path)
+        return json.loads(path.read_text())
+    choice = choose_point(choosers, subset(views, chooser_index), labels[chooser_index], config, inputs.points, classes,
+                          inner=inputs.inner, inner_folds=inputs.inner_folds, seed=config.seed * 1000 + group)
+    record = {"group": group, "subjects": members, "choosers": sorted({s.group for s in choosers}),
+              "index": choice.index, "point": choice.point, "scores": choice.scores, "fingerprint": fingerprint}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    log.info("selection group %d (%d subjects): chose %s (inner UF1 %.3f on %d other subjects)", group, len(members),
+             choice.point, choice.scores[choice.index]["uf1"], len(record["choosers"]))
+    return record
+
+
+def _nested_fold(numbered_fold: tuple[int, Fold], inputs: NestedInputs) -> tuple[pd.DataFrame, dict]:
+    """One outer fold (an executors' function)."""
     number, fold = numbered_fold
-    samples, views, labels, classes, config, points, inner, inner_folds, settings_sha1, run_dir = shared
+    samples, views, labels, classes, config = inputs.samples, inputs.views, inputs.labels, inputs.classes, inputs.config
+    points, inner, inner_folds, settings_sha1 = inputs.points, inputs.inner, inputs.inner_folds, inputs.settings_sha1
     configure_determinism(config.train.deterministic)
     # copies: index arrays arrive read-only from Ray's object store, and torch warns on those
     fold = replace(fold, train_index=np.array(fold.train_index), test_index=np.array(fold.test_index))
-    fold_dir = run_dir / "folds" / fold.name
+    fold_dir = inputs.run_dir / "folds" / fold.name
+    group_record = inputs.group_records[inputs.membership[fold.test_group]] if inputs.membership is not None else None
     training = json.dumps([[samples[i].sample_id, int(labels[i])] for i in fold.train_index])
     fingerprint = {"settings_sha1": settings_sha1, "classes": classes,
                    "train_sha1": hashlib.sha1(training.encode()).hexdigest(),
@@ -324,15 +460,20 @@ def _nested_fold(numbered_fold: tuple[int, Fold], shared: tuple) -> tuple[pd.Dat
     test_samples = [samples[i] for i in fold.test_index]
     assert_disjoint(train_samples, test_samples)
     seed = config.seed * 1000 + number  # the plain LOSO fold seed: a one-point grid gives run_loso's predictions
-    # the choice sees the training subjects only
-    choice = choose_point(train_samples, subset(views, fold.train_index), labels[fold.train_index], config, points,
-                          classes, inner=inner, inner_folds=inner_folds, seed=seed)
-    chosen_config = apply_point(config, choice.point)
+    if group_record is None:  # the choice sees the training subjects only
+        choice = choose_point(train_samples, subset(views, fold.train_index), labels[fold.train_index], config, points,
+                              classes, inner=inner, inner_folds=inner_folds, seed=seed)
+        record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
+    else:  # chosen by the other selection groups, all of them training subjects of this fold
+        if fold.test_group in group_record["choosers"]:
+            raise LeakageError(f"fold {fold.name}: its test subject helped choose its selection group's point")
+        record = {"index": group_record["index"], "point": group_record["point"], "scores": group_record["scores"],
+                  "selection_group": group_record["group"]}
+    chosen_config = apply_point(config, record["point"])
     model, probabilities = _train_and_predict(chosen_config, classes, views, labels, fold.train_index, fold.test_index,
                                               seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, chosen_config, classes, fold_dir / "model.pt", trained_on=trained_on(train_samples))
-    record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
     table = pd.DataFrame({
         "sample_id": [s.sample_id for s in test_samples],
@@ -345,6 +486,6 @@ def _nested_fold(numbered_fold: tuple[int, Fold], shared: tuple) -> tuple[pd.Dat
     for k, name in enumerate(classes):
         table[f"p_{name}"] = probabilities[:, k]
     written = write_finished_fold(fold_dir, table, fingerprint)
-    log.info("fold %s: chose %s (inner UF1 %.3f), %d test samples, acc %.3f", fold.name, choice.point,
-             choice.scores[choice.index]["uf1"], len(table), float((table.y_true == table.y_pred).mean()))
+    log.info("fold %s: chose %s (inner UF1 %.3f), %d test samples, acc %.3f", fold.name, record["point"],
+             record["scores"][record["index"]]["uf1"], len(table), float((table.y_true == table.y_pred).mean()))
     return written, record
