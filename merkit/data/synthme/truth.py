@@ -20,7 +20,7 @@ Format: a zlib-compressed NumPy ``.npz`` (read with ``np.load``), for a clip of 
     quantised to 14 bits as ``q_t = 0`` where ``d_t = 0`` and ``clip(round(d_t * 16383), 1, 16383)``
     elsewhere (the background stays exactly the background), stored as ``q_0`` followed by the
     frame-to-frame differences ``q_t - q_{t-1}`` modulo 2^16: consecutive frames differ little,
-    so the differences compress about 5x better than the frames. Decode:
+    so the differences compress 4-5x better than the frames. Decode:
     ``d = np.cumsum(depth_steps, axis=0, dtype=np.uint16) / 16383``; the error is at most
     ``0.5 / 16383`` (3.1e-5) where ``d >= 1 / 16383`` and below ``1 / 16383`` elsewhere.
 """
