@@ -118,6 +118,7 @@ def test_synthme_depth_is_read_from_the_truth_file(synthme_root):
 
 
 def test_a_synthme_folder_without_truth_files_asks_to_regenerate_it(synthme_root, tmp_path):
+    import re
     import shutil
 
     from typer.testing import CliRunner
@@ -135,8 +136,8 @@ def test_a_synthme_folder_without_truth_files_asks_to_regenerate_it(synthme_root
     sample = load_dataset("synthme", old).samples[0]
     for spec, config in ((ViewSpec("depth_seq", (16, 16), length=3), ViewsConfig(depth="synthme")),
                          (ViewSpec("au", (0, 0), length=3), ViewsConfig(au="synthme"))):
-        with pytest.raises(DatasetError, match=rf"{sample.clip_id}: no SynthME ground-truth file synthme_truth.npz.*"
-                                               rf"`merkit synth --out {old}`"):
+        with pytest.raises(DatasetError, match=rf"{sample.clip_id}: no SynthME ground-truth file synthme_truth\.npz.*"
+                                               rf"`merkit synth --out {re.escape(str(old))}`"):
             build_views(sample, [spec], config)
     result = CliRunner().invoke(app, ["preprocess", "--dataset", "synthme", "--root", str(old), "--views", "depth_seq",
                                       "--config", "madv-net-synthme", "--size", "16", "--cache", str(tmp_path / "cache")])
