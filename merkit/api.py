@@ -218,12 +218,14 @@ def preprocess_specs(*, views: str | None, model: str | None, config: str | None
 def demo_samples(data_dir: str | Path) -> tuple[list[Sample], Protocol]:
     """The SynthME demo set (generated on first use, reused after), labelled by ``casme2-5``."""
     from merkit.data.synthetic import write_synthme
+    from merkit.data.synthme.truth import TRUTH_VERSION
 
     data_dir = Path(data_dir)
     stamp = data_dir / "demo.json"
-    if _read_json(stamp) != DEMO_DATA:  # missing, damaged or another set: generate
+    wanted = {**DEMO_DATA, "truth_version": TRUTH_VERSION}  # a set written before synthme_truth.npz is regenerated
+    if _read_json(stamp) != wanted:  # missing, damaged or another set: generate
         write_synthme(data_dir, **DEMO_DATA)
-        stamp.write_text(json.dumps(DEMO_DATA))
+        stamp.write_text(json.dumps(wanted))
     protocol = get_protocol(DEMO_PROTOCOL)
     return apply_protocol(load_dataset("synthme", data_dir).samples, protocol), protocol
 

@@ -290,11 +290,11 @@ def test_au_view_from_synthme_and_from_dlib(tmp_path):
     frames = FrameSource.from_dir(folder)
     sample = Sample(dataset="synthme", subject="sub01", clip_id=folder.name, frames=frames, onset_frame=clip.onset_frame,
                     apex_frame=clip.apex_frame, offset_frame=clip.offset_frame, emotion=clip.emotion,
-                    meta={"synthme": (str(root), 1, folder.name)})
+                    meta={"synthme_truth": str(folder / "synthme_truth.npz")})
     course = clip.frames[clip.onset : clip.offset + 1]
     positions = np.array([0, (clip.apex - clip.onset) // 2, clip.apex - clip.onset, len(course) - 1])
-    view = au.au_view(sample, course, positions, source="synthme")
-    truth = np.stack([clip.landmarks_at(clip.onset + p) for p in positions])
+    view = au.au_view(sample, course, positions, source="synthme")  # landmarks from the clip's synthme_truth.npz
+    truth = np.stack([clip.landmarks_at(clip.onset + p) for p in positions])  # landmarks of the re-rendered clip
     appearance = au.appearance_stream(course[positions], truth)
     np.testing.assert_allclose(view, au.au_vocab_intensities(au.au_stream(truth), appearance=appearance), atol=1e-6)
     assert view.shape == (4, len(au.AU_VOCAB)) and not view[0].any()

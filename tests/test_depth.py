@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from merkit.data.sample import FrameSource, Sample
-from merkit.errors import PreprocessError, WeightsNotFoundError
+from merkit.errors import DatasetError, PreprocessError, WeightsNotFoundError
 from merkit.preprocess import depth
 
 
@@ -90,30 +90,62 @@ def synthme_root(tmp_path_factory):
     return write_synthme(tmp_path_factory.mktemp("synthme"), subjects=1, clips_per_subject=1, size=64, fps=60.0, seed=2)
 
 
-def test_synthme_depth(synthme_root):
+def test_synthme_depth_is_read_from_the_truth_file(synthme_root):
+    from merkit.data.registry import load_dataset
     from merkit.data.synthetic import load_synth_clip
 
-    folder = next((synthme_root / "Cropped" / "sub01").iterdir())
-    clip = load_synth_clip(synthme_root, 1, folder.name)
-    stream = depth.synth_depth_clip(clip)
-    assert stream.shape == clip.frames.shape[:3] and 0.0 <= stream.min() and stream.max() <= 1.0
+    sample = load_dataset("synthme", synthme_root).samples[0]
+    clip = load_synth_clip(synthme_root, 1, sample.clip_id)
+    raw = np.stack([clip.depth_at(t) for t in range(len(clip.frames))])
+    truth = depth.synth_truth_of(sample)
+    np.testing.assert_array_equal(truth.frame_numbers, clip.frame_numbers)
+    assert np.abs(truth.depth - raw).max() <= 1 / 16383  # 14 bits (0.5 / 16383 where depth >= 1 / 16383)
+    np.testing.assert_array_equal(truth.depth > 0, raw > 0)  # the background stays exactly the background
+    stream = depth.normalise_depth(truth.depth, near="large")
     nose = np.round(clip.landmarks_at(0)[30]).astype(int)
     onset = stream[0]
     assert onset[0, 0] == 0.0  # background
     assert onset[nose[1], nose[0]] > 0.8 > onset[nose[1] - 10, nose[0] - 14]  # the nose tip is nearer than the cheek
-    # one map for the whole clip: the onset frame keeps the clip's scale
-    raw = np.stack([clip.depth_at(t) for t in range(len(clip.frames))])
-    np.testing.assert_allclose(stream, depth.normalise_depth(raw, near="large"))
 
-    sample = make_sample(FrameSource.from_dir(folder), None, subject="sub01", clip_id=folder.name,
-                         meta={"synthme": (str(synthme_root), 1, folder.name)})
-    numbers = clip.frame_numbers[[clip.onset, clip.apex]]
-    view = depth.depth_sequence(sample, numbers, size=(32, 32), source="synthme")
     positions = [clip.onset, clip.apex]
-    expected = [cv2.resize(s, (32, 32), interpolation=cv2.INTER_AREA) for s in depth.synth_depth_clip(clip, positions)]
-    np.testing.assert_allclose(view[:, 0], expected, atol=1e-6)
+    view = depth.depth_sequence(sample, clip.frame_numbers[positions], size=(32, 32), source="synthme")
+    exact = [cv2.resize(s, (32, 32), interpolation=cv2.INTER_AREA) for s in depth.normalise_depth(raw[positions], near="large")]
+    np.testing.assert_allclose(view[:, 0], exact, atol=2e-4)  # the view from the file = the re-rendered one
+    with pytest.raises(DatasetError, match="holds frames"):
+        depth.depth_sequence(sample, [clip.frame_numbers[-1] + 1], size=(32, 32), source="synthme")
     with pytest.raises(PreprocessError, match="needs a SynthME sample"):
-        depth.depth_sequence(make_sample(sample.frames, None), numbers, size=(32, 32), source="synthme")
+        depth.depth_sequence(make_sample(sample.frames, None), clip.frame_numbers[positions], size=(32, 32), source="synthme")
+
+
+def test_a_synthme_folder_without_truth_files_asks_to_regenerate_it(synthme_root, tmp_path):
+    import re
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from merkit.cli import app
+    from merkit.config import ViewsConfig
+    from merkit.data.registry import load_dataset
+    from merkit.preprocess.pipeline import build_views
+    from merkit.views import ViewSpec
+
+    old = tmp_path / "old"  # as written before the generator wrote synthme_truth.npz
+    shutil.copytree(synthme_root, old)
+    for file in old.rglob("synthme_truth.npz"):
+        file.unlink()
+    sample = load_dataset("synthme", old).samples[0]
+    for spec, config in ((ViewSpec("depth_seq", (16, 16), length=3), ViewsConfig(depth="synthme")),
+                         (ViewSpec("au", (0, 0), length=3), ViewsConfig(au="synthme"))):
+        with pytest.raises(DatasetError, match=rf"{sample.clip_id}: no SynthME ground-truth file synthme_truth\.npz.*"
+                                               rf"`merkit synth --out {re.escape(str(old))}`"):
+            build_views(sample, [spec], config)
+    result = CliRunner().invoke(app, ["preprocess", "--dataset", "synthme", "--root", str(old), "--views", "depth_seq",
+                                      "--config", "madv-net-synthme", "--size", "16", "--cache", str(tmp_path / "cache")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "no SynthME ground-truth file" in result.output and "merkit synth" in result.output
+    (old / "Cropped" / sample.subject / sample.clip_id / "synthme_truth.npz").write_bytes(b"PK\x03\x04 cut")
+    with pytest.raises(DatasetError, match="unreadable SynthME ground truth"):
+        build_views(sample, [ViewSpec("depth_seq", (16, 16), length=3)], ViewsConfig(depth="synthme"))
 
 
 def test_depth_anything_without_weights_says_what_to_supply(tmp_path):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -109,6 +111,28 @@ def test_two_workers_give_the_same_views(synth_samples):
 def test_synthme_samples_carry_the_generated_frame_rate(synth_samples):
     assert {s.fps for s in synth_samples} == {100.0}
     assert {s.dataset for s in synth_samples} == {"synthme"}
+
+
+def test_synthme_views_from_the_truth_files_equal_those_of_the_re_rendered_clips(synth_samples, monkeypatch):
+    """The depth and AU views read from synthme_truth.npz = those from load_synth_clip's exact
+    depth and landmarks (14-bit depth: 2e-4 after normalisation; float32 landmarks: 1e-5)."""
+    from merkit.data.synthme.truth import SynthTruth
+    from merkit.preprocess import depth
+
+    specs = [ViewSpec("depth_seq", (32, 32), length=6), ViewSpec("au", (0, 0), length=6)]
+    config = ViewsConfig(depth="synthme", au="synthme")
+    for sample in synth_samples[:3]:
+        clip = _clip(sample)
+        exact = SynthTruth(path=Path("re-rendered"), frame_numbers=clip.frame_numbers,
+                           landmarks=np.stack([clip.landmarks_at(t) for t in range(len(clip))]),
+                           depth=np.stack([clip.depth_at(t) for t in range(len(clip))]))
+        from_files = build_views(sample, specs, config)
+        with monkeypatch.context() as patch:
+            patch.setattr(depth, "read_truth", lambda path: exact)
+            re_rendered = build_views(sample, specs, config)
+        assert np.abs(from_files["depth_seq"] - re_rendered["depth_seq"]).max() <= 2e-4
+        np.testing.assert_allclose(from_files["au"], re_rendered["au"], atol=1e-5)
+        assert np.abs(re_rendered["au"]).max() > 0.01 and re_rendered["depth_seq"].max() > 0.9  # not empty views
 
 
 def test_single_map_views_read_only_onset_and_apex(synth_samples):

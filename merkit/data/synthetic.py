@@ -31,9 +31,11 @@ streams for AUs, timing, nuisances and noise, so changing a clip's emotion chang
 Same seed, same files, byte for byte.
 
 On disk (:func:`write_synthme`): ``Cropped/subNN/<Filename>/reg_img<N>.jpg`` with ``N`` from a
-random first number, ``CASME2-coding-synthme.xlsx`` (one sheet, CASME II columns) and
-``synthme.json`` (config, seed, per-clip parameters) from which :func:`load_synth_clip`
-re-renders any clip exactly.
+random first number, next to them ``synthme_truth.npz`` (every frame's depth and 68 landmarks,
+format in :mod:`merkit.data.synthme.truth`; what preprocessing reads),
+``CASME2-coding-synthme.xlsx`` (one sheet, CASME II columns) and ``synthme.json`` (config, seed,
+per-clip parameters) from which :func:`load_synth_clip` re-renders any clip exactly (tests and
+tools that need more than the files hold, e.g. the true flow).
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ from merkit.data.synthme.actions import (
     format_aus,
 )
 from merkit.data.synthme.face import REFERENCE_SIZE, FaceIdentity, ProceduralFace
+from merkit.data.synthme.truth import write_truth
 from merkit.errors import ConfigError, DatasetError, check_choice
 from merkit.outputs import make_output_dir
 
@@ -272,6 +275,7 @@ class SynthClip:
     _pivot: tuple[float, float] = field(repr=False)
     _expression: np.ndarray = field(repr=False)
     _encoded: list[bytes] = field(repr=False)
+    _depth: np.ndarray = field(repr=False)  # (T, H, W) float32, filled while rendering
 
     @property
     def peak_displacement(self) -> float:
@@ -321,10 +325,13 @@ class SynthClip:
         dx, dy = points[..., 0] - dtype(cx), points[..., 1] - dtype(cy)
         return np.stack([cos * dx - sin * dy + dtype(cx + tx), sin * dx + cos * dy + dtype(cy + ty)], axis=-1)
 
-    def _solve_forward(self, t: int, targets: np.ndarray) -> np.ndarray:
-        """Solve ``p = targets + s_t E(p)`` by fixed-point iteration; (..., 2) float64."""
-        strength = float(self.intensity[t])
-        if strength == 0.0 or len(self._field) == 0:
+    def _solve_forward(self, strength: float | np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Solve ``p = targets + s E(p)`` by fixed-point iteration; (..., 2) float64.
+
+        ``strength`` is ``s_t`` (a float) or one per leading entry of ``targets`` (shaped to
+        broadcast against it, e.g. (T, 1, 1) for (T, N, 2) targets of T frames).
+        """
+        if not np.any(strength) or len(self._field) == 0:
             return targets.copy()
         points = targets + strength * self._field.evaluate(targets[..., 0], targets[..., 1])
         for _ in range(200):
@@ -348,7 +355,7 @@ class SynthClip:
             (..., 2) float64 positions in frame ``t`` (head motion + AUs; blinks are not motion).
         """
         t = self._check_index(t)
-        return self._solve_forward(t, self._rigid(t, np.asarray(points, dtype=np.float64)))
+        return self._solve_forward(float(self.intensity[t]), self._rigid(t, np.asarray(points, dtype=np.float64)))
 
     def flow_at(self, t: int) -> np.ndarray:
         """True forward optical flow from the onset frame to frame ``t`` (AUs + head motion).
@@ -364,7 +371,7 @@ class SynthClip:
         """Forward flow from onset to frame ``t`` of the AUs alone (no head motion), (H, W, 2) float32."""
         t = self._check_index(t)
         grid = _pixel_grid(*self.frames.shape[1:3]).astype(np.float64)
-        return (self._solve_forward(t, grid) - grid).astype(np.float32)
+        return (self._solve_forward(float(self.intensity[t]), grid) - grid).astype(np.float32)
 
     def landmarks_at(self, t: int) -> np.ndarray:
         """Exact 68-point dlib-convention landmarks of frame ``t``, (68, 2) float32 (x, y) pixels.
@@ -374,6 +381,12 @@ class SynthClip:
         """
         t = self._check_index(t)
         return self.track(t, self._face.landmarks(float(self.blink[t]))).astype(np.float32)
+
+    def landmark_sequence(self) -> np.ndarray:
+        """:meth:`landmarks_at` of every frame, solved together (same tolerance), (T, 68, 2) float32."""
+        neutral = {closure: self._face.landmarks(closure) for closure in np.unique(self.blink).tolist()}
+        targets = np.stack([self._rigid(t, neutral[float(closure)]) for t, closure in enumerate(self.blink)])
+        return self._solve_forward(self.intensity[:, None, None], targets).astype(np.float32)
 
     def backward_map(self, t: int, points: np.ndarray | None = None) -> np.ndarray:
         """``M_t(p) = A_t^{-1}(p - s_t E(p))``: where frame ``t`` samples the neutral (= onset) face.
@@ -397,11 +410,14 @@ class SynthClip:
         return self._rigid(t, grid - np.float32(self.intensity[t]) * self._expression, inverse=True)
 
     def depth_at(self, t: int) -> np.ndarray:
-        """Depth of frame ``t`` (the neutral depth warped like the frame), (H, W) float32 in [0, 1],
-        nearer = larger, background 0."""
-        t = self._check_index(t)
-        maps = self._backward_map(t) + np.float32(self._face.pad)
-        return cv2.remap(self._face.depth, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        """Depth of frame ``t`` (the neutral depth warped like the frame, with the same map), (H, W)
+        float32 in [0, 1], nearer = larger, background 0."""
+        return self._depth[self._check_index(t)].copy()
+
+    def write_truth(self, folder: str | Path) -> Path:
+        """Write the clip's per-frame depth and landmarks to ``folder/synthme_truth.npz``
+        (format: :mod:`merkit.data.synthme.truth`); returns the file's path."""
+        return write_truth(folder, self.frame_numbers, self.landmark_sequence(), self._depth)
 
     def ground_truth(self) -> dict[str, Any]:
         """The clip's record in ``synthme.json`` (JSON-ready)."""
@@ -595,7 +611,7 @@ def generate_clip(
         filename=_clip_filenames(seed, subject_index, clip_index + 1)[clip_index],
         first_frame=first_frame, blink=blink, head_motion=head_motion, geometry=geometry,
         _face=face, _field=components, _pivot=geometry.face_center,
-        _expression=expression.astype(np.float32), _encoded=[],
+        _expression=expression.astype(np.float32), _encoded=[], _depth=np.zeros((n_frames, size, size), dtype=np.float32),
     )
 
     # render: backward warp of the (blinking) neutral face, illumination, noise, JPEG
@@ -608,7 +624,9 @@ def generate_clip(
     pad = np.float32(face.pad)
     for t in range(n_frames):
         source = neutral if blink[t] == 0 else face.render(float(blink[t]))
-        warped = cv2.remap(source, clip._backward_map(t) + pad, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        maps = clip._backward_map(t) + pad
+        warped = cv2.remap(source, maps, None, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+        clip._depth[t] = cv2.remap(face.depth, maps, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         gain_x, gain_y = np.float32(illumination[t, 1]), np.float32(illumination[t, 2])
         gain = np.float32(255.0 * (1.0 + illumination[t, 0])) * (1.0 + gain_x * relative_x + gain_y * relative_y)
         warped *= gain[..., None]
@@ -680,7 +698,9 @@ def write_synthme(
 ) -> Path:
     """Generate a SynthME dataset on disk, in the CASME II layout.
 
-    Writes ``out_dir/Cropped/subNN/<Filename>/reg_img<N>.jpg``,
+    Writes ``out_dir/Cropped/subNN/<Filename>/reg_img<N>.jpg`` and, per clip, the ground-truth
+    depth and landmarks of every frame in ``out_dir/Cropped/subNN/<Filename>/synthme_truth.npz``
+    (:mod:`merkit.data.synthme.truth`),
     ``out_dir/CASME2-coding-synthme.xlsx`` (columns :data:`CODING_COLUMNS`; Subject an integer,
     frame numbers = file numbers) and ``out_dir/synthme.json`` (format, seed, config and per-clip
     ground truth). A previous SynthME output in ``out_dir`` is replaced; other files are left.
@@ -718,6 +738,7 @@ def write_synthme(
             folder.mkdir(parents=True, exist_ok=True)
             for number, data in zip(clip.frame_numbers, clip._encoded):
                 (folder / f"reg_img{number}.jpg").write_bytes(data)
+            clip.write_truth(folder)
             records.append(clip.ground_truth())
             rows.append([clip.subject, clip.filename, clip.onset_frame, clip.apex_frame, clip.offset_frame,
                          clip.action_units, clip.emotion])

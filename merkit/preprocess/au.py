@@ -536,8 +536,8 @@ def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Litera
         frames: (N, H, W, 3) uint8 onset..offset course of the sample (``frames[0]`` = onset).
         positions: (T,) positions into ``frames``; the first is the onset.
         source: ``dlib``: landmarks tracked on ``frames[positions]`` (one detection on the
-            first); ``synthme``: SynthME's exact landmarks of the same frames (the clip is
-            re-rendered from the dataset's ``synthme.json``).
+            first); ``synthme``: SynthME's exact landmarks of the same frames (read from the
+            clip's ``synthme_truth.npz``, :mod:`merkit.data.synthme.truth`).
         transforms: (N, 2, 3) maps from the dataset's frames to ``frames`` (the face step's), so
             that ``synthme`` landmarks land on the cropped frames; None: no face step.
 
@@ -548,6 +548,7 @@ def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Litera
     Raises:
         FaceNotFoundError: ``dlib`` found no face on the first frame.
         ConfigError: unknown source.
+        DatasetError: ``synthme`` on a SynthME clip without its ground-truth file.
     """
     positions = np.asarray(positions)
     if source == "dlib":
@@ -555,10 +556,10 @@ def au_view(sample, frames: np.ndarray, positions: np.ndarray, *, source: Litera
 
         landmarks = track_landmarks(frames[positions], sample_id=sample.sample_id)
     elif source == "synthme":
-        from merkit.preprocess.depth import synth_clip_of
+        from merkit.preprocess.depth import synth_truth_of
 
-        clip, first = synth_clip_of(sample), sample.frames.position(sample.onset_frame)
-        landmarks = np.stack([clip.landmarks_at(first + int(p)) for p in positions])
+        truth = synth_truth_of(sample)
+        landmarks = truth.landmarks[truth.positions([sample.onset_frame])[0] + positions]
         if transforms is not None:
             from merkit.preprocess.face import apply_transform
 

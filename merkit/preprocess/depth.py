@@ -8,8 +8,8 @@ Three sources:
     8-bit single-channel PNG, or greyscale JPG. Values are sensor distances: small = near,
     0 = no measurement.
 ``synthme``
-    SynthME's ground-truth depth (:meth:`SynthClip.depth_at`; relative, near = large,
-    background 0).
+    SynthME's ground-truth depth, read from the clip's ``synthme_truth.npz`` that the generator
+    wrote (:mod:`merkit.data.synthme.truth`; relative, near = large, background 0; 14-bit).
 ``depth-anything:<weights dir>`` or ``depth-anything``
     Depth Anything (paper 002 uses it to turn RGB clips into "3D video") through Hugging Face
     ``transformers``, from a local checkpoint directory; relative inverse depth (near = large).
@@ -36,6 +36,7 @@ from typing import Literal, Sequence
 import cv2
 import numpy as np
 
+from merkit.data.synthme.truth import TRUTH_FILE, SynthTruth, read_truth
 from merkit.errors import ConfigError, MissingFramesError, PreprocessError, WeightsNotFoundError, check_choice
 
 log = logging.getLogger(__name__)
@@ -160,20 +161,6 @@ def read_depth_clip(
         raise PreprocessError(f"{Path(paths[0]).parent}: {error}") from None
 
 
-def synth_depth_clip(clip, positions: Sequence[int] | None = None) -> np.ndarray:
-    """SynthME ground-truth depth of a clip, normalised like every source.
-
-    Args:
-        clip: a ``SynthClip``.
-        positions: 0-based positions in ``clip.frames``; None: every frame.
-
-    Returns:
-        (T, H, W) float32 in [0, 1], 1 = nearest, background 0.
-    """
-    positions = range(len(clip.frames)) if positions is None else positions
-    return normalise_depth(np.stack([clip.depth_at(int(t)) for t in positions]), near="large")
-
-
 class DepthAnythingEstimator:
     """Depth Anything from a local Hugging Face checkpoint (``config.json``, weights and
     ``preprocessor_config.json``, e.g. a downloaded ``depth-anything-small-hf``).
@@ -247,29 +234,22 @@ def _estimator(weights_dir: str) -> DepthAnythingEstimator:
     return DepthAnythingEstimator(weights_dir)
 
 
-@functools.lru_cache(maxsize=8)
-def _load_synth_clip(root: str, subject: int, clip_id: str):
-    from merkit.data.synthetic import load_synth_clip
-
-    return load_synth_clip(root, subject, clip_id, verify=False)
-
-
-def synth_clip_of(sample):
-    """The ``SynthClip`` behind a SynthME sample (``sample.meta["synthme"]`` = (root, subject
-    number, clip id), set by the ``synthme`` loader), re-rendered from ``<root>/synthme.json``
-    and cached (8 clips per process).
+def synth_truth_of(sample) -> SynthTruth:
+    """The ground truth of a SynthME sample (every frame's depth and landmarks), read from the
+    clip's ``synthme_truth.npz`` (``sample.meta["synthme_truth"]``, set by the synthme loader).
 
     Raises:
         PreprocessError: the sample does not come from SynthME.
+        DatasetError: the file is missing (a SynthME folder written before merkit wrote it:
+            regenerate with ``merkit synth``) or unreadable.
     """
-    try:
-        root, subject, clip_id = sample.meta["synthme"]
-    except (KeyError, TypeError, ValueError):
+    path = sample.meta.get("synthme_truth")
+    if path is None:
         raise PreprocessError(
-            f"{sample.sample_id}: the 'synthme' source needs a SynthME sample (meta['synthme'] = "
-            "(root, subject, clip id), as the synthme loader sets it)"
-        ) from None
-    return _load_synth_clip(str(root), int(subject), str(clip_id))
+            f"{sample.sample_id}: the 'synthme' source needs a SynthME sample (meta['synthme_truth'] = the clip's "
+            f"{TRUTH_FILE}, as the synthme loader sets it)"
+        )
+    return read_truth(path)
 
 
 def depth_sequence(
@@ -306,7 +286,8 @@ def depth_sequence(
 
     Raises:
         PreprocessError: the sample has no depth frames for ``dataset``; ConfigError: unknown
-        source; WeightsNotFoundError: Depth Anything weights or transformers missing.
+        source; WeightsNotFoundError: Depth Anything weights or transformers missing;
+        DatasetError: a SynthME clip without its ground-truth file (``synthme``).
     """
     numbers = [int(n) for n in numbers]
     h, w = size
@@ -319,8 +300,8 @@ def depth_sequence(
             )
         depth = read_depth_clip([sample.depth.paths[sample.depth.position(n)] for n in numbers])
     elif source == "synthme":
-        clip = synth_clip_of(sample)
-        depth = synth_depth_clip(clip, [n - clip.first_frame for n in numbers])
+        truth = synth_truth_of(sample)
+        depth = normalise_depth(truth.depth[truth.positions(numbers)], near="large")
     elif source.startswith(DEPTH_ANYTHING_PREFIX):
         if frames is None:
             frames = np.stack([sample.frames.read(n) for n in numbers])

@@ -34,7 +34,7 @@ from merkit.views import SEQUENCE_VIEWS, ViewSpec
 
 log = logging.getLogger(__name__)
 
-PIPELINE_VERSION = 4  # 2: sampling "interpolate" interpolates the course; 3: <view>_mask and <view>_position; 4: magnify the course, then pick
+PIPELINE_VERSION = 4  # 2: sampling "interpolate" interpolates the course; 3: <view>_mask and <view>_position; 4: magnify the course, then pick; 5: SynthME depth/landmarks read from synthme_truth.npz (14-bit depth)
 
 
 @dataclass(frozen=True)
