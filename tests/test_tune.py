@@ -129,7 +129,43 @@ def test_resume_and_refusals(synth_samples, tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="selection.policy"):
         run_nested(synth_samples, protocol, config_from_dict({**LOGREG, "selection": {"policy": "val-split"}}), grid,
                    tmp_path / "other")
-    with pytest.raises(ConfigError, match="changes the views"):
+
+
+def test_grid_points_may_read_different_views(synth_samples, tmp_path, monkeypatch):
+    """A point that changes the views (here the input size) is scored and trained on its own
+    views: its inner scores and the predictions of the folds that chose it are those of a grid
+    holding that point alone."""
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    both = run_nested(synth_samples, protocol, config, {"model.image_size": [16, 8]}, tmp_path / "both",
+                      inner="kfold", inner_folds=2, selection_groups=2)
+    alone = run_nested(synth_samples, protocol, config, {"model.image_size": [8]}, tmp_path / "alone",
+                       inner="kfold", inner_folds=2, selection_groups=2)
+    for mixed, single in zip(both["selection"]["groups"], alone["selection"]["groups"]):
+        assert [s["point"] for s in mixed["scores"]] == [{"model.image_size": 16}, {"model.image_size": 8}]
+        assert mixed["scores"][1] == single["scores"][0]
+    a = pd.read_csv(tmp_path / "both" / "predictions.csv", dtype={"subject": str})
+    b = pd.read_csv(tmp_path / "alone" / "predictions.csv", dtype={"subject": str})
+    eight = [fold for fold, point in both["selection"]["chosen"].items() if point == {"model.image_size": 8}]
+    sixteen = sorted(set(both["selection"]["chosen"]) - set(eight))
+    assert eight and sixteen  # with this seed each group chose another size
+    for fold in eight:
+        np.testing.assert_array_equal(a[a.fold == fold].filter(like="p_").to_numpy(),
+                                      b[b.fold == fold].filter(like="p_").to_numpy())
+    for fold in sixteen:  # trained on the 16 px views: other probabilities than the 8 px model's
+        assert not np.allclose(a[a.fold == fold].filter(like="p_").to_numpy(),
+                               b[b.fold == fold].filter(like="p_").to_numpy())
+
+    build = tune.ViewBuilder.build
+
+    def drop_one_at_8px(self, samples, progress=None):
+        kept, arrays = build(self, samples, progress)
+        if self.specs[0].size == (8, 8):
+            return kept[1:], {name: array[1:] for name, array in arrays.items()}
+        return kept, arrays
+
+    monkeypatch.setattr(tune.ViewBuilder, "build", drop_one_at_8px)
+    with pytest.raises(ConfigError, match="keep different clips"):
         run_nested(synth_samples, protocol, config, {"model.image_size": [16, 8]}, tmp_path / "other")
 
 

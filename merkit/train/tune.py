@@ -27,7 +27,9 @@ last epoch is used (``selection: last``; put ``train.epochs`` in the grid to cho
 
 A grid maps dotted config keys to candidate values, e.g. ``{"train.lr": [1e-3, 1e-4],
 "model.dim": [32, 64]}``; its points are the Cartesian product in key order. Points may change
-model and training settings, not the views (every point must read the same views).
+model and training settings and the views they read (e.g. ``model.in_channels: [1, 3]`` or
+``views.release_flow``): the views are built once per distinct view setting of the grid, and
+every setting must keep the same clips (a point cannot win by dropping hard clips).
 
 Run directory: the one of :mod:`merkit.train.loso` (``config.yaml`` with a ``tune`` section,
 ``predictions.csv``, ``metrics.json`` whose ``selection`` says ``nested``, the grid, the inner
@@ -194,14 +196,16 @@ def _train_and_predict(config: RunConfig, classes: Sequence[str], views: Views, 
     return model, predict_proba(model, subset(views, predict_index))
 
 
-def choose_point(samples: Sequence[Sample], views: Views, labels: torch.Tensor, config: RunConfig,
+def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torch.Tensor, config: RunConfig,
                  points: Sequence[Mapping[str, Any]], classes: Sequence[str], *, inner: InnerScheme = "kfold",
                  inner_folds: int = 3, seed: int = 0) -> Choice:
     """Score every grid point by inner cross-validation on ``samples`` and pick the best.
 
     Args:
-        samples, views, labels: the outer fold's *training* samples only (views ``(N, ...)``,
-            labels ``(N,)``); nothing of the outer test subject is passed in.
+        samples, labels: the outer fold's *training* samples only (labels ``(N,)``); nothing of
+            the outer test subject is passed in.
+        views: per grid point, the views it reads of those samples (``(N, ...)`` each; points
+            with the same view setting share one object).
         config: the base config; each point is applied to it (:func:`apply_point`).
         points: the grid points (:func:`expand_grid`).
         classes: the protocol's classes.
@@ -214,12 +218,14 @@ def choose_point(samples: Sequence[Sample], views: Views, labels: torch.Tensor, 
     splits = inner_splits(samples, inner, inner_folds, seed)
     truth = labels.numpy()
     scores = []
-    for point in points:
+    if len(views) != len(points):
+        raise ValueError(f"choose_point: {len(views)} view sets for {len(points)} grid points")
+    for point, point_views in zip(points, views):
         point_config = apply_point(config, point)
         predicted = np.empty(len(samples), dtype=np.int64)
         for k, (fit_index, validation_index) in enumerate(splits):
-            _, probabilities = _train_and_predict(point_config, classes, views, labels, fit_index, validation_index,
-                                                  seed=seed * 100 + k)
+            _, probabilities = _train_and_predict(point_config, classes, point_views, labels, fit_index,
+                                                  validation_index, seed=seed * 100 + k)
             predicted[validation_index] = probabilities.argmax(1)
         scores.append({"point": dict(point), "uf1": unweighted_f1(truth, predicted, list(classes)),
                        "uar": unweighted_average_recall(truth, predicted, list(classes))})
@@ -293,9 +299,9 @@ def run_nested(
         every point's inner scores).
 
     Raises:
-        ConfigError: a bad grid, a point that changes the views, ``selection`` other than
-            ``last``, ``shuffle_labels``, a bad number of selection groups, or a run directory
-            holding another run's folds.
+        ConfigError: a bad grid, view settings of the grid that keep different clips,
+            ``selection`` other than ``last``, ``shuffle_labels``, a bad number of selection
+            groups, or a run directory holding another run's folds.
     """
     if config.selection.policy != "last":
         raise ConfigError("nested tuning scores every fit after its last epoch: set selection.policy to 'last' "
@@ -307,17 +313,21 @@ def run_nested(
     elif fold_workers != 1:
         raise ConfigError("give either fold_workers (local executor) or an executor, not both")
     points = expand_grid(grid)
-    specs = input_spec(config.model_name, **config.model_kwargs)
+    check_views_config(input_spec(config.model_name, **config.model_kwargs), config, samples=samples)
+    view_settings: list[tuple] = []  # distinct (view specs, views config) of the grid points
+    point_views: list[int] = []  # per point: its position in view_settings
     for point in points:
         changed = apply_point(config, point)
-        if input_spec(changed.model_name, **changed.model_kwargs) != specs or changed.views != config.views:
-            raise ConfigError(f"grid point {point} changes the views the model reads; tune views in separate runs")
-        check_views_config(specs, changed, samples=samples)
+        point_specs = input_spec(changed.model_name, **changed.model_kwargs)
+        check_views_config(point_specs, changed, samples=samples)
+        setting = (point_specs, changed.views)
+        if setting not in view_settings:
+            view_settings.append(setting)
+        point_views.append(view_settings.index(setting))
     run_dir = Path(run_dir)
     classes = list(protocol.classes)
     if any(s.label is None for s in samples):
         raise ConfigError("every sample needs a label: apply the protocol first")
-    check_views_config(specs, config, samples=samples)
     membership = split_selection_groups(samples, selection_groups, config.seed) if selection_groups is not None else None
     if membership is not None:
         choosers = len(membership) - max(np.bincount(list(membership.values())))
@@ -339,16 +349,25 @@ def run_nested(
     make_output_dir(run_dir, "run directory")
     dump_config(config, run_dir / "config.yaml", extra={"protocol": {"name": protocol.name, "classes": classes},
                                                         "tune": tuning})
-    builder = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers)
-    kept, arrays = builder.build(list(samples))
-    views = to_tensors(arrays)
+    builders, views = [], []
+    for point_specs, views_config in view_settings:
+        builders.append(ViewBuilder(point_specs, views_config, cache_dir=cache_dir, workers=workers))
+        kept_here, arrays = builders[-1].build(list(samples))
+        if not views:
+            kept = kept_here
+        elif [s.sample_id for s in kept_here] != [s.sample_id for s in kept]:
+            dropped = sorted({s.sample_id for s in kept} ^ {s.sample_id for s in kept_here})
+            raise ConfigError(f"the grid's view settings keep different clips ({len(dropped)} differ, e.g. "
+                              f"{dropped[0]}): every point must be scored on the same clips; tune these views in "
+                              "separate runs or fix the clips")
+        views.append(to_tensors(arrays))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
     folds = loso_folds(kept)
-    log.info("nested LOSO: %d samples, %d outer folds, %d grid points, inner %s%s", len(kept), len(folds), len(points),
-             inner, f", {selection_groups} selection groups" if selection_groups else "")
+    log.info("nested LOSO: %d samples, %d outer folds, %d grid points (%d view settings), inner %s%s", len(kept),
+             len(folds), len(points), len(views), inner, f", {selection_groups} selection groups" if selection_groups else "")
     fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
-    inputs = NestedInputs(kept, views, labels, classes, fold_config, points, inner, inner_folds, settings_sha1,
-                          Path(run_dir).absolute(), membership)
+    inputs = NestedInputs(kept, views, point_views, labels, classes, fold_config, points, inner, inner_folds,
+                          settings_sha1, Path(run_dir).absolute(), membership)
     if membership is not None:
         inputs.group_records = executor.map(_group_choice, list(range(selection_groups)), inputs)
     finished: list[int] = []
@@ -370,7 +389,7 @@ def run_nested(
         "label": f"{config.model_name} nested LOSO ({protocol.name})",
         "selection": selection,
         "apex_policy": config.views.apex_policy,
-        "skipped": builder.skipped,
+        "skipped": builders[0].skipped,  # the same clips for every view setting (checked above)
         "compute": {"executor": executor.describe(), "device": config.train.device, "amp": config.train.amp},
     }
     (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
@@ -389,11 +408,14 @@ def _check_reusable_choice(path: Path, matches: Callable[[dict], bool]) -> None:
 @dataclass
 class NestedInputs:
     """What every outer fold and group choice of a nested run shares; an executor ships it once
-    to each worker. ``membership``: subject group -> selection group (None without selection
-    groups); ``group_records``: each selection group's choice, set before the outer folds run."""
+    to each worker. ``views``: one per distinct view setting of the grid; ``point_views``: per grid
+    point, the position of its views there. ``membership``: subject group -> selection group
+    (None without selection groups); ``group_records``: each selection group's choice, set
+    before the outer folds run."""
 
     samples: Sequence[Sample]
-    views: Views
+    views: list[Views]
+    point_views: list[int]
     labels: torch.Tensor
     classes: list[str]
     config: RunConfig
@@ -405,11 +427,16 @@ class NestedInputs:
     membership: dict[str, int] | None = None
     group_records: list[dict] | None = None
 
+    def views_of_points(self, index: np.ndarray) -> list[Views]:
+        """Per grid point, its views of the samples at ``index`` (one subset per view setting)."""
+        subsets = [subset(views, index) for views in self.views]
+        return [subsets[k] for k in self.point_views]
+
 
 def _group_choice(group: int, inputs: NestedInputs) -> dict:
     """The choice of selection group ``group`` (an executors' function): :func:`choose_point` on
     the other groups' subjects, or the one recorded in ``selection/group<group>.json``."""
-    samples, views, labels, config = inputs.samples, inputs.views, inputs.labels, inputs.config
+    samples, labels, config = inputs.samples, inputs.labels, inputs.config
     configure_determinism(config.train.deterministic)
     group_of = np.array([inputs.membership[s.group] for s in samples])
     chooser_index = np.flatnonzero(group_of != group)
@@ -426,8 +453,8 @@ def _group_choice(group: int, inputs: NestedInputs) -> dict:
         _check_reusable_choice(path, lambda recorded: recorded == fingerprint)
         log.info("selection group %d: reusing %s", group, path)
         return json.loads(path.read_text())
-    choice = choose_point(choosers, subset(views, chooser_index), labels[chooser_index], config, inputs.points, classes,
-                          inner=inputs.inner, inner_folds=inputs.inner_folds, seed=config.seed * 1000 + group)
+    choice = choose_point(choosers, inputs.views_of_points(chooser_index), labels[chooser_index], config, inputs.points,
+                          classes, inner=inputs.inner, inner_folds=inputs.inner_folds, seed=config.seed * 1000 + group)
     record = {"group": group, "subjects": members, "choosers": sorted({s.group for s in choosers}),
               "index": choice.index, "point": choice.point, "scores": choice.scores, "fingerprint": fingerprint}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -461,8 +488,8 @@ def _nested_fold(numbered_fold: tuple[int, Fold], inputs: NestedInputs) -> tuple
     assert_disjoint(train_samples, test_samples)
     seed = config.seed * 1000 + number  # the plain LOSO fold seed: a one-point grid gives run_loso's predictions
     if group_record is None:  # the choice sees the training subjects only
-        choice = choose_point(train_samples, subset(views, fold.train_index), labels[fold.train_index], config, points,
-                              classes, inner=inner, inner_folds=inner_folds, seed=seed)
+        choice = choose_point(train_samples, inputs.views_of_points(fold.train_index), labels[fold.train_index], config,
+                              points, classes, inner=inner, inner_folds=inner_folds, seed=seed)
         record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
     else:  # chosen by the other selection groups, all of them training subjects of this fold
         if fold.test_group in group_record["choosers"]:
@@ -470,8 +497,8 @@ def _nested_fold(numbered_fold: tuple[int, Fold], inputs: NestedInputs) -> tuple
         record = {"index": group_record["index"], "point": group_record["point"], "scores": group_record["scores"],
                   "selection_group": group_record["group"]}
     chosen_config = apply_point(config, record["point"])
-    model, probabilities = _train_and_predict(chosen_config, classes, views, labels, fold.train_index, fold.test_index,
-                                              seed=seed)
+    model, probabilities = _train_and_predict(chosen_config, classes, views[inputs.point_views[record["index"]]], labels,
+                                              fold.train_index, fold.test_index, seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, chosen_config, classes, fold_dir / "model.pt", trained_on=trained_on(train_samples))
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
