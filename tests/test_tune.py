@@ -270,3 +270,22 @@ def test_selection_groups_resume_refuse_another_setting_and_run_in_parallel(synt
                    selection_groups=3)
     with pytest.raises(ConfigError, match="between 2 and the 4 subjects"):
         run_nested(synth_samples, protocol, config, grid, tmp_path / "other", selection_groups=5)
+
+
+def test_a_damaged_group_choice_is_made_again_and_the_run_records_its_compute(synth_samples, tmp_path, caplog):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict(LOGREG)
+    grid = {"train.lr": [0.3, 0.01]}
+    kwargs = {"inner": "kfold", "inner_folds": 2, "selection_groups": 2}
+    first = run_nested(synth_samples, protocol, config, grid, tmp_path / "run", **kwargs)
+    facts = json.loads((tmp_path / "run" / "run.json").read_text())["compute"]
+    assert facts["devices_used"] == ["cpu"] and facts["determinism"] == first["compute"]["determinism"]
+    assert json.loads((tmp_path / "run" / "folds" / "sub01" / "choice.json").read_text())["device"] == "cpu"
+    damaged = tmp_path / "run" / "selection" / "group0.json"
+    damaged.write_text(damaged.read_text()[:40])  # cut short, e.g. a full disk
+    for fold in (tmp_path / "run" / "folds").iterdir():
+        (fold / "predictions.csv").unlink()
+    with caplog.at_level("WARNING"):
+        again = run_nested(synth_samples, protocol, config, grid, tmp_path / "run", **kwargs)
+    assert "group0.json is damaged" in caplog.text
+    assert again == first and json.loads(damaged.read_text())["point"] == first["selection"]["groups"][0]["point"]

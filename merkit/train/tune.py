@@ -190,10 +190,12 @@ class Choice:
 
 
 def _train_and_predict(config: RunConfig, classes: Sequence[str], views: Views, labels: torch.Tensor,
-                       fit_index: np.ndarray, predict_index: np.ndarray, seed: int) -> tuple[torch.nn.Module, np.ndarray]:
+                       fit_index: np.ndarray, predict_index: np.ndarray,
+                       seed: int) -> tuple[torch.nn.Module, np.ndarray, str]:
+    """Fit a new model on ``fit_index``; its probabilities for ``predict_index`` and the device it trained on."""
     model = new_model(config, classes, seed=seed)
-    fit(model, subset(views, fit_index), labels[fit_index], config.train, seed=seed)
-    return model, predict_proba(model, subset(views, predict_index))
+    history = fit(model, subset(views, fit_index), labels[fit_index], config.train, seed=seed)
+    return model, predict_proba(model, subset(views, predict_index)), history.device
 
 
 def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torch.Tensor, config: RunConfig,
@@ -224,11 +226,13 @@ def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torc
         point_config = apply_point(config, point)
         predicted = np.empty(len(samples), dtype=np.int64)
         for k, (fit_index, validation_index) in enumerate(splits):
-            _, probabilities = _train_and_predict(point_config, classes, point_views, labels, fit_index,
+            _, probabilities, _ = _train_and_predict(point_config, classes, point_views, labels, fit_index,
                                                   validation_index, seed=seed * 100 + k)
             predicted[validation_index] = probabilities.argmax(1)
         scores.append({"point": dict(point), "uf1": unweighted_f1(truth, predicted, list(classes)),
                        "uar": unweighted_average_recall(truth, predicted, list(classes))})
+        log.info("grid point %d/%d %s: inner UF1 %.4f, UAR %.4f (%d samples)", len(scores), len(points), dict(point),
+                 scores[-1]["uf1"], scores[-1]["uar"], len(samples))
     best = max(range(len(points)), key=lambda i: (scores[i]["uf1"], scores[i]["uar"], -i))
     return Choice(best, dict(points[best]), scores)
 
@@ -342,8 +346,10 @@ def run_nested(
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
         check_reusable(finished.parent, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
     for finished in sorted((run_dir / "selection").glob("group*.json")):
-        _check_reusable_choice(finished, lambda recorded: recorded.get("settings_sha1") == settings_sha1)
+        if (recorded := _read_choice(finished)) is not None:
+            _check_reusable_choice(finished, recorded, lambda fingerprint: fingerprint.get("settings_sha1") == settings_sha1)
     fold_device = executor.prepare(config.train.device)  # refuses a device this machine or cluster lacks, early
+    determinism = configure_determinism(config.train.deterministic)
     if cache_dir is not None:
         make_output_dir(cache_dir, "view cache")
     make_output_dir(run_dir, "run directory")
@@ -390,7 +396,9 @@ def run_nested(
         "selection": selection,
         "apex_policy": config.views.apex_policy,
         "skipped": builders[0].skipped,  # the same clips for every view setting (checked above)
-        "compute": {"executor": executor.describe(), "device": config.train.device, "amp": config.train.amp},
+        "compute": {"executor": executor.describe(), "device": config.train.device,
+                    "devices_used": sorted({choice["device"] for _, choice in results if choice.get("device")}),
+                    "amp": config.train.amp, "determinism": determinism},
     }
     (run_dir / RUN_FACTS_FILE).write_text(json.dumps(facts, indent=2) + "\n")
     metrics = evaluate_run(run_dir)  # the one evaluation, as for run_loso and `merkit evaluate`
@@ -398,8 +406,21 @@ def run_nested(
     return metrics
 
 
-def _check_reusable_choice(path: Path, matches: Callable[[dict], bool]) -> None:
-    if not matches(json.loads(path.read_text()).get("fingerprint", {})):
+def _read_choice(path: Path) -> dict | None:
+    """A recorded group choice, or None (with a warning: it is computed again) when the file is damaged."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or not isinstance(record.get("fingerprint"), dict) or not all(
+            key in record for key in ("group", "subjects", "choosers", "index", "point", "scores")):
+        log.warning("%s is damaged (not a recorded group choice): the choice is computed again", path)
+        return None
+    return record
+
+
+def _check_reusable_choice(path: Path, record: dict, matches: Callable[[dict], bool]) -> None:
+    if not matches(record["fingerprint"]):
         raise ConfigError(
             f"{path} holds the choice of a selection group of another run (its config, grid, inner scheme, groups, "
             "classes or clips differ): resuming would mix results; write this run to a new run directory")
@@ -449,10 +470,10 @@ def _group_choice(group: int, inputs: NestedInputs) -> dict:
     clips = json.dumps([[s.sample_id, int(labels[i])] for s, i in zip(choosers, chooser_index)])
     fingerprint = {"settings_sha1": fingerprint_settings, "classes": classes, "subjects": members,
                    "choosers_sha1": hashlib.sha1(clips.encode()).hexdigest()}
-    if path.is_file():
-        _check_reusable_choice(path, lambda recorded: recorded == fingerprint)
+    if path.is_file() and (recorded := _read_choice(path)) is not None:
+        _check_reusable_choice(path, recorded, lambda known: known == fingerprint)
         log.info("selection group %d: reusing %s", group, path)
-        return json.loads(path.read_text())
+        return recorded
     choice = choose_point(choosers, inputs.views_of_points(chooser_index), labels[chooser_index], config, inputs.points,
                           classes, inner=inputs.inner, inner_folds=inputs.inner_folds, seed=config.seed * 1000 + group)
     record = {"group": group, "subjects": members, "choosers": sorted({s.group for s in choosers}),
@@ -497,10 +518,11 @@ def _nested_fold(numbered_fold: tuple[int, Fold], inputs: NestedInputs) -> tuple
         record = {"index": group_record["index"], "point": group_record["point"], "scores": group_record["scores"],
                   "selection_group": group_record["group"]}
     chosen_config = apply_point(config, record["point"])
-    model, probabilities = _train_and_predict(chosen_config, classes, views[inputs.point_views[record["index"]]], labels,
+    model, probabilities, device = _train_and_predict(chosen_config, classes, views[inputs.point_views[record["index"]]], labels,
                                               fold.train_index, fold.test_index, seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, chosen_config, classes, fold_dir / "model.pt", trained_on=trained_on(train_samples))
+    record["device"] = device
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
     table = pd.DataFrame({
         "sample_id": [s.sample_id for s in test_samples],
