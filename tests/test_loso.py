@@ -195,6 +195,8 @@ def test_a_damaged_finished_fold_is_trained_again_not_reused(synth_samples, tmp_
     log = (run / "log.txt").read_text()
     assert "fold sub01: predictions.csv differs from the file written when the fold finished" in log
     assert "fold sub02: its fold.json records no checksum" in log
+    # the progress lines tell the two retrained folds from the reused ones
+    assert "fold 1/4 done (sub01)" in log and "reused (sub02)" not in log and "reused (sub03)" in log
 
 
 def test_evaluate_twice_changes_nothing_training_wrote(synth_samples, tmp_path):

@@ -303,7 +303,7 @@ def run_loso(
                             reused=[f.name for f in folds if (run_dir / "folds" / f.name / "predictions.csv").is_file()])
 
     def on_done(position: int, result: FoldResult) -> None:
-        progress.fold_done(folds[position].name, result.predictions)
+        progress.fold_done(folds[position].name, result.predictions, reused=result.reused)
         if on_fold is not None:
             on_fold(progress.done, len(folds), folds[position].name)
 
@@ -488,11 +488,12 @@ class FoldInputs:
 
 @dataclass
 class FoldResult:
-    """A fold's test predictions (the rows of ``predictions.csv``) and the device it trained on
-    (None for a fold reused from a run that did not record it)."""
+    """A fold's test predictions (the rows of ``predictions.csv``), the device it trained on
+    (None for a fold reused from a run that did not record it) and whether it was reused."""
 
     predictions: pd.DataFrame
     device: str | None
+    reused: bool = False
 
 
 def _config_sha1(config: RunConfig) -> str:
@@ -617,7 +618,7 @@ def run_fold(numbered_fold: tuple[int, Fold], inputs: FoldInputs) -> FoldResult:
     if reused is not None:
         history_file = fold_dir / "history.json"
         recorded = json.loads(history_file.read_text()).get("device") if history_file.is_file() else None
-        return FoldResult(reused, recorded)
+        return FoldResult(reused, recorded, reused=True)
     _assert_fold_disjoint(fold, [samples[i] for i in fold.train_index], [samples[i] for i in fold.test_index])
     if inputs.views is None:  # kept for the worker's next folds of this run
         inputs.views = _views_from_cache(samples, config, inputs.cache_dir)

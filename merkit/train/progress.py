@@ -64,11 +64,14 @@ class FoldProgress:
         self.tables: list[pd.DataFrame] = []
         self.lines: list[str] = []
 
-    def fold_done(self, name: str, table: pd.DataFrame) -> pd.DataFrame:
+    def fold_done(self, name: str, table: pd.DataFrame, reused: bool | None = None) -> pd.DataFrame:
         """Record fold ``name``'s predictions (the fold's ``predictions.csv`` table), log the
-        progress line and return ``table`` unchanged."""
+        progress line and return ``table`` unchanged. ``reused``: whether the fold's finished
+        predictions were reused (default: whether it was listed as reused; a listed fold whose
+        predictions were damaged is trained again)."""
         self.done += 1
-        reused = name in self.reused_left
+        if reused is None:
+            reused = name in self.reused_left
         self.reused_left.discard(name)
         self.trained += not reused
         self.tables.append(table)
