@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -106,10 +106,23 @@ def _run_with_progress(samples, protocol, config, run_dir, cache_dir, workers, f
 DEVICE_HELP = "auto | cpu | cuda | cuda:N | mps (default: the config's train.device, auto: a CUDA GPU, else MPS, else the CPU)"
 AMP_HELP = "mixed precision: none | bf16 | fp16 (default: the config's train.amp; fp16 needs CUDA or MPS)"
 DETERMINISTIC_HELP = "torch's determinism flags (cuDNN, cuBLAS, deterministic algorithms); recorded in metrics.json"
-EXECUTOR_HELP = "local (this machine) | ray (a Ray task per fold; pip install 'merkit\\[ray]')"
+EXECUTOR_HELP = "local (this machine) | ray (a Ray task per fold; pip install 'merkit[ray]')"
 ADDRESS_HELP = "with --executor ray: auto (the cluster of `ray start`) or ray://host:10001; default: a local Ray instance"
 GPUS_PER_FOLD_HELP = "with --executor ray: GPUs per fold, fractions share a GPU (default: 1 when the device is a GPU, else 0)"
 CPUS_PER_FOLD_HELP = "with --executor ray: CPUs (and torch threads) per fold"
+
+# Options shared by the commands that train (train, pretrain, benchmark, tune): one definition each.
+DeviceOption = Annotated[Optional[str], typer.Option(help=DEVICE_HELP)]
+AmpOption = Annotated[Optional[str], typer.Option(help=AMP_HELP)]
+DeterministicOption = Annotated[bool, typer.Option("--deterministic", help=DETERMINISTIC_HELP)]
+ExecutorOption = Annotated[str, typer.Option(help=EXECUTOR_HELP)]
+AddressOption = Annotated[Optional[str], typer.Option(help=ADDRESS_HELP)]
+GpusPerFoldOption = Annotated[Optional[float], typer.Option(help=GPUS_PER_FOLD_HELP)]
+CpusPerFoldOption = Annotated[float, typer.Option(help=CPUS_PER_FOLD_HELP)]
+WorkersOption = Annotated[int, typer.Option(min=1, help="preprocessing worker processes")]
+CacheOption = Annotated[Path, typer.Option(help="view cache folder")]
+RayCacheOption = Annotated[Path, typer.Option(help="view cache folder (with --executor ray: a folder every node sees "
+                                                   "at the same path)")]
 
 
 def _executor(name: str, fold_workers: int, address: Optional[str], gpus_per_fold: Optional[float],
@@ -139,10 +152,10 @@ def train(
     seed: Optional[int] = typer.Option(None, min=0, help="override the run seed"),
     selection: Optional[str] = typer.Option(None, help="last | val-split"),
     apex_policy: Optional[str] = typer.Option(None, help="annotated | annotated-or-middle | middle | spotted"),
-    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    workers: WorkersOption = 1,
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
     pretrained: Optional[Path] = typer.Option(None, help="start every fold from this checkpoint (from `merkit pretrain`)"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
+    cache: RayCacheOption = Path(".merkit-cache"),
     strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
     skip_bad: bool = typer.Option(False, help="leave inconsistent or unreadable annotation rows out instead of repairing "
                                   "them, and samples whose frames cannot be read (truncated ...) instead of stopping; "
@@ -151,13 +164,13 @@ def train(
                                                 "(refused otherwise); the run is labelled leaking"),
     all_subjects: bool = typer.Option(False, "--all-subjects", help="train one final model on every subject with the "
                                       "config's fixed budget (no evaluation): a model directory for `merkit predict`"),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
-    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
-    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
-    executor: str = typer.Option("local", help=EXECUTOR_HELP),
-    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
-    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
+    device: DeviceOption = None,
+    amp: AmpOption = None,
+    deterministic: DeterministicOption = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    gpus_per_fold: GpusPerFoldOption = None,
+    cpus_per_fold: CpusPerFoldOption = 1,
 ) -> None:
     """Leave-one-subject-out training and evaluation; writes a run directory.
 
@@ -239,11 +252,11 @@ def pretrain(
     protocol: Optional[str] = typer.Option(None, help="label protocol (default: the dataset's first)"),
     out: Path = typer.Option(..., help="folder for model.pt, config.yaml, history.json"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs"),
-    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
-    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
-    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
+    workers: WorkersOption = 1,
+    cache: CacheOption = Path(".merkit-cache"),
+    device: DeviceOption = None,
+    amp: AmpOption = None,
+    deterministic: DeterministicOption = False,
 ) -> None:
     """Train on a whole dataset; then `merkit train --pretrained OUT/model.pt` fine-tunes under LOSO."""
     from merkit.api import prepare_run
@@ -332,7 +345,7 @@ def preprocess(
     channels: int = typer.Option(1, help="1 grey or 3 RGB (with --views)"),
     num_frames: int = typer.Option(8, help="length of sequence views (with --views)"),
     workers: int = typer.Option(1, min=1),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    cache: CacheOption = Path(".merkit-cache"),
     strict: bool = typer.Option(False, help="fail on the first inconsistent annotation row (no repairs)"),
     skip_bad: bool = typer.Option(False, help="leave inconsistent annotation rows and samples whose views fail out (recorded)"),
 ) -> None:
@@ -410,16 +423,18 @@ def benchmark(
     tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key: [values]): every run is a nested LOSO"),
     inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
-    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    selection_groups: Optional[int] = typer.Option(
+        None, min=2, help="with --tune: choose once per group of subjects, on the other groups' subjects (merkit tune)"),
+    workers: WorkersOption = 1,
     fold_workers: int = typer.Option(1, min=1, help="LOSO folds trained at once (one process and thread each)"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder (with --executor ray: a folder every node sees at the same path)"),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
-    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
-    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
-    executor: str = typer.Option("local", help=EXECUTOR_HELP),
-    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
-    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
+    cache: RayCacheOption = Path(".merkit-cache"),
+    device: DeviceOption = None,
+    amp: AmpOption = None,
+    deterministic: DeterministicOption = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    gpus_per_fold: GpusPerFoldOption = None,
+    cpus_per_fold: CpusPerFoldOption = 1,
 ) -> None:
     """Models x datasets x seeds under LOSO -> one table (results.md/.csv/.tex) in OUT."""
     import shlex
@@ -447,6 +462,7 @@ def benchmark(
                 _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
                 protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
                 grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
+                selection_groups=selection_groups,
                 cache_dir=cache, workers=workers, fold_workers=fold_workers, executor=fold_executor, device=device,
                 amp=amp, deterministic=deterministic or None, command=shlex.join(["merkit", *sys.argv[1:]]),
                 on_run=on_run, on_fold=on_fold)
@@ -470,16 +486,16 @@ def tune_command(
     inner_folds: int = typer.Option(3, min=2, help="subject-grouped folds of --inner kfold"),
     selection_groups: Optional[int] = typer.Option(
         None, min=2, help="choose once per group of subjects, on the other groups' subjects (cheaper, still honest)"),
-    workers: int = typer.Option(1, min=1, help="preprocessing worker processes"),
+    workers: WorkersOption = 1,
     fold_workers: int = typer.Option(1, min=1, help="outer folds (or group choices) computed at once"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
-    device: Optional[str] = typer.Option(None, help=DEVICE_HELP),
-    amp: Optional[str] = typer.Option(None, help=AMP_HELP),
-    deterministic: bool = typer.Option(False, "--deterministic", help=DETERMINISTIC_HELP),
-    executor: str = typer.Option("local", help=EXECUTOR_HELP),
-    address: Optional[str] = typer.Option(None, help=ADDRESS_HELP),
-    gpus_per_fold: Optional[float] = typer.Option(None, help=GPUS_PER_FOLD_HELP),
-    cpus_per_fold: float = typer.Option(1, help=CPUS_PER_FOLD_HELP),
+    cache: RayCacheOption = Path(".merkit-cache"),
+    device: DeviceOption = None,
+    amp: AmpOption = None,
+    deterministic: DeterministicOption = False,
+    executor: ExecutorOption = "local",
+    address: AddressOption = None,
+    gpus_per_fold: GpusPerFoldOption = None,
+    cpus_per_fold: CpusPerFoldOption = 1,
 ) -> None:
     """Nested LOSO: hyper-parameters chosen per outer fold on its training subjects only."""
     from merkit.api import prepare_run
@@ -570,7 +586,7 @@ def report(
     out: Optional[Path] = typer.Option(None, help="output folder (default RUN/report)"),
     dataset: Optional[str] = typer.Option(None, help="the run's dataset, if not the one RUN/config.yaml records"),
     root: Optional[Path] = typer.Option(None, help="dataset root, if not the one RUN/config.yaml records"),
-    cache: Path = typer.Option(Path(".merkit-cache"), help="view cache folder"),
+    cache: CacheOption = Path(".merkit-cache"),
     device: str = typer.Option("cpu", help="cpu | cuda | mps"),
 ) -> None:
     """Write RUN/report/report.html (images embedded) and its figures: metrics, per class and subject,

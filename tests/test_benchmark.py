@@ -133,8 +133,9 @@ def test_composite_rows_per_source_and_nested_runs(tmp_path):
     assert sum(r["n_samples"] for r in result.rows[1:]) == result.rows[0]["n_samples"] == len(rows)
     metrics = json.loads((tmp_path / "bench" / "megc2019-flow" / "flow" / "seed0" / "metrics.json").read_text())
     assert metrics["selection"]["policy"] == "nested" and len(metrics["selection"]["chosen"]) == 6
-    assert "Nested selection: grid {'train.lr': [0.1, 0.01]}, inner subject-grouped 2-fold" in (
-        tmp_path / "bench" / "results.md").read_text()
+    notes = (tmp_path / "bench" / "results.md").read_text()
+    assert "inner subject-grouped 2-fold cross-validation over the training subjects" in notes
+    assert "Grid {'train.lr': [0.1, 0.01]}" in notes
 
 
 def test_cli_benchmark_and_tune(synth_root, tmp_path):
@@ -155,6 +156,13 @@ def test_cli_benchmark_and_tune(synth_root, tmp_path):
     output = " ".join(result.output.split())
     assert "selection group 0 (2 subjects)" in output and "2 selection groups" in output
     assert json.loads((tmp_path / "grouped" / "metrics.json").read_text())["selection"]["selection_groups"] == 2
+    result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme", "--root", str(synth_root),
+                                 "--tune", str(grid), "--inner-folds", "2", "--selection-groups", "2", "--out",
+                                 str(tmp_path / "grouped-bench"), "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    run = next((tmp_path / "grouped-bench").glob("synthme/*/seed0"))
+    assert json.loads((run / "metrics.json").read_text())["selection"]["selection_groups"] == 2
+    assert "2 selection groups" in (tmp_path / "grouped-bench" / "results.md").read_text()
     result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme", "--root", str(synth_root),
                                  "--seeds", "0,x", "--out", str(tmp_path / "bench")])
     assert result.exit_code == 2 and "--seeds" in " ".join(result.output.split())
