@@ -118,9 +118,9 @@ def _fingerprint(config, samples) -> str:
 
 def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, epochs: int | None,
              grid: Mapping[str, Sequence[Any]] | None, inner: str, inner_folds: int, selection_groups: int | None,
-             cache_dir: str | Path | None,
-             workers: int, fold_workers: int, on_fold: Callable[[int, int, str], None] | None,
-             executor: Executor | None = None, compute: Mapping[str, Any] | None = None) -> tuple[dict, float]:
+             cache_dir: str | Path | None, workers: int, fold_workers: int,
+             on_fold: Callable[[int, int, str], None] | None, executor: Executor | None = None,
+             compute: Mapping[str, Any] | None = None) -> tuple[dict, float]:
     """Run (or read back) one benchmark run; returns its metrics and wall seconds."""
     from merkit.api import prepare_run
 
@@ -130,9 +130,9 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
                       seed=spec.seed, **(compute or {}))
     fingerprint = _fingerprint(run.config, run.samples)
     if grid:
-        tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
-        if selection_groups is not None:
-            tuning["selection_groups"] = selection_groups
+        from merkit.train.tune import tuning_settings
+
+        tuning = tuning_settings(grid, inner, inner_folds, selection_groups)
         fingerprint += "+nested:" + hashlib.sha1(json.dumps(tuning, sort_keys=True).encode()).hexdigest()
     timing_path = spec.run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
@@ -160,8 +160,8 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
         from merkit.train.tune import run_nested
 
         metrics = run_nested(run.samples, run.protocol, run.config, grid, spec.run_dir, inner=inner,
-                             inner_folds=inner_folds, selection_groups=selection_groups, cache_dir=cache_dir, workers=workers, fold_workers=fold_workers,
-                             executor=executor, on_fold=fold_done)
+                             inner_folds=inner_folds, selection_groups=selection_groups, cache_dir=cache_dir,
+                             workers=workers, fold_workers=fold_workers, executor=executor, on_fold=fold_done)
     else:
         from merkit.train.loso import run_loso
 
@@ -413,8 +413,8 @@ def run_benchmark(
             on_run(number + 1, len(specs), spec)
         metrics, wall = _run_one(spec, root=roots.get(spec.dataset), protocol=protocol, epochs=epochs, grid=grid,
                                  inner=inner, inner_folds=inner_folds, selection_groups=selection_groups,
-                                 cache_dir=cache_dir, workers=workers,
-                                 fold_workers=fold_workers, on_fold=on_fold, executor=executor,
+                                 cache_dir=cache_dir, workers=workers, fold_workers=fold_workers, on_fold=on_fold,
+                                 executor=executor,
                                  compute={"device": device, "amp": amp, "deterministic": deterministic})
         results.append((spec.dataset, entry_label(spec.entry), metrics, wall))
         runs[str(spec.run_dir)] = metrics
@@ -434,6 +434,7 @@ def run_benchmark(
     if grid:
         from merkit.train.tune import nested_description
 
-        notes.append(f"Nested selection: {nested_description(grid, inner, inner_folds, selection_groups)['description']}. "
-                     f"Grid {dict(grid)}; the point chosen per outer fold is in each run's metrics.json.")
+        description = nested_description(grid, inner, inner_folds, selection_groups)["description"]
+        notes.append(f"Nested selection: {description}. Grid {dict(grid)}; the point chosen per outer fold is in "
+                     "each run's metrics.json.")
     return BenchmarkResult(rows=rows, files=write_tables(rows, out, notes), runs=runs)

@@ -237,6 +237,16 @@ def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torc
     return Choice(best, dict(points[best]), scores)
 
 
+def tuning_settings(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int,
+                    groups: int | None = None) -> dict[str, Any]:
+    """The tuning settings a nested run's results depend on (its ``config.yaml`` ``tune`` section,
+    part of the run's and a benchmark's fingerprint)."""
+    tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
+    if groups is not None:
+        tuning["selection_groups"] = groups
+    return tuning
+
+
 def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int,
                        groups: int | None = None) -> dict[str, Any]:
     """The ``selection`` entry of a nested run's ``metrics.json`` (without the chosen points)."""
@@ -338,9 +348,7 @@ def run_nested(
         if choosers < (2 if inner == "loso" else inner_folds):
             raise ConfigError(f"{selection_groups} selection groups leave {choosers} subjects to choose a group's point, "
                               f"too few for inner {inner}" + (f" with {inner_folds} folds" if inner == "kfold" else ""))
-    tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
-    if selection_groups is not None:
-        tuning["selection_groups"] = selection_groups
+    tuning = tuning_settings(grid, inner, inner_folds, selection_groups)
     settings = {"config": result_settings(config), **tuning}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
