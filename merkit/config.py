@@ -122,7 +122,16 @@ class ViewsConfig(_Strict):
             ``centered``: u and v minus their per-image median, so that 0 is the motion of the
             median face pixel (no expression motion), as in the flow merkit computes; negating u
             then mirrors the clip exactly, so flips are allowed (with ``minmax`` they are refused).
-            Strain is left as released. Views computed from frames ignore this setting.
+            Strain is left as released. Applies to a release's flow images and to flow computed
+            with ``flow_form: release``.
+        flow_form: how a flow view computed from frames is scaled. ``raw``: u and v in pixels
+            of the view's grid, strain from that field (:func:`merkit.preprocess.flow.flow_view`).
+            ``release``: rendered as the MEGC2019 release renders it (onset->apex flow at the
+            frames' resolution, 28 x 28, each channel min-max scaled per image:
+            :func:`merkit.preprocess.flow.megc_flow_image`), then read exactly as a released
+            flow image (``release_flow``, then resized to the view's size): the input form of a
+            model trained on the release, e.g. to pre-train on SynthME and fine-tune on the
+            composite. A release's own flow images ignore this setting.
     """
 
     size: tuple[int, int] | None = None
@@ -138,6 +147,7 @@ class ViewsConfig(_Strict):
     depth: str = "dataset"
     au: Literal["dlib", "synthme"] = "dlib"
     release_flow: Literal["minmax", "centered"] = "minmax"
+    flow_form: Literal["raw", "release"] = "raw"
 
     @model_validator(mode="after")
     def _interpolation_sets_its_own_rate(self) -> "ViewsConfig":

@@ -197,3 +197,48 @@ def test_flips_of_a_released_minmax_flow_are_refused(tmp_path):
     metrics = run_loso(samples, get_protocol("megc2019-3"), config_from_dict({**raw, "views": {"release_flow": "centered"}}),
                        tmp_path / "b")
     assert metrics["n_samples"] == len(samples)
+
+
+def test_release_form_flow_from_frames_equals_the_same_flow_read_from_a_release_image(synth_samples, tmp_path):
+    """``views.flow_form: release`` renders the onset->apex flow of a clip's frames as the release
+    does (28 x 28, min-max per channel) and reads it as a released image: written to a release's
+    PNG and read back through the megc2019-flow loader, the same flow gives the same view (for
+    both release_flow scalings and a resized view), and flips of it follow the release's rule."""
+    from dataclasses import replace
+
+    import cv2
+
+    from merkit.config import ViewsConfig, config_from_dict
+    from merkit.errors import ConfigError
+    from merkit.preprocess.flow import megc_flow_image, optical_flow
+    from merkit.preprocess.pipeline import build_views, load_course
+    from merkit.train.loso import check_views_config
+    from merkit.views import ViewSpec
+
+    sample = synth_samples[2]
+    course = load_course(sample, ViewsConfig())
+
+    def grey(image):
+        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+    image = megc_flow_image(optical_flow(grey(course.frames[0]), grey(course.frames[course.apex]), "dis"))
+    assert image.shape == (28, 28, 3)
+    cv2.imwrite(str(tmp_path / "flow.png"), image[..., ::-1])  # the release's PNG: RGB = u, v, strain
+    released = load_dataset("megc2019-flow", build_megc2019_flow(tmp_path / "r", megc2019_flow_rows()[:1],
+                                                                   crops=False)).samples[0]
+    released = replace(released, meta={**released.meta, "flow_image": str(tmp_path / "flow.png")})
+    for scaling in ("minmax", "centered"):
+        for size in ((28, 28), (32, 32)):
+            spec = [ViewSpec("flow", size, 3)]
+            computed = build_views(sample, spec, ViewsConfig(flow="dis", flow_form="release", release_flow=scaling))
+            read = build_views(released, spec, ViewsConfig(release_flow=scaling))
+            assert computed["flow"].shape == (3, *size)
+            np.testing.assert_array_equal(computed["flow"], read["flow"])
+    raw = build_views(sample, [ViewSpec("flow", (28, 28), 3)], ViewsConfig(flow="dis"))["flow"]
+    assert raw.min() < 0 and np.abs(raw - build_views(sample, [ViewSpec("flow", (28, 28), 3)],
+                                                       ViewsConfig(flow="dis", flow_form="release"))["flow"]).max() > 0.1
+    flips = {"model": {"name": "logreg", "image_size": 28, "view": "flow"}, "train": {"augment": {"hflip": True}}}
+    with pytest.raises(ConfigError, match="release_flow: centered"):
+        check_views_config([ViewSpec("flow", (28, 28), 3)], config_from_dict({**flips, "views": {"flow_form": "release"}}))
+    check_views_config([ViewSpec("flow", (28, 28), 3)],
+                       config_from_dict({**flips, "views": {"flow_form": "release", "release_flow": "centered"}}))

@@ -289,3 +289,29 @@ def test_a_damaged_group_choice_is_made_again_and_the_run_records_its_compute(sy
         again = run_nested(synth_samples, protocol, config, grid, tmp_path / "run", **kwargs)
     assert "group0.json is damaged" in caplog.text
     assert again == first and json.loads(damaged.read_text())["point"] == first["selection"]["groups"][0]["point"]
+
+
+def test_the_pretrained_checkpoint_is_a_grid_key_and_never_one_seen_on_the_run_s_subjects(synth_samples, tmp_path):
+    """``pretrained`` may be tuned (pre-train -> fine-tune against training from scratch): a
+    one-point grid equals the plain fine-tuning run; a checkpoint trained on a subject of the run
+    is refused for any point, as in plain LOSO."""
+    from merkit.errors import LeakageError
+    from merkit.train.loso import train_all
+
+    protocol, config = get_protocol("casme2-5"), config_from_dict(LOGREG)
+    first = [s for s in synth_samples if s.subject == "sub01"]
+    others = [s for s in synth_samples if s.subject != "sub01"]
+    checkpoint = str(train_all(first, protocol, config, tmp_path / "stage1"))
+    assert apply_point(config, {"pretrained": checkpoint}).pretrained == checkpoint
+    with pytest.raises(ConfigError, match="or one of pretrained"):
+        expand_grid({"seed": [0, 1]})
+    plain = run_loso(others, protocol, config.model_copy(update={"pretrained": checkpoint}), tmp_path / "plain")
+    nested = run_nested(others, protocol, config, {"pretrained": [checkpoint]}, tmp_path / "nested", inner="loso")
+    a = pd.read_csv(tmp_path / "plain" / "predictions.csv", dtype={"subject": str})
+    b = pd.read_csv(tmp_path / "nested" / "predictions.csv", dtype={"subject": str})
+    np.testing.assert_allclose(a.filter(like="p_").to_numpy(), b.filter(like="p_").to_numpy(), atol=1e-6)
+    assert nested["uf1"] == pytest.approx(plain["uf1"])
+    assert nested["pretrained"] == [{"checkpoint": checkpoint, "subjects_seen": 1}]
+    with pytest.raises(LeakageError, match="1 of this run's test subjects .synthme/sub01"):
+        run_nested(synth_samples, protocol, config, {"pretrained": [None, checkpoint]}, tmp_path / "leak", inner="loso")
+    assert not (tmp_path / "leak").exists()

@@ -278,7 +278,12 @@ def flow_view(
     return np.stack([flow[..., 0], flow[..., 1], optical_strain(flow)]).astype(np.float32)
 
 
-def megc_flow_image(flow: np.ndarray, strain: np.ndarray | None = None, size: int | tuple[int, int] = 28) -> np.ndarray:
+#: side of the MEGC2019 release's flow images
+RELEASE_FLOW_SIZE = 28
+
+
+def megc_flow_image(flow: np.ndarray, strain: np.ndarray | None = None,
+                    size: int | tuple[int, int] = RELEASE_FLOW_SIZE) -> np.ndarray:
     """The MEGC2019 (STSTNet-style) released flow image: 28 x 28 x 3 uint8.
 
     Channels, in this order: 0 = u (horizontal flow), 1 = v (vertical flow), 2 = optical

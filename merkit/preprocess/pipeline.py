@@ -197,9 +197,13 @@ def build_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsConfig) 
         elif spec.name == "diff":
             views["diff"] = to_image_view(apex, spec.size, spec.channels) - to_image_view(onset, spec.size, spec.channels)
         elif spec.name in ("flow", "flow_regions"):
-            from merkit.preprocess.flow import flow_view
+            from merkit.preprocess.flow import RELEASE_FLOW_SIZE, flow_view, megc_flow_image, optical_flow
 
-            flow = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
+            if config.flow_form == "release":
+                image = megc_flow_image(optical_flow(_grey(onset), _grey(apex), config.flow), size=RELEASE_FLOW_SIZE)
+                flow = release_flow_view(image.transpose(2, 0, 1).astype(np.float32) / 255.0, spec.size, config)
+            else:
+                flow = flow_view(_grey(onset), _grey(apex), method=config.flow, size=spec.size).astype(np.float32)
             if spec.name == "flow_regions":
                 from merkit.preprocess.regions import flow_regions
 
@@ -262,13 +266,7 @@ def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsC
                 f"{sample.sample_id}: view {spec.name!r} is not in this release, which ships only {', '.join(available)}"
             )
         if spec.name in ("flow", "flow_regions"):
-            flow = read_flow_image(sample.meta["flow_image"])
-            if config.release_flow == "centered":
-                flow = center_release_flow(flow)
-            if flow.shape[1:] != tuple(spec.size):
-                h, w = spec.size
-                flow = cv2.resize(flow.transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
-            flow = np.ascontiguousarray(flow, dtype=np.float32)
+            flow = release_flow_view(read_flow_image(sample.meta["flow_image"]), spec.size, config)
             if spec.name == "flow_regions":
                 from merkit.preprocess.regions import flow_regions
 
@@ -277,6 +275,22 @@ def _precomputed_views(sample: Sample, specs: Sequence[ViewSpec], config: ViewsC
         else:
             views[spec.name] = to_image_view(read_image(sample.meta[f"{spec.name}_image"]), spec.size, spec.channels)
     return views
+
+
+def release_flow_view(flow: np.ndarray, size: Sequence[int], config: ViewsConfig) -> np.ndarray:
+    """A release-form flow image ``(3, h, w)`` in [0, 1] (u, v, strain, each min-max scaled per
+    image) as the ``flow`` view: centered if ``config.release_flow == "centered"``
+    (:func:`center_release_flow`), then resized to ``size`` (bilinear) if it differs.
+
+    Returns:
+        ``(3, *size)`` float32, contiguous.
+    """
+    if config.release_flow == "centered":
+        flow = center_release_flow(flow)
+    if flow.shape[1:] != tuple(size):
+        h, w = size
+        flow = cv2.resize(flow.transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+    return np.ascontiguousarray(flow, dtype=np.float32)
 
 
 def center_release_flow(flow: np.ndarray) -> np.ndarray:

@@ -374,7 +374,8 @@ def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type |
     A flip negates u (horizontal) or v (vertical), which mirrors a flow whose 0 is no motion. The
     MEGC2019 flow release is min-max scaled per image (no motion is not 0): a negated channel
     would leave the range the model was shown, so with ``views.release_flow: minmax`` flips of a
-    released flow view are refused (``centered`` makes them exact).
+    released flow view (or of flow rendered in its form, ``views.flow_form: release``) are
+    refused (``centered`` makes them exact).
 
     Args:
         specs: the model's input spec. config: the run config.
@@ -398,7 +399,7 @@ def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type |
             raise ConfigError(f"views.num_frames {v.num_frames} disagrees with the model's {spec.name} length {spec.length}")
     augment = config.train.augment
     flipped = [s.name for s in specs if s.name in FLOW_VIEWS and s.name in AUGMENTED_VIEWS]
-    released = any("flow" in s.meta.get("precomputed_views", ()) for s in samples)
+    released = v.flow_form == "release" or any("flow" in s.meta.get("precomputed_views", ()) for s in samples)
     if released and flipped and (augment.hflip or augment.vflip) and v.release_flow == "minmax":
         raise ConfigError(
             f"train.augment flips the {flipped[0]} view, which negates u (hflip) or v (vflip); the released flow "

@@ -64,7 +64,8 @@ from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.device import configure_determinism
 from merkit.train.executors import Executor, LocalExecutor
 from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model,
-                               reuse_finished_fold, save_checkpoint, trained_on, write_finished_fold)
+                               pretrain_overlap, reuse_finished_fold, save_checkpoint, trained_on,
+                               write_finished_fold)
 from merkit.train.trainer import Views, fit, predict_proba, subset, to_tensors
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,23 @@ log = logging.getLogger(__name__)
 InnerScheme = Literal["loso", "kfold"]
 
 
+#: the config's top-level settings a grid may set (the other keys are dotted: section.key)
+TOP_LEVEL_GRID_KEYS = ("pretrained",)
+
+
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """The points of a grid: the Cartesian product of its value lists, keys in the given order.
 
     Raises:
-        ConfigError: an empty grid, a key that is not dotted (``section.key``), or a key
-            without values.
+        ConfigError: an empty grid, a key that is neither dotted (``section.key``) nor in
+            :data:`TOP_LEVEL_GRID_KEYS`, or a key without values.
     """
     if not grid:
         raise ConfigError("the tuning grid is empty: give at least one key with candidate values")
     for key, values in grid.items():
-        if "." not in key:
-            raise ConfigError(f"grid key {key!r}: expected a dotted config key such as train.lr or model.dim")
+        if "." not in key and key not in TOP_LEVEL_GRID_KEYS:
+            raise ConfigError(f"grid key {key!r}: expected a dotted config key such as train.lr or model.dim, "
+                              f"or one of {', '.join(TOP_LEVEL_GRID_KEYS)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
             raise ConfigError(f"grid key {key!r}: expected a non-empty list of candidate values, got {values!r}")
     keys = list(grid)
@@ -98,6 +104,9 @@ def apply_point(config: RunConfig, point: Mapping[str, Any]) -> RunConfig:
     """
     raw = config.model_dump(mode="json")
     for key, value in point.items():
+        if key in TOP_LEVEL_GRID_KEYS:
+            raw[key] = value
+            continue
         section, *path = key.split(".")
         if section not in raw or not isinstance(raw[section], dict):
             raise ConfigError(f"grid key {key!r}: {section!r} is not a config section with keys")
@@ -313,6 +322,7 @@ def run_nested(
         every point's inner scores).
 
     Raises:
+        LeakageError: a point's ``pretrained`` checkpoint was trained on a subject of this run.
         ConfigError: a bad grid, view settings of the grid that keep different clips,
             ``selection`` other than ``last``, ``shuffle_labels``, a bad number of selection
             groups, or a run directory holding another run's folds.
@@ -330,8 +340,11 @@ def run_nested(
     check_views_config(input_spec(config.model_name, **config.model_kwargs), config, samples=samples)
     view_settings: list[tuple] = []  # distinct (view specs, views config) of the grid points
     point_views: list[int] = []  # per point: its position in view_settings
+    pretrained: dict[str, int | None] = {}  # checkpoint of a point -> subjects it was trained on
     for point in points:
         changed = apply_point(config, point)
+        if (checked := pretrain_overlap(changed, samples, allow=False)) is not None:
+            pretrained[checked["checkpoint"]] = checked["subjects_seen"]
         point_specs = input_spec(changed.model_name, **changed.model_kwargs)
         check_views_config(point_specs, changed, samples=samples)
         setting = (point_specs, changed.views)
@@ -404,6 +417,8 @@ def run_nested(
         "selection": selection,
         "apex_policy": config.views.apex_policy,
         "skipped": builders[0].skipped,  # the same clips for every view setting (checked above)
+        **({"pretrained": [{"checkpoint": k, "subjects_seen": n} for k, n in pretrained.items()]}
+           if pretrained else {}),
         "compute": {"executor": executor.describe(), "device": config.train.device,
                     "devices_used": sorted({choice["device"] for _, choice in results if choice.get("device")}),
                     "amp": config.train.amp, "determinism": determinism},
