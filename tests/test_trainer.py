@@ -89,3 +89,35 @@ def test_balanced_sampling_lifts_the_minority_class_of_an_imbalanced_problem():
         predicted = model(views).argmax(1)
         recalls[sampler] = float((predicted[90:] == 1).float().mean())
     assert recalls["shuffle"] <= 0.4 and recalls["balanced"] >= 0.7, recalls
+
+
+
+@pytest.mark.parametrize("optimizer,weight_decay", [("adam", 0.0), ("adam", 1e-2), ("adamw", 1e-2), ("sgd", 1e-3)])
+def test_cpu_optimizer_updates_equal_torch_default_single_tensor_updates(optimizer, weight_decay):
+    """On the CPU the trainer's optimiser runs torch's multi-tensor (foreach) implementation, which
+    is faster for many small parameters; its updates are bit-identical to the default
+    per-parameter loop, so the choice changes no result."""
+    from merkit.models.ststnet import STSTNet
+    from merkit.train.trainer import _optimizer
+
+    torch.manual_seed(0)
+    reference = STSTNet(3)  # parameters of many small shapes
+    holder = nn.Module()
+    holder.params = nn.ParameterList([p.detach().clone() for p in reference.parameters()])
+    params = list(holder.parameters())
+    ours = _optimizer(holder, TrainConfig(optimizer=optimizer, lr=1e-2, weight_decay=weight_decay))
+    assert ours.defaults["foreach"] is True
+    options = {"lr": 1e-2, "weight_decay": weight_decay}
+    default = {"adam": lambda p: torch.optim.Adam(p, **options), "adamw": lambda p: torch.optim.AdamW(p, **options),
+               "sgd": lambda p: torch.optim.SGD(p, momentum=0.9, **options)}[optimizer](reference.parameters())
+    assert default.defaults["foreach"] is None  # the per-parameter loop on the CPU
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(100):
+        for a, b in zip(reference.parameters(), params):
+            scale = 10.0 ** torch.randint(-6, 2, (1,), generator=generator).item()
+            a.grad = torch.randn(a.shape, generator=generator) * scale
+            b.grad = a.grad.clone()
+        default.step()
+        ours.step()
+    for a, b in zip(reference.parameters(), params):
+        assert torch.equal(a, b)

@@ -202,14 +202,14 @@ def take_batch(views: Views, index: torch.Tensor, device: torch.device) -> Views
     rows_on_device = index.to(device) if any(view.device == device for view in views.values()) else None
     for name, view in views.items():
         if view.device == device:
-            batch[name] = view[rows_on_device]
+            batch[name] = view.index_select(0, rows_on_device)  # several times faster than view[rows] on the CPU
         elif device.type == "cuda" and view.device.type == "cpu":
             rows = index.to("cpu")
             pinned = torch.empty((len(rows), *view.shape[1:]), dtype=view.dtype, pin_memory=True)
             torch.index_select(view, 0, rows, out=pinned)
             batch[name] = pinned.to(device, non_blocking=True)
         else:
-            batch[name] = view[index.to(view.device)].to(device)
+            batch[name] = view.index_select(0, index.to(view.device)).to(device)
     return batch
 
 
