@@ -475,7 +475,7 @@ def benchmark(
 @app.command("tune")
 def tune_command(
     dataset: str = typer.Option(..., help="dataset name"),
-    grid: Path = typer.Option(..., help="grid YAML: dotted config keys -> lists of values (train.lr: [1e-3, 1e-4])"),
+    grid: Path = typer.Option(..., help="grid YAML: dotted config keys (or pretrained) -> lists of values (train.lr: [1e-3, 1e-4])"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
     model: Optional[str] = typer.Option(None, help="model name (config as for `merkit train`)"),
     config: Optional[str] = typer.Option(None, help="base config file or name"),

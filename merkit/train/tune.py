@@ -319,7 +319,8 @@ def run_nested(
         The metrics written to ``metrics.json``; ``selection`` holds the grid, the inner
         scheme and ``chosen`` (outer fold -> point); with selection groups also
         ``selection_groups`` (g) and ``groups`` (per group: its subjects, the point chosen and
-        every point's inner scores).
+        every point's inner scores); with ``pretrained`` checkpoints in the grid or the config,
+        ``pretrained`` lists them with the number of subjects each was trained on.
 
     Raises:
         LeakageError: a point's ``pretrained`` checkpoint was trained on a subject of this run.
