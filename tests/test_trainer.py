@@ -91,7 +91,6 @@ def test_balanced_sampling_lifts_the_minority_class_of_an_imbalanced_problem():
     assert recalls["shuffle"] <= 0.4 and recalls["balanced"] >= 0.7, recalls
 
 
-
 @pytest.mark.parametrize("optimizer,weight_decay", [("adam", 0.0), ("adam", 1e-2), ("adamw", 1e-2), ("sgd", 1e-3)])
 def test_cpu_optimizer_updates_equal_torch_default_single_tensor_updates(optimizer, weight_decay):
     """On the CPU the trainer's optimiser runs torch's multi-tensor (foreach) implementation, which
