@@ -211,17 +211,14 @@ def test_release_form_flow_from_frames_equals_the_same_flow_read_from_a_release_
     from merkit.config import ViewsConfig, config_from_dict
     from merkit.errors import ConfigError
     from merkit.preprocess.flow import megc_flow_image, optical_flow
-    from merkit.preprocess.pipeline import build_views, load_course
+    from merkit.preprocess.pipeline import _grey, build_views, load_course
     from merkit.train.loso import check_views_config
     from merkit.views import ViewSpec
 
     sample = synth_samples[2]
     course = load_course(sample, ViewsConfig())
 
-    def grey(image):
-        return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-
-    image = megc_flow_image(optical_flow(grey(course.frames[0]), grey(course.frames[course.apex]), "dis"))
+    image = megc_flow_image(optical_flow(_grey(course.frames[0]), _grey(course.frames[course.apex]), "dis"))
     assert image.shape == (28, 28, 3)
     cv2.imwrite(str(tmp_path / "flow.png"), image[..., ::-1])  # the release's PNG: RGB = u, v, strain
     released = load_dataset("megc2019-flow", build_megc2019_flow(tmp_path / "r", megc2019_flow_rows()[:1],

@@ -344,8 +344,8 @@ def run_nested(
     pretrained: dict[str, int | None] = {}  # checkpoint of a point -> subjects it was trained on
     for point in points:
         changed = apply_point(config, point)
-        if (checked := pretrain_overlap(changed, samples, allow=False)) is not None:
-            pretrained[checked["checkpoint"]] = checked["subjects_seen"]
+        if changed.pretrained is not None and changed.pretrained not in pretrained:  # each checkpoint read once
+            pretrained[changed.pretrained] = pretrain_overlap(changed, samples, allow=False)["subjects_seen"]
         point_specs = input_spec(changed.model_name, **changed.model_kwargs)
         check_views_config(point_specs, changed, samples=samples)
         setting = (point_specs, changed.views)
