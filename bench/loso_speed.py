@@ -24,6 +24,11 @@ back, in alternating order):
 * ``vmap``: with ``--vmap K``, K folds' published models stacked with ``torch.func`` (vmap of
   ``functional_call`` over ``stack_module_state``), each fold with its own batch; time per fold.
 
+The fold trains with the allocator setting of LOSO's fold workers (freed memory kept:
+``merkit.train.executors.keep_freed_memory``); ``--glibc-default`` times it with glibc's defaults
+instead, and ``--allocator-pairs K`` compares the two in K pairs of fresh processes (the setting
+is per process), back to back in alternating order.
+
 Times are this thread's CPU time (steady under load) and wall time, per epoch. The projection of
 the full LOSO is ``folds x 800 epochs x CPU time per epoch / fold workers`` (two uncontended
 cores), and the same scaled by the wall/CPU ratio measured here (the machine as loaded now).
@@ -35,6 +40,7 @@ Usage::
     python bench/loso_speed.py                                  # synthetic, anywhere
     python bench/loso_speed.py --root /work/realdata            # the composite, one fold
     python bench/loso_speed.py --root /work/realdata --full     # + the full LOSO (~30 min)
+    python bench/loso_speed.py --root /work/realdata --rounds 3 --allocator-pairs 4
 """
 
 from __future__ import annotations
@@ -232,6 +238,31 @@ def project(result: dict[str, Any], folds: int, epochs: int, fold_workers: int) 
     }
 
 
+def allocator_pairs(args: argparse.Namespace, pairs: int) -> dict[str, Any]:
+    """``pairs`` pairs of fresh processes, back to back in alternating order, each timing the
+    ``merkit`` variant of the fold (``--rounds`` rounds): with glibc's default allocator settings
+    and with the freed memory kept as fold workers keep it. The allocator state is per process,
+    so the two settings cannot share one."""
+    import subprocess
+    import tempfile
+
+    times: dict[str, list[float]] = {"glibc default": [], "freed memory kept": []}
+    with tempfile.TemporaryDirectory() as scratch:
+        for pair in range(pairs):
+            order = ["glibc default", "freed memory kept"][:: 1 if pair % 2 == 0 else -1]
+            for name in order:
+                out = Path(scratch) / "child.json"
+                command = [sys.executable, __file__, "--fold", str(args.fold), "--epochs", str(args.epochs),
+                           "--rounds", str(args.rounds), "--cache", str(args.cache), "--out", str(out)]
+                command += ["--root", str(args.root)] if args.root is not None else []
+                command += ["--glibc-default"] if name == "glibc default" else []
+                subprocess.run(command, check=True, capture_output=True)
+                times[name].append(json.loads(out.read_text())["per_epoch_ms"]["merkit"]["cpu_median"])
+    ratios = [kept / default for kept, default in zip(times["freed memory kept"], times["glibc default"])]
+    return {"pairs": pairs, "merkit_cpu_median_ms": times, "kept_over_default": ratios,
+            "kept_over_default_median": statistics.median(ratios)}
+
+
 def full_run(run, cache: Path, fold_workers: int, out: Path) -> dict[str, Any]:
     import shutil
 
@@ -267,9 +298,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--full", action="store_true", help="run the full LOSO too (needs --root)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / "runs" / "bench-loso-speed", help="run directory of --full")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--glibc-default", action="store_true",
+                        help="time the fold with glibc's default allocator settings (not --full)")
+    parser.add_argument("--allocator-pairs", type=int, default=0,
+                        help="also time the fold in K pairs of processes: glibc default against freed memory kept")
     args = parser.parse_args(argv)
     if args.full and args.root is None:
         parser.error("--full needs --root (the full LOSO of the real composite)")
+    if args.full and args.glibc_default:
+        parser.error("--glibc-default times one fold only (the LOSO's workers keep freed memory)")
     sys.path.insert(0, str(ROOT))
     import torch
 
@@ -282,13 +319,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         views, labels, groups = synthetic_data()
         config = load_config(CONFIG)
+    from merkit.train.executors import keep_freed_memory
+
+    # the fold trains in this process as in a LOSO fold worker: with the allocator setting the
+    # workers apply (--glibc-default: without it, for comparison)
+    allocator = "glibc default" if args.glibc_default else (
+        "freed memory kept (keep_freed_memory)" if keep_freed_memory() else "default (not glibc)")
     load_before = os.getloadavg()
     fold = measure_fold(views, labels, groups, config, args.fold, args.epochs, args.rounds, args.vmap)
     report: dict[str, Any] = {
         "data": {"source": "megc2019-flow" if run is not None else "synthetic (same shape)",
                  "n_clips": int(len(labels)), "n_folds": len(set(groups))},
-        "config": CONFIG, **fold,
+        "config": CONFIG, "allocator": allocator, **fold,
         "projection": project(fold, len(set(groups)), config.train.epochs, args.fold_workers),
+        "allocator_pairs": allocator_pairs(args, args.allocator_pairs) if args.allocator_pairs else None,
         "full_run": None,
         "machine": {"torch": torch.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},

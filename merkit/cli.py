@@ -420,7 +420,7 @@ def benchmark(
     protocol: Optional[str] = typer.Option(None, help="label protocol for every dataset"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs of every model"),
     ensemble: list[str] = typer.Option([], help="models whose probabilities are averaged, joined by '+' (repeatable)"),
-    tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key: [values]): every run is a nested LOSO"),
+    tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key or pretrained: [values]): every run is a nested LOSO"),
     inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
     selection_groups: Optional[int] = typer.Option(
