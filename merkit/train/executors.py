@@ -159,12 +159,12 @@ def keep_freed_memory() -> bool:
     A training step allocates the same buffers again and again (STSTNet on the composite: about
     15 MB of maps per batch). glibc's defaults give most of that memory back to the OS at each
     free (unmapping blocks, trimming the heap top), so the next step faults every page in again
-    and the kernel zeroes it: 1,000-4,500 page faults per epoch of one fold. With blocks under
+    and the kernel zeroes it: 650-4,500 page faults per epoch of one fold. With blocks under
     :data:`MMAP_THRESHOLD` taken from the heap and up to :data:`TRIM_THRESHOLD` of free memory
-    kept at its top, a fold trains without page faults (``tests/test_executors.py``) and
-    ``bench/loso_speed.py`` measured 12-18% less CPU per epoch. The values computed are the same
-    (where memory lies does not change arithmetic). A fold worker's memory stays at its peak
-    until it exits.
+    kept at its top, a fold trains without page faults (``tests/test_loso.py``); the whole
+    STSTNet LOSO of the composite took 10% less CPU (``bench/loso_speed.py``). The values
+    computed are the same (where memory lies does not change arithmetic). A fold worker's
+    memory stays at its peak until it exits.
     """
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
