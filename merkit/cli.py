@@ -420,7 +420,7 @@ def benchmark(
     protocol: Optional[str] = typer.Option(None, help="label protocol for every dataset"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs of every model"),
     ensemble: list[str] = typer.Option([], help="models whose probabilities are averaged, joined by '+' (repeatable)"),
-    tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key or pretrained: [values]): every run is a nested LOSO"),
+    tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key or pretrained: [values]; a joint axis sets keys together): every run is a nested LOSO"),
     inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
     selection_groups: Optional[int] = typer.Option(
@@ -475,7 +475,7 @@ def benchmark(
 @app.command("tune")
 def tune_command(
     dataset: str = typer.Option(..., help="dataset name"),
-    grid: Path = typer.Option(..., help="grid YAML: dotted config keys (or pretrained) -> lists of values (train.lr: [1e-3, 1e-4])"),
+    grid: Path = typer.Option(..., help="grid YAML: dotted config keys (or pretrained) -> lists of values (train.lr: [1e-3, 1e-4]); a name -> list of mappings sets their keys together"),
     root: Optional[Path] = typer.Option(None, help="dataset root (default: $MERKIT_<DATASET>_ROOT)"),
     model: Optional[str] = typer.Option(None, help="model name (config as for `merkit train`)"),
     config: Optional[str] = typer.Option(None, help="base config file or name"),

@@ -32,6 +32,36 @@ def test_expand_grid_and_apply_point():
             expand_grid(bad)
 
 
+def test_a_joint_axis_sets_its_keys_together():
+    recipe = [{"train.epochs": 1, "train.batch_size": 4}, {"train.batch_size": 8, "train.epochs": 3}]
+    points = expand_grid({"train.lr": [0.3, 0.01], "recipe": recipe})
+    assert points == [{"train.lr": 0.3, "train.epochs": 1, "train.batch_size": 4},
+                      {"train.lr": 0.3, "train.epochs": 3, "train.batch_size": 8},
+                      {"train.lr": 0.01, "train.epochs": 1, "train.batch_size": 4},
+                      {"train.lr": 0.01, "train.epochs": 3, "train.batch_size": 8}]
+    assert expand_grid({"pair": [{"pretrained": None, "train.epochs": 2}]}) == [{"pretrained": None, "train.epochs": 2}]
+    bad_grids = {
+        "set the same keys": {"recipe": [{"train.epochs": 1}, {"train.lr": 0.1}]},
+        "set by two axes": {"train.epochs": [1, 2], "recipe": [{"train.epochs": 3, "train.lr": 0.1}]},
+        "empty mapping": {"recipe": [{}]},
+        "'epochs' is not a dotted config key": {"recipe": [{"epochs": 3}]},
+        "or a joint axis": {"recipe": [{"train.epochs": 3}, 4]},
+    }
+    for message, grid in bad_grids.items():
+        with pytest.raises(ConfigError, match=message):
+            expand_grid(grid)
+
+
+def test_two_points_of_one_setting_are_refused_before_any_fit(synth_samples, tmp_path):
+    protocol, config = get_protocol("casme2-5"), config_from_dict(LOGREG)
+    with pytest.raises(ConfigError, match="give the same config"):
+        run_nested(synth_samples, protocol, config, {"train.lr": [0.01, 1e-2]}, tmp_path / "same", inner="loso")
+    recipe = [{"train.lr": 0.01, "train.epochs": 3}, {"train.lr": 0.01, "train.epochs": 3.0}]  # 3.0 validates as 3
+    with pytest.raises(ConfigError, match="give the same config"):
+        run_nested(synth_samples, protocol, config, {"recipe": recipe}, tmp_path / "same", inner="loso")
+    assert not (tmp_path / "same").exists()
+
+
 def test_inner_splits_are_subject_grouped(synth_samples):
     loso = inner_splits(synth_samples, "loso", 0, seed=0)
     assert len(loso) == 4
@@ -303,7 +333,7 @@ def test_the_pretrained_checkpoint_is_a_grid_key_and_never_one_seen_on_the_run_s
     others = [s for s in synth_samples if s.subject != "sub01"]
     checkpoint = str(train_all(first, protocol, config, tmp_path / "stage1"))
     assert apply_point(config, {"pretrained": checkpoint}).pretrained == checkpoint
-    with pytest.raises(ConfigError, match="or one of pretrained"):
+    with pytest.raises(ConfigError, match="one of pretrained"):
         expand_grid({"seed": [0, 1]})
     plain = run_loso(others, protocol, config.model_copy(update={"pretrained": checkpoint}), tmp_path / "plain")
     nested = run_nested(others, protocol, config, {"pretrained": [checkpoint]}, tmp_path / "nested", inner="loso")

@@ -26,10 +26,16 @@ convention), ties broken by pooled UAR, then by grid order. Inside every fit the
 last epoch is used (``selection: last``; put ``train.epochs`` in the grid to choose the budget).
 
 A grid maps dotted config keys to candidate values, e.g. ``{"train.lr": [1e-3, 1e-4],
-"model.dim": [32, 64]}``; its points are the Cartesian product in key order. Points may change
-model and training settings and the views they read (e.g. ``model.in_channels: [1, 3]`` or
-``views.release_flow``): the views are built once per distinct view setting of the grid, and
-every setting must keep the same clips (a point cannot win by dropping hard clips).
+"model.dim": [32, 64]}``; its points are the Cartesian product in key order. Settings that only
+make sense together form a *joint axis*: an undotted name whose values are mappings of dotted
+keys, each mapping one candidate, e.g. ``{"recipe": [{"views.release_flow": "minmax",
+"train.augment.hflip": False}, {"views.release_flow": "centered", "train.augment.hflip": True}]}``
+(every mapping sets the same keys; the name only labels the axis). Two points that resolve to
+the same config are refused (the tie would be broken by grid order, and the fits wasted).
+Points may change model and training settings and the views they read (e.g.
+``model.in_channels: [1, 3]`` or ``views.release_flow``): the views are built once per distinct
+view setting of the grid, and every setting must keep the same clips (a point cannot win by
+dropping hard clips).
 
 Run directory: the one of :mod:`merkit.train.loso` (``config.yaml`` with a ``tune`` section,
 ``predictions.csv``, ``metrics.json`` whose ``selection`` says ``nested``, the grid, the inner
@@ -80,20 +86,53 @@ TOP_LEVEL_GRID_KEYS = ("pretrained",)
 def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     """The points of a grid: the Cartesian product of its value lists, keys in the given order.
 
+    A key without a dot whose values are mappings is a joint axis (module doc): each mapping's
+    dotted keys are set together, and a point holds them as if they were separate keys.
+
     Raises:
         ConfigError: an empty grid, a key that is neither dotted (``section.key``) nor in
-            :data:`TOP_LEVEL_GRID_KEYS`, or a key without values.
+            :data:`TOP_LEVEL_GRID_KEYS` nor a joint axis, a key without values, or a joint
+            axis whose mappings set different keys (or a key another axis sets too).
     """
     if not grid:
         raise ConfigError("the tuning grid is empty: give at least one key with candidate values")
+    axes: list[list[dict[str, Any]]] = []  # per key: its candidates as {dotted key: value}
     for key, values in grid.items():
-        if "." not in key and key not in TOP_LEVEL_GRID_KEYS:
-            raise ConfigError(f"grid key {key!r}: expected a dotted config key such as train.lr or model.dim, "
-                              f"or one of {', '.join(TOP_LEVEL_GRID_KEYS)}")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
             raise ConfigError(f"grid key {key!r}: expected a non-empty list of candidate values, got {values!r}")
-    keys = list(grid)
-    return [dict(zip(keys, combination)) for combination in itertools.product(*(grid[k] for k in keys))]
+        if "." in key or key in TOP_LEVEL_GRID_KEYS:
+            axes.append([{key: value} for value in values])
+        elif all(isinstance(value, Mapping) for value in values):
+            axes.append(_joint_axis(key, values))
+        else:
+            raise ConfigError(f"grid key {key!r}: expected a dotted config key such as train.lr or model.dim, "
+                              f"one of {', '.join(TOP_LEVEL_GRID_KEYS)}, or a joint axis (a name whose values are "
+                              "mappings of dotted keys set together)")
+    seen: dict[str, int] = {}
+    for number, axis in enumerate(axes):
+        for dotted in axis[0]:
+            if dotted in seen:
+                raise ConfigError(f"grid key {dotted!r} is set by two axes ({list(grid)[seen[dotted]]!r} and "
+                                  f"{list(grid)[number]!r}): put it in one")
+            seen[dotted] = number
+    return [{k: v for part in combination for k, v in part.items()} for combination in itertools.product(*axes)]
+
+
+def _joint_axis(name: str, values: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The candidates of the joint axis ``name`` (module doc), checked."""
+    keys = None
+    for value in values:
+        if not value:
+            raise ConfigError(f"grid axis {name!r}: an empty mapping sets nothing")
+        for key in value:
+            if not isinstance(key, str) or ("." not in key and key not in TOP_LEVEL_GRID_KEYS):
+                raise ConfigError(f"grid axis {name!r}: {key!r} is not a dotted config key such as train.lr")
+        if keys is None:
+            keys = list(value)
+        elif set(value) != set(keys):
+            raise ConfigError(f"grid axis {name!r}: every mapping must set the same keys ({sorted(keys)}), "
+                              f"got {sorted(value)}")
+    return [{key: value[key] for key in keys} for value in values]
 
 
 def apply_point(config: RunConfig, point: Mapping[str, Any]) -> RunConfig:
@@ -324,7 +363,8 @@ def run_nested(
 
     Raises:
         LeakageError: a point's ``pretrained`` checkpoint was trained on a subject of this run.
-        ConfigError: a bad grid, view settings of the grid that keep different clips,
+        ConfigError: a bad grid, two points giving the same config, view settings of the grid
+            that keep different clips,
             ``selection`` other than ``last``, ``shuffle_labels``, a bad number of selection
             groups, or a run directory holding another run's folds.
     """
@@ -342,8 +382,13 @@ def run_nested(
     view_settings: list[tuple] = []  # distinct (view specs, views config) of the grid points
     point_views: list[int] = []  # per point: its position in view_settings
     pretrained: dict[str, int | None] = {}  # checkpoint of a point -> subjects it was trained on
+    resolved: list[dict] = []  # per point: its whole config, to refuse two points of one setting
     for point in points:
         changed = apply_point(config, point)
+        resolved.append(changed.model_dump(mode="json"))
+        if resolved[-1] in resolved[:-1]:
+            raise ConfigError(f"grid points {points[resolved.index(resolved[-1])]} and {point} give the same "
+                              "config: every point must be a different setting")
         if changed.pretrained is not None and changed.pretrained not in pretrained:  # each checkpoint read once
             pretrained[changed.pretrained] = pretrain_overlap(changed, samples, allow=False)["subjects_seen"]
         point_specs = input_spec(changed.model_name, **changed.model_kwargs)
