@@ -25,7 +25,9 @@ def ray_instance():
 
 def test_folds_as_ray_tasks_give_the_local_predictions_and_resume(ray_instance, synth_samples, tmp_path):
     run = tmp_path / "run"
-    metrics = reference_run(synth_samples, run, tmp_path / "cache", executor=RayExecutor())
+    executor = RayExecutor()
+    metrics = reference_run(synth_samples, run, tmp_path / "cache", executor=executor)
+    assert executor.parallel_folds == 2  # the test cluster's 2 CPUs, one per fold (the progress ETA's rounds)
     # the same seed gives the same predictions.csv as the local executor (which gives the reference)
     assert (run / "predictions.csv").read_bytes() == REFERENCE.read_bytes()
     assert metrics["compute"]["executor"]["name"] == "ray" and metrics["compute"]["devices_used"] == ["cpu"]
@@ -65,7 +67,7 @@ def config_mistake(marker: Path, shared: None) -> str:
 
 
 def test_a_failed_task_is_retried_a_mistake_is_not_and_gpus_are_reserved_on_request(ray_instance, synth_samples,
-                                                                                    tmp_path):
+                                                                                    tmp_path, monkeypatch):
     markers = [tmp_path / "task0", tmp_path / "crash1", tmp_path / "task2"]
     done = []
     results = RayExecutor(max_retries=2).map(fail_on_first_attempt, markers, "shared",
@@ -85,6 +87,14 @@ def test_a_failed_task_is_retried_a_mistake_is_not_and_gpus_are_reserved_on_requ
         RayExecutor().prepare("cuda:1")
     with pytest.raises(ConfigError, match="idle"):
         RayExecutor(gpus_per_fold=0.5).prepare("cpu")
+    # folds at once (the progress ETA): the scarcer of CPUs and GPUs per fold
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 2.0})
+    for options, slots in (({"gpus_per_fold": 0.5}, 4), ({"gpus_per_fold": 0.5, "cpus_per_fold": 6}, 2),
+                           ({"gpus_per_fold": 0}, 16)):
+        executor = RayExecutor(**options)
+        assert executor.parallel_folds == 1  # not known before prepare()
+        executor.prepare("auto")
+        assert executor.parallel_folds == slots
 
 
 def test_benchmark_and_nested_runs_schedule_their_folds_on_ray(ray_instance, synth_root, synth_samples, tmp_path):

@@ -235,6 +235,13 @@ class RayExecutor(Executor):
         self.gpus_per_fold = gpus_per_fold
         self.cpus_per_fold = cpus_per_fold
         self.max_retries = int(max_retries)
+        self._slots = 1  # folds the cluster runs at once, known after prepare()
+
+    @property
+    def parallel_folds(self) -> int:
+        """Folds the cluster's CPUs (and GPUs, when folds reserve them) run at once, as of
+        :meth:`prepare`; 1 before it. A cluster that grows later only makes the ETA pessimistic."""
+        return self._slots
 
     def _connect(self) -> None:
         import ray
@@ -258,10 +265,15 @@ class RayExecutor(Executor):
         if device.startswith("cuda:"):
             raise ConfigError(f"--device {device}: Ray gives each fold its own GPU(s); use --device cuda or auto")
         self._connect()
-        cluster_gpus = ray.cluster_resources().get("GPU", 0)
+        resources = ray.cluster_resources()
+        cluster_gpus = resources.get("GPU", 0)
         if self.gpus_per_fold is None:
             wants_gpu = device == "cuda" or (device == "auto" and cluster_gpus > 0)
             self.gpus_per_fold = 1.0 if wants_gpu else 0.0
+        slots = resources.get("CPU", 0) // self.cpus_per_fold
+        if self.gpus_per_fold:
+            slots = min(slots, cluster_gpus // self.gpus_per_fold)
+        self._slots = max(1, int(slots))
         if self.gpus_per_fold == 0:
             if device in ("cuda", "mps"):
                 raise ConfigError(f"--device {device} with --gpus-per-fold 0: Ray would reserve no GPU for the folds")
