@@ -16,7 +16,8 @@ Layout of a benchmark folder::
 The table has one row per dataset and entry (and, for composite datasets, one per source
 dataset beneath it): ACC, UF1 and UAR pooled over the LOSO folds of each run, as the mean and
 sample standard deviation over the seeds, how each model was selected, and the wall time
-(mean seconds per seed run, summed over resumed sessions; an ensemble adds its members').
+(mean seconds per seed run, summed over resumed sessions; an ensemble adds its members'; left
+empty when a run reused folds the benchmark did not train, whose time it cannot know).
 
 An ensemble averages the class probabilities of its members' ``predictions.csv`` for the same
 dataset and seed. No choice is made on the test subject: the members are fixed in advance and
@@ -120,8 +121,9 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
              grid: Mapping[str, Sequence[Any]] | None, inner: str, inner_folds: int, selection_groups: int | None,
              cache_dir: str | Path | None, workers: int, fold_workers: int,
              on_fold: Callable[[int, int, str], None] | None, executor: Executor | None = None,
-             compute: Mapping[str, Any] | None = None) -> tuple[dict, float]:
-    """Run (or read back) one benchmark run; returns its metrics and wall seconds."""
+             compute: Mapping[str, Any] | None = None) -> tuple[dict, float | None]:
+    """Run (or read back) one benchmark run; returns its metrics and wall seconds (None when
+    folds it reuses were trained outside the benchmark, which timed nothing of them)."""
     from merkit.api import prepare_run
 
     as_model = _is_model_name(spec.entry)
@@ -141,15 +143,19 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
                           "would mix results; write the benchmark to a new folder or delete that run")
     if timing.get("complete") and (spec.run_dir / "metrics.json").is_file():
         log.info("%s: finished earlier, reading it back", spec.run_dir)
-        return json.loads((spec.run_dir / "metrics.json").read_text()), float(timing["wall_s"])
-    spent = float(timing.get("wall_s", 0.0))
+        return json.loads((spec.run_dir / "metrics.json").read_text()), _wall_seconds(timing)
+    # folds already there without a timing of this benchmark (a run copied or trained into its
+    # folder): their training time is unknown, so the run's is too
+    untimed = timing.get("untimed", not timing and any((spec.run_dir / "folds").glob("*/predictions.csv")))
+    spent = float(timing.get("wall_s") or 0.0)
     start = time.perf_counter()
 
-    def record(complete: bool) -> float:
+    def record(complete: bool) -> float | None:
         wall = spent + time.perf_counter() - start
         spec.run_dir.mkdir(parents=True, exist_ok=True)
-        timing_path.write_text(json.dumps({"fingerprint": fingerprint, "wall_s": wall, "complete": complete}))
-        return wall
+        timing_path.write_text(json.dumps({"fingerprint": fingerprint, "wall_s": wall, "complete": complete,
+                                           "untimed": untimed}))
+        return None if untimed else wall
 
     def fold_done(done: int, total: int, name: str) -> None:
         record(False)
@@ -169,6 +175,11 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
                            fold_workers=fold_workers, executor=executor, on_fold=fold_done, fixes=run.fixes,
                            skipped=run.skipped, notes=run.notes)
     return metrics, record(True)
+
+
+def _wall_seconds(timing: Mapping[str, Any]) -> float | None:
+    """A finished run's wall seconds from its ``timing.json`` (None: not all of it was timed)."""
+    return None if timing.get("untimed") else float(timing["wall_s"])
 
 
 def ensemble_predictions(tables: Sequence[pd.DataFrame], classes: Sequence[str], names: Sequence[str]) -> pd.DataFrame:
@@ -245,7 +256,7 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return float(array.mean()), (float(array.std(ddof=1)) if len(array) > 1 else None)
 
 
-def summarise(results: Sequence[tuple[str, str, dict, float]]) -> list[dict[str, Any]]:
+def summarise(results: Sequence[tuple[str, str, dict, float | None]]) -> list[dict[str, Any]]:
     """Table rows from ``(dataset, label, metrics, wall seconds)`` per run, seeds pooled.
 
     Returns:
@@ -253,9 +264,9 @@ def summarise(results: Sequence[tuple[str, str, dict, float]]) -> list[dict[str,
         runs report several source datasets (composites), one row per source. Each row holds
         ``dataset, source, model, seeds, n_samples, acc_mean, acc_std, uf1_mean, uf1_std,
         uar_mean, uar_std, selection, wall_s`` (std None for one seed; wall_s, the mean per
-        seed run, only on the ``all`` row).
+        seed run, only on the ``all`` row; None also when a run's time is unknown).
     """
-    grouped: dict[tuple[str, str], list[tuple[dict, float]]] = {}
+    grouped: dict[tuple[str, str], list[tuple[dict, float | None]]] = {}
     for dataset, label, metrics, wall in results:
         grouped.setdefault((dataset, label), []).append((metrics, wall))
     rows = []
@@ -271,7 +282,8 @@ def summarise(results: Sequence[tuple[str, str, dict, float]]) -> list[dict[str,
             for key in METRICS:
                 row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([s[key] for s in scores])
             row["selection"] = "/".join(selection)
-            row["wall_s"] = float(np.mean([w for _, w in runs])) if source == "all" else None
+            walls = [w for _, w in runs]
+            row["wall_s"] = float(np.mean(walls)) if source == "all" and None not in walls else None
             rows.append(row)
     return rows
 
@@ -405,9 +417,9 @@ def run_benchmark(
         "inner": {"scheme": inner, "folds": inner_folds} if grid else None,
         "selection_groups": selection_groups if grid else None, "command": command}, indent=2))
     roots = dict(roots or {})
-    results: list[tuple[str, str, dict, float]] = []
+    results: list[tuple[str, str, dict, float | None]] = []
     runs: dict[str, dict] = {}
-    walls: dict[Path, float] = {}
+    walls: dict[Path, float | None] = {}
     for number, spec in enumerate(specs):
         if on_run is not None:
             on_run(number + 1, len(specs), spec)
@@ -427,7 +439,8 @@ def run_benchmark(
                 member_dirs = [out / _folder_name(dataset) / m / f"seed{int(seed)}" for m in members]
                 run_dir = out / _folder_name(dataset) / label / f"seed{int(seed)}"
                 metrics = write_ensemble(member_dirs, members, run_dir)
-                results.append((dataset, label, metrics, sum(walls[d] for d in member_dirs)))
+                member_walls = [walls[d] for d in member_dirs]
+                results.append((dataset, label, metrics, None if None in member_walls else sum(member_walls)))
                 runs[str(run_dir)] = metrics
     rows = summarise(results)
     notes = [f"Command: `{command}`"] if command else []

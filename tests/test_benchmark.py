@@ -117,6 +117,14 @@ def test_interrupted_run_resumes_and_adds_its_time(synth_root, tmp_path):
     timing_path.write_text(json.dumps(timing))
     result = run_benchmark([fast], ["synthme"], out, roots={"synthme": synth_root}, seeds=[0], cache_dir=tmp_path / "cache")
     assert result.rows[0]["wall_s"] > 1000.0 and json.loads(timing_path.read_text())["complete"]
+    # folds the benchmark did not time (a run trained or copied into its folder): the time is
+    # unknown, not the seconds spent reading them back
+    timing_path.unlink()
+    for session in range(2):  # reusing the folds, then reading the finished run back
+        result = run_benchmark([fast], ["synthme"], out, roots={"synthme": synth_root}, seeds=[0],
+                               cache_dir=tmp_path / "cache")
+        assert result.rows[0]["wall_s"] is None and json.loads(timing_path.read_text())["untimed"]
+    assert "| last |  |" in (out / "results.md").read_text()
 
 
 def test_composite_rows_per_source_and_nested_runs(tmp_path):
