@@ -147,7 +147,7 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
     # folds already there without a timing of this benchmark (a run copied or trained into its
     # folder): their training time is unknown, so the run's is too
     untimed = timing.get("untimed", not timing and any((spec.run_dir / "folds").glob("*/predictions.csv")))
-    spent = float(timing.get("wall_s") or 0.0)
+    spent = float(timing.get("wall_s", 0.0))
     start = time.perf_counter()
 
     def record(complete: bool) -> float | None:

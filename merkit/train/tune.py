@@ -100,7 +100,7 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     for key, values in grid.items():
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
             raise ConfigError(f"grid key {key!r}: expected a non-empty list of candidate values, got {values!r}")
-        if "." in key or key in TOP_LEVEL_GRID_KEYS:
+        if _is_setting_key(key):
             axes.append([{key: value} for value in values])
         elif all(isinstance(value, Mapping) for value in values):
             axes.append(_joint_axis(key, values))
@@ -118,6 +118,11 @@ def expand_grid(grid: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
     return [{k: v for part in combination for k, v in part.items()} for combination in itertools.product(*axes)]
 
 
+def _is_setting_key(key: str) -> bool:
+    """Whether a grid key names one config setting: dotted (``section.key``) or top level."""
+    return "." in key or key in TOP_LEVEL_GRID_KEYS
+
+
 def _joint_axis(name: str, values: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The candidates of the joint axis ``name`` (module doc), checked."""
     keys = None
@@ -125,7 +130,7 @@ def _joint_axis(name: str, values: Sequence[Mapping[str, Any]]) -> list[dict[str
         if not value:
             raise ConfigError(f"grid axis {name!r}: an empty mapping sets nothing")
         for key in value:
-            if not isinstance(key, str) or ("." not in key and key not in TOP_LEVEL_GRID_KEYS):
+            if not isinstance(key, str) or not _is_setting_key(key):
                 raise ConfigError(f"grid axis {name!r}: {key!r} is not a dotted config key such as train.lr")
         if keys is None:
             keys = list(value)
