@@ -11,6 +11,7 @@ Layout of a benchmark folder::
     <out>/benchmark.json                    what was asked (entries, datasets, seeds, ensembles, grid)
     <out>/<dataset>/<entry>/seed<k>/        one run directory per run, plus timing.json
     <out>/<dataset>/ensemble-<a>+<b>/seed<k>/   predictions averaged over the members' runs
+    <out>/<dataset>/seed-ensemble-<entry>/       with seed_ensemble: a row's runs averaged over the seeds
     <out>/results.md, results.csv, results.tex, results.json
 
 The table has one row per dataset and entry (and, for composite datasets, one per source
@@ -21,7 +22,11 @@ empty when a run reused folds the benchmark did not train, whose time it cannot 
 
 An ensemble averages the class probabilities of its members' ``predictions.csv`` for the same
 dataset and seed. No choice is made on the test subject: the members are fixed in advance and
-each was selected by its own honest policy.
+each was selected by its own honest policy. A *seed ensemble* (``seed_ensemble``) averages the
+runs of one row (an entry or an ensemble) over all the benchmark's seeds: one figure per row,
+whose ``seeds`` column counts the seeds averaged; set against the row's mean over seeds it shows
+how much of a model's error is the variance of its training (an average of k seeds removes
+most of it) and how much is bias.
 """
 
 from __future__ import annotations
@@ -256,8 +261,12 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return float(array.mean()), (float(array.std(ddof=1)) if len(array) > 1 else None)
 
 
-def summarise(results: Sequence[tuple[str, str, dict, float | None]]) -> list[dict[str, Any]]:
+def summarise(results: Sequence[tuple[str, str, dict, float | None]],
+              averaged_seeds: Mapping[tuple[str, str], int] | None = None) -> list[dict[str, Any]]:
     """Table rows from ``(dataset, label, metrics, wall seconds)`` per run, seeds pooled.
+
+    ``averaged_seeds``: ``(dataset, label)`` of a seed ensemble -> the number of seed runs its one
+    run averages (its ``seeds`` column; its standard deviations are None).
 
     Returns:
         Per dataset and label, in first-seen order: a row with ``source = "all"`` and, when the
@@ -277,7 +286,8 @@ def summarise(results: Sequence[tuple[str, str, dict, float | None]]) -> list[di
         if len(sources) > 1:
             parts += [(source, [m["per_dataset"][source] for m, _ in runs]) for source in sources]
         for source, scores in parts:
-            row: dict[str, Any] = {"dataset": dataset, "source": source, "model": label, "seeds": len(runs),
+            seed_count = (averaged_seeds or {}).get((dataset, label), len(runs))
+            row: dict[str, Any] = {"dataset": dataset, "source": source, "model": label, "seeds": seed_count,
                                    "n_samples": int(scores[0]["n_samples"])}
             for key in METRICS:
                 row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([s[key] for s in scores])
@@ -358,6 +368,7 @@ def run_benchmark(
     protocol: str | None = None,
     epochs: int | None = None,
     ensembles: Sequence[Sequence[str]] = (),
+    seed_ensemble: bool = False,
     grid: Mapping[str, Sequence[Any]] | None = None,
     inner: str = "kfold",
     inner_folds: int = 3,
@@ -384,6 +395,8 @@ def run_benchmark(
         protocol: label protocol for every dataset (default: each config's or dataset's).
         epochs: overrides ``train.epochs`` of every entry.
         ensembles: groups of entries whose runs are averaged (an extra row each).
+        seed_ensemble: also average each row's runs (entries and ensembles) over all seeds (an
+            extra row each, ``seed-ensemble-<entry>``; needs two seeds or more).
         grid: dotted config keys -> candidate values: every run becomes a nested LOSO run
             (:func:`merkit.train.tune.run_nested`) with ``inner`` / ``inner_folds`` /
             ``selection_groups``.
@@ -402,6 +415,8 @@ def run_benchmark(
         ConfigError: bad entries, seeds or ensembles, or a folder holding another setting.
     """
     specs = plan_runs(entries, datasets, seeds, out)
+    if seed_ensemble and len(seeds) < 2:
+        raise ConfigError(f"a seed ensemble averages a model's runs over seeds: needs at least two seeds, got {list(seeds)}")
     labels = {entry_label(e) for e in entries}
     for group in ensembles:
         unknown = [m for m in group if entry_label(m) not in labels]
@@ -412,7 +427,7 @@ def run_benchmark(
     out.mkdir(parents=True, exist_ok=True)
     (out / "benchmark.json").write_text(json.dumps({
         "models": list(entries), "datasets": list(datasets), "seeds": [int(s) for s in seeds], "protocol": protocol,
-        "epochs": epochs, "ensembles": [list(g) for g in ensembles],
+        "epochs": epochs, "ensembles": [list(g) for g in ensembles], "seed_ensemble": seed_ensemble,
         "grid": {k: list(v) for k, v in grid.items()} if grid else None,
         "inner": {"scheme": inner, "folds": inner_folds} if grid else None,
         "selection_groups": selection_groups if grid else None, "command": command}, indent=2))
@@ -440,10 +455,25 @@ def run_benchmark(
                 run_dir = out / _folder_name(dataset) / label / f"seed{int(seed)}"
                 metrics = write_ensemble(member_dirs, members, run_dir)
                 member_walls = [walls[d] for d in member_dirs]
-                results.append((dataset, label, metrics, None if None in member_walls else sum(member_walls)))
+                walls[run_dir] = None if None in member_walls else sum(member_walls)
+                results.append((dataset, label, metrics, walls[run_dir]))
                 runs[str(run_dir)] = metrics
-    rows = summarise(results)
+    averaged_seeds: dict[tuple[str, str], int] = {}
+    if seed_ensemble:
+        for dataset, label in dict.fromkeys((d, l) for d, l, _, _ in results):
+            member_dirs = [out / _folder_name(dataset) / label / f"seed{int(seed)}" for seed in seeds]
+            name = "seed-ensemble-" + label.removeprefix("ensemble-")
+            run_dir = out / _folder_name(dataset) / name
+            metrics = write_ensemble(member_dirs, [f"{label}/seed{int(seed)}" for seed in seeds], run_dir)
+            member_walls = [walls[d] for d in member_dirs]
+            results.append((dataset, name, metrics, None if None in member_walls else sum(member_walls)))
+            averaged_seeds[(dataset, name)] = len(seeds)
+            runs[str(run_dir)] = metrics
+    rows = summarise(results, averaged_seeds)
     notes = [f"Command: `{command}`"] if command else []
+    if seed_ensemble:
+        notes.append("`seed-ensemble-<x>`: the class probabilities of x's runs averaged over all seeds (one run; "
+                     "its seeds column counts the seeds averaged, its wall time is their runs' summed).")
     if grid:
         from merkit.train.tune import nested_description
 

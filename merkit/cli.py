@@ -420,6 +420,8 @@ def benchmark(
     protocol: Optional[str] = typer.Option(None, help="label protocol for every dataset"),
     epochs: Optional[int] = typer.Option(None, help="override train.epochs of every model"),
     ensemble: list[str] = typer.Option([], help="models whose probabilities are averaged, joined by '+' (repeatable)"),
+    seed_ensemble: bool = typer.Option(False, "--seed-ensemble",
+                                       help="also average each row's runs over all seeds (one more row each)"),
     tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key or pretrained: [values]; a joint axis sets keys together): every run is a nested LOSO"),
     inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
@@ -461,7 +463,7 @@ def benchmark(
             result = run_benchmark(
                 _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
                 protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
-                grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
+                seed_ensemble=seed_ensemble, grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
                 selection_groups=selection_groups,
                 cache_dir=cache, workers=workers, fold_workers=fold_workers, executor=fold_executor, device=device,
                 amp=amp, deterministic=deterministic or None, command=shlex.join(["merkit", *sys.argv[1:]]),

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
 from fixtures_datasets import build_megc2019_flow, megc2019_flow_rows
@@ -33,6 +34,8 @@ def test_plan_and_bad_requests(tmp_path):
         plan_runs(["a/x.yaml", "b/x.yaml"], ["synthme"], [0], tmp_path)
     with pytest.raises(ConfigError, match="at least two"):
         run_benchmark(["logreg"], ["synthme"], tmp_path, ensembles=[["logreg"]])
+    with pytest.raises(ConfigError, match="at least two seeds"):
+        run_benchmark(["logreg"], ["synthme"], tmp_path, seeds=[0], seed_ensemble=True)
 
 
 def test_ensemble_averages_probabilities_by_hand():
@@ -77,9 +80,11 @@ def test_benchmark_runs_writes_tables_and_resumes(synth_root, tmp_path, monkeypa
     fast, slow = _config(tmp_path / "fast.yaml"), _config(tmp_path / "slow.yaml", epochs=3)
     out = tmp_path / "bench"
     result = run_benchmark([fast, slow], ["synthme"], out, roots={"synthme": synth_root}, seeds=[0, 1],
-                           ensembles=[["fast", "slow"]], cache_dir=tmp_path / "cache", command="merkit benchmark ...")
+                           ensembles=[["fast", "slow"]], seed_ensemble=True, cache_dir=tmp_path / "cache",
+                           command="merkit benchmark ...")
     assert [(r["model"], r["source"], r["seeds"]) for r in result.rows] == [
-        ("fast", "all", 2), ("slow", "all", 2), ("ensemble-fast+slow", "all", 2)]
+        ("fast", "all", 2), ("slow", "all", 2), ("ensemble-fast+slow", "all", 2),
+        ("seed-ensemble-fast", "all", 2), ("seed-ensemble-slow", "all", 2), ("seed-ensemble-fast+slow", "all", 2)]
     for row in result.rows[:2]:
         runs = [json.loads((out / "synthme" / row["model"] / f"seed{s}" / "metrics.json").read_text()) for s in (0, 1)]
         assert row["uf1_mean"] == pytest.approx(np.mean([m["uf1"] for m in runs]))
@@ -88,6 +93,16 @@ def test_benchmark_runs_writes_tables_and_resumes(synth_root, tmp_path, monkeypa
     ensemble = json.loads((out / "synthme" / "ensemble-fast+slow" / "seed0" / "metrics.json").read_text())
     assert ensemble["selection"]["policy"] == "ensemble" and ensemble["n_samples"] == 20
     assert evaluate_run(out / "synthme" / "ensemble-fast+slow" / "seed0") == ensemble  # one writer, as for any run
+    # a seed ensemble: the four member runs' probabilities averaged (the ensemble's two seeds are
+    # averages of two runs each), scored by sklearn; one figure, its wall time the four runs' sum
+    tables = [pd.read_csv(out / "synthme" / m / f"seed{s}" / "predictions.csv").sort_values("sample_id")
+              for m in ("fast", "slow") for s in (0, 1)]
+    probabilities = np.mean([t.filter(like="p_").to_numpy() for t in tables], axis=0)
+    by_hand = f1_score(tables[0].y_true, probabilities.argmax(1), average="macro")
+    row = result.rows[5]
+    assert row["uf1_mean"] == pytest.approx(by_hand) and row["uf1_std"] is None and row["selection"] == "ensemble"
+    assert row["wall_s"] == pytest.approx(result.rows[0]["wall_s"] * 2 + result.rows[1]["wall_s"] * 2)
+    assert json.loads((out / "synthme" / "seed-ensemble-fast" / "metrics.json").read_text())["uf1"] == result.rows[3]["uf1_mean"]
     table = pd.read_csv(out / "results.csv")
     assert list(table.columns) == ["dataset", "source", "model", "seeds", "n_samples", "acc_mean", "acc_std", "uf1_mean",
                                    "uf1_std", "uar_mean", "uar_std", "selection", "wall_s"]
@@ -100,7 +115,7 @@ def test_benchmark_runs_writes_tables_and_resumes(synth_root, tmp_path, monkeypa
 
     monkeypatch.setattr("merkit.train.loso.run_loso", refuse)
     again = run_benchmark([fast, slow], ["synthme"], out, roots={"synthme": synth_root}, seeds=[0, 1],
-                          ensembles=[["fast", "slow"]], cache_dir=tmp_path / "cache")
+                          ensembles=[["fast", "slow"]], seed_ensemble=True, cache_dir=tmp_path / "cache")
     assert again.rows == result.rows
     _config(tmp_path / "fast.yaml", epochs=4)  # the same name, another setting
     with pytest.raises(ConfigError, match="another setting"):
@@ -179,6 +194,9 @@ def test_cli_benchmark_and_tune(synth_root, tmp_path):
     result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme", "--root", str(synth_root),
                                  "--seeds", "0,x", "--out", str(tmp_path / "bench")])
     assert result.exit_code == 2 and "--seeds" in " ".join(result.output.split())
+    result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme", "--root", str(synth_root),
+                                 "--seed-ensemble", "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 2 and "at least two seeds" in " ".join(result.output.split())
     result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme,samm", "--root",
                                  str(synth_root), "--out", str(tmp_path / "bench")])
     assert result.exit_code == 2 and "NAME=DIR" in " ".join(result.output.split())
