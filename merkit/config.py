@@ -39,7 +39,7 @@ class ScheduleConfig(_Strict):
 class AugmentConfig(_Strict):
     """Training-time augmentation, applied identically to every view of a sample.
 
-    ``random_crop``: pad by this many pixels (reflect) and crop back at a random offset.
+    ``random_crop``: pad by this many pixels (the border replicated) and crop back at a random offset.
     ``shift``: the same as a translation of up to this many pixels (paper 004's face-box shift).
     ``color_jitter``: maximum relative brightness/contrast change of image views.
     Horizontal flips negate the flow's u channel, vertical flips its v channel.
