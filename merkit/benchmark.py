@@ -446,29 +446,28 @@ def run_benchmark(
         results.append((spec.dataset, entry_label(spec.entry), metrics, wall))
         runs[str(spec.run_dir)] = metrics
         walls[spec.run_dir] = wall
+    def add_ensemble(dataset: str, label: str, member_dirs: list[Path], members: list[str], run_dir: Path) -> None:
+        """Write an ensemble run of ``member_dirs`` and record its row; its wall time is the members' sum."""
+        metrics = write_ensemble(member_dirs, members, run_dir)
+        member_walls = [walls[d] for d in member_dirs]
+        walls[run_dir] = None if None in member_walls else sum(member_walls)
+        results.append((dataset, label, metrics, walls[run_dir]))
+        runs[str(run_dir)] = metrics
+
     for group in ensembles:
         members = [entry_label(m) for m in group]
         label = "ensemble-" + "+".join(members)
         for dataset in datasets:
             for seed in seeds:
-                member_dirs = [out / _folder_name(dataset) / m / f"seed{int(seed)}" for m in members]
-                run_dir = out / _folder_name(dataset) / label / f"seed{int(seed)}"
-                metrics = write_ensemble(member_dirs, members, run_dir)
-                member_walls = [walls[d] for d in member_dirs]
-                walls[run_dir] = None if None in member_walls else sum(member_walls)
-                results.append((dataset, label, metrics, walls[run_dir]))
-                runs[str(run_dir)] = metrics
+                add_ensemble(dataset, label, [out / _folder_name(dataset) / m / f"seed{int(seed)}" for m in members],
+                             members, out / _folder_name(dataset) / label / f"seed{int(seed)}")
     averaged_seeds: dict[tuple[str, str], int] = {}
     if seed_ensemble:
         for dataset, label in dict.fromkeys((d, l) for d, l, _, _ in results):
-            member_dirs = [out / _folder_name(dataset) / label / f"seed{int(seed)}" for seed in seeds]
             name = "seed-ensemble-" + label.removeprefix("ensemble-")
-            run_dir = out / _folder_name(dataset) / name
-            metrics = write_ensemble(member_dirs, [f"{label}/seed{int(seed)}" for seed in seeds], run_dir)
-            member_walls = [walls[d] for d in member_dirs]
-            results.append((dataset, name, metrics, None if None in member_walls else sum(member_walls)))
+            add_ensemble(dataset, name, [out / _folder_name(dataset) / label / f"seed{int(seed)}" for seed in seeds],
+                         [f"{label}/seed{int(seed)}" for seed in seeds], out / _folder_name(dataset) / name)
             averaged_seeds[(dataset, name)] = len(seeds)
-            runs[str(run_dir)] = metrics
     rows = summarise(results, averaged_seeds)
     notes = [f"Command: `{command}`"] if command else []
     if seed_ensemble:
