@@ -87,6 +87,7 @@ class TrainConfig(_Strict):
     amp: Literal["none", "bf16", "fp16"] = "none"
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     deterministic: bool = False
+    ema: float | None = Field(None, gt=0, lt=1)
 
 
 class ViewsConfig(_Strict):
@@ -283,14 +284,22 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
 #: ``train`` settings that say how a run computes, not what: left out of :func:`result_settings`
 COMPUTE_SETTINGS = ("device", "deterministic")
 
+#: ``train`` settings added after runs were recorded, with the value that leaves training as it
+#: was: left out of :func:`result_settings` while they have it, so runs recorded before the
+#: setting existed stay reusable
+LATER_SETTINGS = {"ema": None}
+
 
 def result_settings(config: RunConfig) -> dict[str, Any]:
-    """The resolved config as a dict without the compute settings (:data:`COMPUTE_SETTINGS`):
-    what a run's results depend on, and what resuming a fold or a benchmark run compares, so a
+    """The resolved config as a dict without the compute settings (:data:`COMPUTE_SETTINGS`) and
+    the later settings at their old behaviour (:data:`LATER_SETTINGS`): what a run's results depend on, and what resuming a fold or a benchmark run compares, so a
     run may resume on another device."""
     settings = config.model_dump(mode="json")
     for key in COMPUTE_SETTINGS:
         settings["train"].pop(key)
+    for key, unchanged in LATER_SETTINGS.items():
+        if settings["train"][key] == unchanged:
+            settings["train"].pop(key)
     return settings
 
 

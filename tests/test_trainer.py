@@ -4,10 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from merkit.config import TrainConfig
+from merkit.config import RunConfig, TrainConfig, result_settings
 from merkit.errors import ModelInputError
 from merkit.models import MERModel, create
-from merkit.train.trainer import fit
+from merkit.train import trainer
+from merkit.train.trainer import WeightAverage, fit
 
 
 class TinyBatchNormNet(MERModel):
@@ -46,6 +47,81 @@ def test_validation_runs_in_eval_mode_and_leaves_batchnorm_statistics_alone():
     assert modes == [False, False, False] and all(means)
     assert history.best_epoch == 1 and len(history.val_uf1) == 3
     assert model.norm.running_mean.abs().max() < 5  # never moved towards the validation data
+
+
+def test_weight_average_is_the_bias_corrected_exponential_average_by_hand():
+    model = TinyBatchNormNet()
+    average = WeightAverage(model, decay=0.5)
+    for value, batches in ((1.0, 3), (3.0, 5), (7.0, 9)):
+        with torch.no_grad():
+            model.linear.weight.fill_(value)
+            model.norm.num_batches_tracked.fill_(batches)
+        average.update(model)
+    # (0.5 * 0.25 * 1 + 0.5 * 0.5 * 3 + 0.5 * 7) / (1 - 0.125) = 4.375 / 0.875; after one update: 1, after two: 1.75 / 0.75
+    assert torch.allclose(average.state["linear.weight"], torch.full((2, 4), 5.0))
+    assert int(average.state["norm.num_batches_tracked"]) == 9  # integer buffers: the last update's
+    model.linear.weight.data.fill_(-1.0)
+    assert float(average.state["linear.weight"][0, 0]) == 5.0  # the average is a copy, not a view
+
+
+def _recorded_average(monkeypatch, decay):
+    """Patch :class:`WeightAverage` to record the classifier weight at every update; returns the
+    list and a function computing the bias-corrected average of its first ``t`` entries."""
+    seen = []
+    update = WeightAverage.update
+
+    def recording(self, model):
+        seen.append(model.linear.weight.detach().clone())
+        update(self, model)
+
+    monkeypatch.setattr(trainer.WeightAverage, "update", recording)
+
+    def expected(t):
+        weights = [(1 - decay) * decay ** (t - 1 - s) for s in range(t)]
+        return sum(w * v for w, v in zip(weights, seen[:t])) / (1 - decay**t)
+
+    return seen, expected
+
+
+def test_ema_training_ends_with_the_average_of_every_step_and_validates_the_average(monkeypatch):
+    views, labels = {"x": torch.randn(12, 4, generator=torch.Generator().manual_seed(1))}, torch.arange(12) % 2
+    config = TrainConfig(epochs=3, batch_size=4, lr=0.05)
+    torch.manual_seed(0)
+    plain = TinyBatchNormNet()
+    fit(plain, views, labels, config, seed=0)
+
+    seen, expected = _recorded_average(monkeypatch, 0.7)
+    torch.manual_seed(0)
+    averaged = TinyBatchNormNet()
+    fit(averaged, views, labels, config.model_copy(update={"ema": 0.7}), seed=0)
+    assert len(seen) == 9  # three steps an epoch
+    assert torch.equal(seen[-1], plain.linear.weight)  # the average does not change the training itself
+    assert torch.allclose(averaged.linear.weight, expected(9), atol=1e-6)
+    assert not torch.allclose(averaged.linear.weight, plain.linear.weight, atol=1e-3)
+
+    seen.clear()
+    validated = []
+    scores = iter([0.1, 0.9, 0.5])
+
+    def validate(m):
+        validated.append(m.linear.weight.detach().clone())
+        return next(scores)
+
+    torch.manual_seed(0)
+    kept = TinyBatchNormNet()
+    history = fit(kept, views, labels, config.model_copy(update={"ema": 0.7}), seed=0, validate=validate)
+    assert torch.equal(seen[-1], plain.linear.weight)  # validating the average leaves the training alone
+    for epoch, weight in enumerate(validated, start=1):
+        assert torch.allclose(weight, expected(3 * epoch), atol=1e-6)
+    assert history.best_epoch == 2 and torch.equal(kept.linear.weight, validated[1])
+
+
+def test_ema_off_leaves_run_fingerprints_as_they_were_and_on_enters_them():
+    config = RunConfig(model={"name": "logreg"})
+    assert "ema" not in result_settings(config)["train"]  # runs recorded before the setting stay reusable
+    assert result_settings(config.model_copy(update={"train": TrainConfig(ema=0.99)}))["train"]["ema"] == 0.99
+    with pytest.raises(ValueError):
+        TrainConfig(ema=1.0)
 
 
 def test_logreg_names_a_missing_or_misshapen_view():

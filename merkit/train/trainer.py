@@ -85,6 +85,34 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
+class WeightAverage:
+    """The bias-corrected exponential moving average of a model's state (``train.ema``).
+
+    After the ``t``-th :meth:`update` the average of each floating-point entry is
+    ``sum_{s<=t} (1 - d) d^(t - s) w_s / (1 - d^t)`` for the entry's values ``w_s`` at update
+    ``s``: the recurrence ``a_t = a_(t-1) + (w_t - a_(t-1)) (1 - d) / (1 - d^t)``, whose first
+    step copies ``w_1``. Integer entries (BatchNorm's batch counter) are the last update's. The
+    average lives on the model's device.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.updates = 0
+        self.state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        self._floating = [key for key, value in self.state.items() if value.is_floating_point()]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        weight = (1.0 - self.decay) / (1.0 - self.decay**self.updates)
+        current = model.state_dict()
+        torch._foreach_lerp_([self.state[key] for key in self._floating],
+                             [current[key].detach() for key in self._floating], weight)
+        for key, value in current.items():
+            if not value.is_floating_point():
+                self.state[key].copy_(value)
+
+
 def train_step(model: MERModel, batch: Views, target: torch.Tensor, optimizer: torch.optim.Optimizer,
                precision: Precision, scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> torch.Tensor:
     """One optimisation step on one batch; returns the (detached) loss.
@@ -141,6 +169,7 @@ def fit(
         seed: seeds shuffling and augmentation.
         validate: called after every epoch with the model in eval mode; returns a score
             (higher is better). When given, the best epoch's weights are restored at the end.
+            With ``config.ema`` the weight average is what is validated, kept and restored.
         on_epoch: progress callback ``(epoch, train_loss)``.
         device: where to train (default: ``config.device``).
 
@@ -161,6 +190,7 @@ def fit(
     scheduler = _scheduler(optimizer, config)
     history = History(device=describe_device(device), amp=config.amp)
     best_state, best_score = None, -np.inf
+    average = WeightAverage(model, config.ema) if config.ema is not None else None
     n = len(labels)
     copies = offline_copies(config.augment)  # one (the clip itself) unless offline expansion is asked for
     augmenting = config.augment != AugmentConfig()  # without augmentation a batch is a plain slice of the views
@@ -177,6 +207,8 @@ def fit(
             if augmenting:
                 batch = augment_batch(apply_offline_copies(batch, expanded // n, copies), config.augment, generator)
             loss = train_step(model, batch, labels[index.to(device)], optimizer, precision, scaler, config.grad_clip)
+            if average is not None:
+                average.update(model)
             total += float(loss) * len(index)
             seen += len(index)
         if scheduler is not None:
@@ -186,6 +218,10 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch + 1, epoch_loss)
         if validate is not None:
+            training_state = None
+            if average is not None:  # validate the average; training goes on from the last step's weights
+                training_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                model.load_state_dict(average.state)
             model.eval()  # the next epoch starts with model.train()
             score = float(validate(model))
             history.val_uf1.append(score)
@@ -193,8 +229,12 @@ def fit(
                 best_score = score
                 history.best_epoch = epoch + 1
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if training_state is not None:
+                model.load_state_dict(training_state)
     if best_state is not None:
         model.load_state_dict(best_state)
+    elif average is not None:
+        model.load_state_dict(average.state)
     return history
 
 
