@@ -43,6 +43,9 @@ class AugmentConfig(_Strict):
     ``shift``: the same as a translation of up to this many pixels (paper 004's face-box shift).
     ``color_jitter``: maximum relative brightness/contrast change of image views.
     Horizontal flips negate the flow's u channel, vertical flips its v channel.
+    ``test_hflip`` (test-time): every prediction (test clips, validation, inner folds, new
+    footage) averages the class probabilities of the clip and of its mirror image, made as a
+    training flip makes it (:func:`merkit.train.augment.mirror_views`).
 
     Offline expansion (paper 004, Sec. 3.2 (2), as printed): the training set is enlarged with
     fixed copies of every clip before the online augmentation above: ``offline_shift`` > 0 adds
@@ -58,6 +61,7 @@ class AugmentConfig(_Strict):
     color_jitter: float = 0.0
     offline_shift: int = Field(0, ge=0)
     offline_vflip: bool = False
+    test_hflip: bool = False
 
 
 class TrainConfig(_Strict):
@@ -88,6 +92,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     deterministic: bool = False
     ema: float | None = Field(None, gt=0, lt=1)
+    members: int = Field(1, ge=1)
 
 
 class ViewsConfig(_Strict):
@@ -284,10 +289,10 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
 #: ``train`` settings that say how a run computes, not what: left out of :func:`result_settings`
 COMPUTE_SETTINGS = ("device", "deterministic")
 
-#: ``train`` settings added after runs were recorded, with the value that leaves training as it
+#: ``train`` settings (their paths) added after runs were recorded, with the value that leaves training as it
 #: was: left out of :func:`result_settings` while they have it, so runs recorded before the
 #: setting existed stay reusable
-LATER_SETTINGS = {"ema": None}
+LATER_SETTINGS = {("ema",): None, ("augment", "test_hflip"): False, ("members",): 1}
 
 
 def result_settings(config: RunConfig) -> dict[str, Any]:
@@ -297,9 +302,12 @@ def result_settings(config: RunConfig) -> dict[str, Any]:
     settings = config.model_dump(mode="json")
     for key in COMPUTE_SETTINGS:
         settings["train"].pop(key)
-    for key, unchanged in LATER_SETTINGS.items():
-        if settings["train"][key] == unchanged:
-            settings["train"].pop(key)
+    for (*parents, key), unchanged in LATER_SETTINGS.items():
+        section = settings["train"]
+        for parent in parents:
+            section = section[parent]
+        if section[key] == unchanged:
+            section.pop(key)
     return settings
 
 

@@ -1,7 +1,7 @@
 import torch
 
 from merkit.config import AugmentConfig
-from merkit.train.augment import augment_batch
+from merkit.train.augment import augment_batch, mirror_views
 
 
 def _flow_batch():
@@ -25,6 +25,21 @@ def test_hflip_mirrors_images_and_negates_u_only():
         else:
             assert torch.equal(out["flow"][i], views["flow"][i])
     assert torch.equal(out["au"], views["au"])
+
+
+def test_mirror_views_mirrors_every_sample_as_a_training_flip_does():
+    views = _flow_batch()
+    out = mirror_views(views)
+    assert torch.equal(out["onset"], views["onset"].flip(-1))
+    assert torch.equal(out["flow"][:, 0], -views["flow"][:, 0].flip(-1))  # u changes sign
+    assert torch.equal(out["flow"][:, 1:], views["flow"][:, 1:].flip(-1))  # v and strain do not
+    assert torch.equal(out["au"], views["au"])
+    twice = mirror_views(out)
+    assert all(torch.equal(twice[name], views[name]) for name in views)
+    # a training flip of a sample that flips is the same image
+    flipped = augment_batch(views, AugmentConfig(hflip=True), torch.Generator().manual_seed(1))
+    mask = torch.rand(4, generator=torch.Generator().manual_seed(1)) < 0.5
+    assert torch.equal(flipped["flow"][mask], out["flow"][mask])
 
 
 def test_vflip_negates_v_of_flow_sequences():

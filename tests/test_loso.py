@@ -100,6 +100,35 @@ def test_same_seed_same_metrics(synth_samples, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_members_average_the_single_models_of_consecutive_run_seeds(synth_samples, tmp_path):
+    from merkit.inference import Predictor
+    from merkit.train.loso import member_seeds
+
+    assert member_seeds(7, 0, 1) == [7] and member_seeds(1007, 1, 2) == [2007, 3007]
+    fold_seeds = [seed for run_seed in range(4) for n in range(5) for seed in member_seeds(run_seed * 1000 + n, run_seed, 3)]
+    assert len(set(fold_seeds)) == len(fold_seeds)  # no two runs or folds share a member
+    protocol = get_protocol("casme2-5")
+    for seed in (2, 3):
+        run_loso(synth_samples, protocol, config_from_dict({**LOGREG, "seed": seed}), tmp_path / f"seed{seed}")
+    config = config_from_dict({**LOGREG, "seed": 1, "train": {**LOGREG["train"], "members": 2}})
+    run_loso(synth_samples, protocol, config, tmp_path / "members")
+
+    def probabilities(name):
+        return pd.read_csv(tmp_path / name / "predictions.csv").sort_values("sample_id").set_index("sample_id").filter(like="p_")
+
+    two, three, members = probabilities("seed2"), probabilities("seed3"), probabilities("members")
+    assert np.abs(two.to_numpy() - three.to_numpy()).max() > 1e-3  # the members differ
+    np.testing.assert_allclose(members.to_numpy(), (two.to_numpy() + three.to_numpy()) / 2, atol=2e-6)
+    fold = tmp_path / "members" / "folds" / "sub01"
+    history = json.loads((fold / "history.json").read_text())
+    assert len(history["members"]) == 2 and history["train_loss"] == history["members"][0]["train_loss"]
+    predictor = Predictor.from_dir(fold)
+    assert len(predictor.models) == 2
+    sample = next(s for s in synth_samples if s.subject == "sub01")
+    np.testing.assert_allclose(predictor.predict_views(predictor.views_of(sample))[0], members.loc[sample.sample_id],
+                               atol=1e-5)
+
+
 def test_val_split_selection_is_recorded(synth_samples, tmp_path):
     config = config_from_dict({**LOGREG, "selection": {"policy": "val-split", "val_fraction": 0.34}})
     metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run")

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -148,6 +149,30 @@ def test_train_all_subjects_writes_a_model_directory_that_predicts_a_frame_folde
     np.testing.assert_allclose(table[columns].to_numpy(float), expected[columns].to_numpy(float), atol=1e-6)
     assert table.iloc[0].start_frame == sample.onset_frame  # folder frames keep the numbers in their names
     assert table.iloc[0].start_s == pytest.approx((sample.onset_frame - sample.frames.numbers[0]) / 100)
+
+
+def test_test_time_mirroring_is_what_the_run_recorded_and_what_the_predictor_does(synth_root, tmp_path):
+    config = tmp_path / "mirrored.yaml"
+    config.write_text("base: logreg-cpu\ntrain: {epochs: 2, augment: {hflip: true, test_hflip: true}}\n")
+    run = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--dataset", "synthme", "--root", str(synth_root), "--config", str(config),
+                                 "--out", str(run), "--cache", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    recorded = pd.read_csv(run / "predictions.csv").set_index("sample_id")
+    predictor = Predictor.from_dir(run / "folds" / "sub01")
+    assert predictor.config.train.augment.test_hflip
+    from merkit.data.registry import load_dataset
+    from merkit.train.trainer import class_probabilities
+
+    columns = [f"p_{c}" for c in predictor.classes]
+    samples = [s for s in load_dataset("synthme", synth_root).samples if s.subject == "sub01"]
+    for sample in samples:
+        views = predictor.views_of(sample)
+        mirrored = predictor.predict_views(views)[0]
+        np.testing.assert_allclose(mirrored, recorded.loc[sample.sample_id, columns].to_numpy(float), atol=1e-5)
+        tensors = {k: torch.from_numpy(v) for k, v in views.items()}
+        plain = class_probabilities(predictor.models[0], tensors).numpy()[0]
+        assert np.abs(plain - mirrored).max() > 1e-4  # the recorded figure is not the unmirrored one
 
 
 def test_bad_input_gives_one_typed_error_naming_the_file(seamless_run, tmp_path, joined):

@@ -1,5 +1,6 @@
 """The trainer's contract (validation mode, best-epoch restore) and the logreg baseline's input checks."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -8,7 +9,8 @@ from merkit.config import RunConfig, TrainConfig, result_settings
 from merkit.errors import ModelInputError
 from merkit.models import MERModel, create
 from merkit.train import trainer
-from merkit.train.trainer import WeightAverage, fit
+from merkit.train.augment import mirror_views
+from merkit.train.trainer import WeightAverage, class_probabilities, fit, predict_proba
 
 
 class TinyBatchNormNet(MERModel):
@@ -116,12 +118,32 @@ def test_ema_training_ends_with_the_average_of_every_step_and_validates_the_aver
     assert history.best_epoch == 2 and torch.equal(kept.linear.weight, validated[1])
 
 
-def test_ema_off_leaves_run_fingerprints_as_they_were_and_on_enters_them():
+def test_later_settings_off_leave_run_fingerprints_as_they_were_and_on_enter_them():
     config = RunConfig(model={"name": "logreg"})
-    assert "ema" not in result_settings(config)["train"]  # runs recorded before the setting stay reusable
-    assert result_settings(config.model_copy(update={"train": TrainConfig(ema=0.99)}))["train"]["ema"] == 0.99
+    settings = result_settings(config)["train"]
+    assert "ema" not in settings and "test_hflip" not in settings["augment"]  # runs recorded before them stay reusable
+    assert "hflip" in settings["augment"]
+    changed = TrainConfig(ema=0.99, augment={"test_hflip": True})
+    settings = result_settings(config.model_copy(update={"train": changed}))["train"]
+    assert settings["ema"] == 0.99 and settings["augment"]["test_hflip"] is True
     with pytest.raises(ValueError):
         TrainConfig(ema=1.0)
+
+
+def test_mirrored_prediction_averages_the_clip_and_its_mirror_image():
+    torch.manual_seed(0)
+    model = create("logreg", num_classes=3, view="flow", image_size=8).eval()
+    views = {"flow": torch.randn(5, 3, 8, 8)}
+    with torch.no_grad():
+        plain = torch.softmax(model(views), dim=1)
+        mirrored = torch.softmax(model({"flow": torch.cat([-views["flow"][:, :1], views["flow"][:, 1:]], 1).flip(-1)}), dim=1)
+    assert torch.allclose(class_probabilities(model, views, mirror=True), (plain + mirrored) / 2, atol=1e-6)
+    assert torch.allclose(class_probabilities(model, views), plain, atol=1e-6)
+    assert not torch.allclose(plain, mirrored, atol=1e-3)  # a linear model on flow pixels is no mirror-symmetric function
+    assert np.allclose(predict_proba(model, views, batch_size=2, mirror=True), ((plain + mirrored) / 2).numpy(), atol=1e-6)
+    # a clip and its mirror image get the same mirrored prediction
+    assert torch.allclose(class_probabilities(model, mirror_views(views), mirror=True),
+                          class_probabilities(model, views, mirror=True), atol=1e-6)
 
 
 def test_logreg_names_a_missing_or_misshapen_view():

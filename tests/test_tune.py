@@ -91,6 +91,18 @@ def test_one_point_grid_is_plain_loso(synth_samples, tmp_path):
     assert nested["uf1"] == pytest.approx(plain["uf1"])
 
 
+def test_a_one_point_grid_of_members_is_the_plain_members_run(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    config = config_from_dict({**LOGREG, "train": {**LOGREG["train"], "members": 2}})
+    run_loso(synth_samples, protocol, config, tmp_path / "plain")
+    run_nested(synth_samples, protocol, config_from_dict(LOGREG), {"train.members": [2]}, tmp_path / "nested", inner="kfold")
+    run_loso(synth_samples, protocol, config_from_dict(LOGREG), tmp_path / "single")
+    a, b, single = (pd.read_csv(tmp_path / name / "predictions.csv").filter(like="p_").to_numpy()
+                    for name in ("plain", "nested", "single"))
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert np.abs(a - single).max() > 1e-3  # the nested folds trained two members, not one
+
+
 def test_nested_run_records_grid_scheme_and_choices(synth_samples, tmp_path):
     protocol = get_protocol("casme2-5")
     metrics = run_nested(synth_samples, protocol, config_from_dict(LOGREG), GRID, tmp_path / "run", inner="kfold",

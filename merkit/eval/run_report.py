@@ -103,6 +103,7 @@ def _fold_outputs(run_dir: Path, predictions: pd.DataFrame, by_id: dict, config,
     from merkit.eval.explain import explain_views, penultimate_features
     from merkit.inference.model_dir import load_models, read_model_dir
     from merkit.preprocess.pipeline import ViewBuilder
+    from merkit.train.trainer import class_probabilities
 
     outputs: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
@@ -111,21 +112,20 @@ def _fold_outputs(run_dir: Path, predictions: pd.DataFrame, by_id: dict, config,
         if not (fold_dir / "model.pt").is_file():
             notes.append(f"fold {fold}: no model.pt; its samples are left out of the t-SNE and maps")
             continue
-        model = load_models(read_model_dir(fold_dir), device)[0]
+        models = load_models(read_model_dir(fold_dir), device)  # the fold's members (train.members)
+        model = models[0]
         samples = [by_id[i] for i in part["sample_id"]]
         kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir).build(samples)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
-        features = penultimate_features(model, tensors).numpy()
-        with torch.no_grad():
-            from merkit.models.registry import logits_of
-
-            probabilities = torch.softmax(logits_of(model(tensors)).float(), dim=1).cpu().numpy()
+        features = penultimate_features(model, tensors).numpy()  # the t-SNE shows the first member's features
+        probabilities = np.mean([class_probabilities(m, tensors, config.train.augment.test_hflip).cpu().numpy()
+                                 for m in models], axis=0)
         for index, sample in enumerate(kept):
             entry = {"fold": str(fold), "features": features[index], "probabilities": probabilities[index]}
             if sample.sample_id in explain_ids:
                 views = {k: v[index:index + 1] for k, v in arrays.items()}
                 row = part[part["sample_id"] == sample.sample_id].iloc[0]
-                entry["explanation"] = explain_views([model], views, int(_index(row["y_pred"], classes)),
+                entry["explanation"] = explain_views(models, views, int(_index(row["y_pred"], classes)),
                                                      config.model_name)
             outputs[sample.sample_id] = entry
     return outputs, notes

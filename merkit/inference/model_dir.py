@@ -111,7 +111,8 @@ def read_model_dir(path: str | Path) -> ModelDirectory:
 
 
 def load_models(directory: ModelDirectory, device: str | torch.device = "cpu") -> list[nn.Module]:
-    """Build the directory's models, load their weights onto ``device``, in eval mode.
+    """Build the directory's models, load their weights onto ``device``, in eval mode: one per
+    checkpoint, or each checkpoint's members (``train.members``) in turn.
 
     Raises:
         ConfigError: a checkpoint does not fit the model its config builds.
@@ -120,12 +121,13 @@ def load_models(directory: ModelDirectory, device: str | torch.device = "cpu") -
     models = []
     for checkpoint in directory.checkpoints:
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        state = saved["state_dict"] if isinstance(saved, dict) and "state_dict" in saved else saved
-        with torch.random.fork_rng():
-            model = create(config.model_name, num_classes=len(directory.classes), **config.model_kwargs)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            raise ConfigError(f"{checkpoint}: does not fit model {config.model_name} of its config ({err})") from None
-        models.append(model.to(device).eval())
+        states = [saved["state_dict"]] + saved.get("members", []) if isinstance(saved, dict) and "state_dict" in saved else [saved]
+        for state in states:
+            with torch.random.fork_rng():
+                model = create(config.model_name, num_classes=len(directory.classes), **config.model_kwargs)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise ConfigError(f"{checkpoint}: does not fit model {config.model_name} of its config ({err})") from None
+            models.append(model.to(device).eval())
     return models

@@ -47,7 +47,6 @@ from merkit.errors import (ClipTooShortError, ConfigError, DatasetError, FaceNot
                            check_choice)
 from merkit.inference.footage import Footage, clip_sample, open_footage
 from merkit.inference.model_dir import ModelDirectory, load_models, read_model_dir
-from merkit.models.registry import logits_of
 from merkit.views import ViewSpec
 
 log = logging.getLogger(__name__)
@@ -139,7 +138,8 @@ class Predictor:
 
     @torch.no_grad()
     def predict_views(self, views: dict[str, np.ndarray]) -> np.ndarray:
-        """Class probabilities of built views, averaged over the directory's models.
+        """Class probabilities of built views, averaged over the directory's models (each also
+        over the mirror image with ``train.augment.test_hflip``, as in training's evaluation).
 
         Args:
             views: view name -> (N, ...) float32 arrays (the pipeline's output, stacked).
@@ -147,10 +147,13 @@ class Predictor:
         Returns:
             (N, K) float64 probabilities, columns in :attr:`classes` order.
         """
+        from merkit.train.trainer import class_probabilities
+
         tensors = {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for name, array in views.items()}
+        mirror = self.config.train.augment.test_hflip
         total = None
         for model in self.models:
-            probabilities = torch.softmax(logits_of(model(tensors)).float(), dim=1).cpu().numpy().astype(np.float64)
+            probabilities = class_probabilities(model, tensors, mirror).cpu().numpy().astype(np.float64)
             total = probabilities if total is None else total + probabilities
         return total / len(self.models)
 

@@ -64,6 +64,16 @@ def augment_batch(views: dict[str, torch.Tensor], config: AugmentConfig, generat
     return out
 
 
+def mirror_views(views: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every sample of a batch mirrored left to right, as a training-time horizontal flip mirrors
+    it (flow's u negated; views that are never augmented pass through)."""
+    out = dict(views)
+    names = [n for n in out if n in AUGMENTED_VIEWS]
+    if names:
+        _flip(out, names, torch.ones(out[names[0]].shape[0], dtype=torch.bool), component=0, axis=-1)
+    return out
+
+
 def _flip(views: dict[str, torch.Tensor], names: list[str], mask: torch.Tensor, component: int, axis: int) -> None:
     """Flip the samples in ``mask`` along ``axis`` in place of ``views`` (flow component negated)."""
     for name in names:

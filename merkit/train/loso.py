@@ -419,6 +419,45 @@ def new_model(config: RunConfig, classes: Sequence[str], *, seed: int) -> torch.
     return model
 
 
+def member_seeds(seed: int, run_seed: int, members: int) -> list[int]:
+    """The seeds of the ``members`` models (``train.members``) trained where one model would be
+    trained from ``seed`` (for a LOSO fold ``run_seed * 1000 + number``): member ``m`` gets
+    ``seed + (run_seed * (members - 1) + m) * 1000``. One member keeps ``seed``; the members of a
+    fold of run seed ``s`` are the fold's single models of run seeds ``s * members`` ...
+    ``s * members + members - 1``, so no two run seeds share a member."""
+    return [seed + (run_seed * (members - 1) + m) * 1000 for m in range(members)]
+
+
+def fit_members(config: RunConfig, classes: Sequence[str], views: Views, labels: torch.Tensor, seed: int, *,
+                validate: Callable[[torch.nn.Module], float] | None = None,
+                on_epoch: Callable[[int, float], None] | None = None,
+                device: str | torch.device | None = None) -> tuple[list[torch.nn.Module], list[History]]:
+    """Train ``config.train.members`` new models (:func:`new_model`, :func:`fit`) on ``views``,
+    from the :func:`member_seeds` of ``seed``; the models and their histories."""
+    models, histories = [], []
+    for member_seed in member_seeds(seed, config.seed, config.train.members):
+        model = new_model(config, classes, seed=member_seed)
+        histories.append(fit(model, views, labels, config.train, seed=member_seed, validate=validate,
+                             on_epoch=on_epoch, device=device))
+        models.append(model)
+    return models, histories
+
+
+def predict_members(models: Sequence[torch.nn.Module], views: Views, config: RunConfig) -> np.ndarray:
+    """``(N, K)`` class probabilities averaged over ``models`` (each mirrored at test time with
+    ``train.augment.test_hflip``; :func:`merkit.train.trainer.predict_proba`)."""
+    return np.mean([predict_proba(m, views, mirror=config.train.augment.test_hflip) for m in models], axis=0)
+
+
+def history_record(histories: Sequence[History]) -> dict:
+    """What ``history.json`` holds: the (first) model's history, and with several members every
+    member's under ``members``."""
+    record = dict(histories[0].__dict__)
+    if len(histories) > 1:
+        record["members"] = [h.__dict__ for h in histories]
+    return record
+
+
 def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, out: str | Path, *,
               cache_dir: str | Path | None = None, workers: int = 1) -> Path:
     """Train one model on every sample with the config's fixed budget (the final model of
@@ -443,27 +482,31 @@ def train_all(samples: Sequence[Sample], protocol: Protocol, config: RunConfig, 
     if cache_dir is not None:
         make_output_dir(cache_dir, "view cache")
     make_output_dir(out, "pre-training folder")
-    model = new_model(config, classes, seed=config.seed)
     kept, arrays = ViewBuilder(specs, config.views, cache_dir=cache_dir, workers=workers).build(list(samples))
     labels = torch.tensor([s.label for s in kept], dtype=torch.long)
-    history = fit(model, to_tensors(arrays), labels, config.train, seed=config.seed)
+    models, histories = fit_members(config, classes, to_tensors(arrays), labels, config.seed)
     dump_config(config, out / "config.yaml", extra={
         "protocol": {"name": protocol.name, "classes": classes},
-        "input_spec": [s.__dict__ | {"size": list(s.size)} for s in model.input_spec],
+        "input_spec": [s.__dict__ | {"size": list(s.size)} for s in models[0].input_spec],
     })
-    (out / "history.json").write_text(json.dumps(history.__dict__))
+    (out / "history.json").write_text(json.dumps(history_record(histories)))
     path = out / "model.pt"
-    save_checkpoint(model, config, classes, path, trained_on=trained_on(kept))
+    save_checkpoint(models, config, classes, path, trained_on=trained_on(kept))
     return path
 
 
-def save_checkpoint(model: torch.nn.Module, config: RunConfig, classes: Sequence[str], path: Path, *,
+def save_checkpoint(models: Sequence[torch.nn.Module], config: RunConfig, classes: Sequence[str], path: Path, *,
                     trained_on: dict[str, list[str]]) -> None:
     """Write ``model.pt``: ``{"state_dict", "model" (its config section), "classes", "trained_on"
-    (:func:`trained_on` of its training clips)}``, every tensor on the CPU, so that it loads on
-    any device (:func:`merkit.models.pretrained.read_checkpoint`)."""
-    torch.save({"state_dict": cpu_state_dict(model), "model": config.model, "classes": list(classes),
-                "trained_on": trained_on}, path)
+    (:func:`trained_on` of its training clips)}`` and, with several members (``train.members``),
+    ``"members"``: the state dicts of the second and later ones (``state_dict`` is the first's,
+    what pre-training from the checkpoint starts from). Every tensor is on the CPU, so that it
+    loads on any device (:func:`merkit.models.pretrained.read_checkpoint`)."""
+    saved = {"state_dict": cpu_state_dict(models[0]), "model": config.model, "classes": list(classes),
+             "trained_on": trained_on}
+    if len(models) > 1:
+        saved["members"] = [cpu_state_dict(m) for m in models[1:]]
+    torch.save(saved, path)
 
 
 @dataclass
@@ -626,7 +669,6 @@ def run_fold(numbered_fold: tuple[int, Fold], inputs: FoldInputs) -> FoldResult:
     views = inputs.views
     device = resolve_device(config.train.device)
     seed = config.seed * 1000 + number
-    model = new_model(config, classes, seed=seed)
     train_index = fold.train_index
     train_labels = labels[train_index]
     if config.shuffle_labels:
@@ -640,18 +682,19 @@ def run_fold(numbered_fold: tuple[int, Fold], inputs: FoldInputs) -> FoldResult:
         val_views, val_labels = place_views(subset(views, val_index), device), labels[val_index].numpy()
 
         def validate(m) -> float:
-            predicted = predict_proba(m, val_views).argmax(1)
+            predicted = predict_proba(m, val_views, mirror=config.train.augment.test_hflip).argmax(1)
             return unweighted_f1(val_labels, predicted, classes)
 
         train_index, train_labels = fit_index, fit_labels
-    history: History = fit(model, subset(views, train_index), train_labels, config.train, seed=seed, validate=validate,
-                           on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss),
-                           device=device)
-    probabilities = predict_proba(model, subset(views, fold.test_index))
+    models, histories = fit_members(config, classes, subset(views, train_index), train_labels, seed, validate=validate,
+                                    on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss),
+                                    device=device)
+    history = histories[0]
+    probabilities = predict_members(models, subset(views, fold.test_index), config)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, config, classes, fold_dir / "model.pt",
+    save_checkpoint(models, config, classes, fold_dir / "model.pt",
                     trained_on=trained_on([samples[i] for i in fold.train_index]))
-    (fold_dir / "history.json").write_text(json.dumps(history.__dict__))
+    (fold_dir / "history.json").write_text(json.dumps(history_record(histories)))
     table = pd.DataFrame({
         "sample_id": [samples[i].sample_id for i in fold.test_index],
         "dataset": [samples[i].dataset for i in fold.test_index],

@@ -19,7 +19,7 @@ from torch import nn
 
 from merkit.config import AugmentConfig, TrainConfig
 from merkit.models.base import MERModel, logits_of
-from merkit.train.augment import apply_offline_copies, augment_batch, offline_copies
+from merkit.train.augment import apply_offline_copies, augment_batch, mirror_views, offline_copies
 from merkit.train.device import (Precision, Views, describe_device, model_device, place_views, resolve_device,
                                  resolve_precision, take_batch)
 
@@ -239,9 +239,20 @@ def fit(
 
 
 @torch.no_grad()
+def class_probabilities(model: nn.Module, batch: Views, mirror: bool = False) -> torch.Tensor:
+    """Softmax of ``model``'s logits for one batch (float32, on the batch's device); with
+    ``mirror`` (``train.augment.test_hflip``) the mean of the batch's and its mirror image's
+    (:func:`merkit.train.augment.mirror_views`). The model is used in whatever mode it is in."""
+    probabilities = torch.softmax(logits_of(model(batch)).float(), dim=1)
+    if mirror:
+        probabilities = (probabilities + torch.softmax(logits_of(model(mirror_views(batch))).float(), dim=1)) / 2
+    return probabilities
+
+
+@torch.no_grad()
 def predict_proba(model: nn.Module, views: Views, batch_size: int = 64,
-                  device: str | torch.device | None = None) -> np.ndarray:
-    """Class probabilities ``(N, K)`` in eval mode, computed in float32.
+                  device: str | torch.device | None = None, mirror: bool = False) -> np.ndarray:
+    """Class probabilities ``(N, K)`` in eval mode, computed in float32 (:func:`class_probabilities`).
 
     Args:
         model: a trained model (moved to ``device`` when one is given).
@@ -249,6 +260,7 @@ def predict_proba(model: nn.Module, views: Views, batch_size: int = 64,
             once when they fit there, else streamed batch by batch.
         batch_size: rows per forward pass.
         device: where to compute (``auto``, ``cpu``, ``cuda:N`` ...); default: where the model is.
+        mirror: average with the mirror images' probabilities (``train.augment.test_hflip``).
 
     Returns:
         ``(N, K)`` probabilities on the CPU.
@@ -260,6 +272,5 @@ def predict_proba(model: nn.Module, views: Views, batch_size: int = 64,
     chunks = []
     for start in range(0, n, batch_size):
         index = torch.arange(start, min(n, start + batch_size))
-        logits = logits_of(model(take_batch(views, index, device))).float()
-        chunks.append(torch.softmax(logits, dim=1).cpu().numpy())
+        chunks.append(class_probabilities(model, take_batch(views, index, device), mirror).cpu().numpy())
     return np.concatenate(chunks)

@@ -69,10 +69,10 @@ from merkit.outputs import make_output_dir
 from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.device import configure_determinism
 from merkit.train.executors import Executor, LocalExecutor
-from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, loso_folds, new_model,
-                               pretrain_overlap, reuse_finished_fold, save_checkpoint, trained_on,
+from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, fit_members, loso_folds,
+                               predict_members, pretrain_overlap, reuse_finished_fold, save_checkpoint, trained_on,
                                write_finished_fold)
-from merkit.train.trainer import Views, fit, predict_proba, subset, to_tensors
+from merkit.train.trainer import Views, subset, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -244,11 +244,11 @@ class Choice:
 
 def _train_and_predict(config: RunConfig, classes: Sequence[str], views: Views, labels: torch.Tensor,
                        fit_index: np.ndarray, predict_index: np.ndarray,
-                       seed: int) -> tuple[torch.nn.Module, np.ndarray, str]:
-    """Fit a new model on ``fit_index``; its probabilities for ``predict_index`` and the device it trained on."""
-    model = new_model(config, classes, seed=seed)
-    history = fit(model, subset(views, fit_index), labels[fit_index], config.train, seed=seed)
-    return model, predict_proba(model, subset(views, predict_index)), history.device
+                       seed: int) -> tuple[list[torch.nn.Module], np.ndarray, str]:
+    """Fit new models (``train.members`` of them) on ``fit_index``; their probabilities for
+    ``predict_index`` and the device they trained on."""
+    models, histories = fit_members(config, classes, subset(views, fit_index), labels[fit_index], seed)
+    return models, predict_members(models, subset(views, predict_index), config), histories[0].device
 
 
 def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torch.Tensor, config: RunConfig,
@@ -592,10 +592,10 @@ def _nested_fold(numbered_fold: tuple[int, Fold], inputs: NestedInputs) -> tuple
         record = {"index": group_record["index"], "point": group_record["point"], "scores": group_record["scores"],
                   "selection_group": group_record["group"]}
     chosen_config = apply_point(config, record["point"])
-    model, probabilities, device = _train_and_predict(chosen_config, classes, views[inputs.point_views[record["index"]]], labels,
-                                              fold.train_index, fold.test_index, seed=seed)
+    models, probabilities, device = _train_and_predict(chosen_config, classes, views[inputs.point_views[record["index"]]],
+                                                       labels, fold.train_index, fold.test_index, seed=seed)
     fold_dir.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(model, chosen_config, classes, fold_dir / "model.pt", trained_on=trained_on(train_samples))
+    save_checkpoint(models, chosen_config, classes, fold_dir / "model.pt", trained_on=trained_on(train_samples))
     record["device"] = device
     (fold_dir / "choice.json").write_text(json.dumps(record, indent=2))
     table = pd.DataFrame({
