@@ -289,16 +289,17 @@ def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
 #: ``train`` settings that say how a run computes, not what: left out of :func:`result_settings`
 COMPUTE_SETTINGS = ("device", "deterministic")
 
-#: ``train`` settings (their paths) added after runs were recorded, with the value that leaves training as it
-#: was: left out of :func:`result_settings` while they have it, so runs recorded before the
-#: setting existed stay reusable
+#: ``train`` settings (their paths) added after runs were recorded, with the value that leaves
+#: training as it was: left out of :func:`result_settings` while they have it, so runs recorded
+#: before the setting existed stay reusable
 LATER_SETTINGS = {("ema",): None, ("augment", "test_hflip"): False, ("members",): 1}
 
 
 def result_settings(config: RunConfig) -> dict[str, Any]:
     """The resolved config as a dict without the compute settings (:data:`COMPUTE_SETTINGS`) and
-    the later settings at their old behaviour (:data:`LATER_SETTINGS`): what a run's results depend on, and what resuming a fold or a benchmark run compares, so a
-    run may resume on another device."""
+    the later settings at their old behaviour (:data:`LATER_SETTINGS`): what a run's results
+    depend on, and what resuming a fold or a benchmark run compares, so a run may resume on
+    another device."""
     settings = config.model_dump(mode="json")
     for key in COMPUTE_SETTINGS:
         settings["train"].pop(key)

@@ -194,6 +194,9 @@ def test_flips_of_a_released_minmax_flow_are_refused(tmp_path):
            "train": {"epochs": 1, "augment": {"hflip": True}}}
     with pytest.raises(ConfigError, match="release_flow: centered"):
         run_loso(samples, get_protocol("megc2019-3"), config_from_dict(raw), tmp_path / "a")
+    mirrored = {**raw, "train": {"epochs": 1, "augment": {"test_hflip": True}}}  # mirroring at test time alike
+    with pytest.raises(ConfigError, match="release_flow: centered"):
+        run_loso(samples, get_protocol("megc2019-3"), config_from_dict(mirrored), tmp_path / "a")
     metrics = run_loso(samples, get_protocol("megc2019-3"), config_from_dict({**raw, "views": {"release_flow": "centered"}}),
                        tmp_path / "b")
     assert metrics["n_samples"] == len(samples)

@@ -400,9 +400,9 @@ def check_views_config(specs, config: RunConfig, model: torch.nn.Module | type |
     augment = config.train.augment
     flipped = [s.name for s in specs if s.name in FLOW_VIEWS and s.name in AUGMENTED_VIEWS]
     released = v.flow_form == "release" or any("flow" in s.meta.get("precomputed_views", ()) for s in samples)
-    if released and flipped and (augment.hflip or augment.vflip) and v.release_flow == "minmax":
+    if released and flipped and (augment.hflip or augment.vflip or augment.test_hflip) and v.release_flow == "minmax":
         raise ConfigError(
-            f"train.augment flips the {flipped[0]} view, which negates u (hflip) or v (vflip); the released flow "
+            f"train.augment flips the {flipped[0]} view, which negates u (hflip, test_hflip) or v (vflip); the released flow "
             "images are min-max scaled per image, so no motion is not 0 and a negated channel is no mirror image: "
             "set views.release_flow: centered (u and v minus their median; flips are then exact) or turn the flips off")
 

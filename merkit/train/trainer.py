@@ -193,7 +193,8 @@ def fit(
     average = WeightAverage(model, config.ema) if config.ema is not None else None
     n = len(labels)
     copies = offline_copies(config.augment)  # one (the clip itself) unless offline expansion is asked for
-    augmenting = config.augment != AugmentConfig()  # without augmentation a batch is a plain slice of the views
+    # without training-time augmentation a batch is a plain slice of the views
+    augmenting = config.augment.model_copy(update={"test_hflip": False}) != AugmentConfig()
     for epoch in range(config.epochs):
         model.train()
         order = epoch_order(labels, config.sampler, generator, copies=len(copies))
