@@ -121,11 +121,11 @@ def test_ema_training_ends_with_the_average_of_every_step_and_validates_the_aver
 def test_later_settings_off_leave_run_fingerprints_as_they_were_and_on_enter_them():
     config = RunConfig(model={"name": "logreg"})
     settings = result_settings(config)["train"]
-    assert "ema" not in settings and "test_hflip" not in settings["augment"]  # runs recorded before them stay reusable
+    assert "ema" not in settings and "members" not in settings and "test_hflip" not in settings["augment"]  # runs recorded before them stay reusable
     assert "hflip" in settings["augment"]
-    changed = TrainConfig(ema=0.99, augment={"test_hflip": True})
+    changed = TrainConfig(ema=0.99, members=2, augment={"test_hflip": True})
     settings = result_settings(config.model_copy(update={"train": changed}))["train"]
-    assert settings["ema"] == 0.99 and settings["augment"]["test_hflip"] is True
+    assert settings["ema"] == 0.99 and settings["members"] == 2 and settings["augment"]["test_hflip"] is True
     with pytest.raises(ValueError):
         TrainConfig(ema=1.0)
 
