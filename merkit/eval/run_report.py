@@ -103,7 +103,7 @@ def _fold_outputs(run_dir: Path, predictions: pd.DataFrame, by_id: dict, config,
     from merkit.eval.explain import explain_views, penultimate_features
     from merkit.inference.model_dir import load_models, read_model_dir
     from merkit.preprocess.pipeline import ViewBuilder
-    from merkit.train.trainer import class_probabilities
+    from merkit.train.trainer import predict_members
 
     outputs: dict[str, dict[str, Any]] = {}
     notes: list[str] = []
@@ -118,8 +118,7 @@ def _fold_outputs(run_dir: Path, predictions: pd.DataFrame, by_id: dict, config,
         kept, arrays = ViewBuilder(model.input_spec, config.views, cache_dir=cache_dir).build(samples)
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
         features = penultimate_features(model, tensors).numpy()  # the t-SNE shows the first member's features
-        probabilities = np.mean([class_probabilities(m, tensors, config.train.augment.test_hflip).cpu().numpy()
-                                 for m in models], axis=0)
+        probabilities = predict_members(models, tensors, config.train.augment.test_hflip)
         for index, sample in enumerate(kept):
             entry = {"fold": str(fold), "features": features[index], "probabilities": probabilities[index]}
             if sample.sample_id in explain_ids:

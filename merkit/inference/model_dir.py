@@ -121,7 +121,10 @@ def load_models(directory: ModelDirectory, device: str | torch.device = "cpu") -
     models = []
     for checkpoint in directory.checkpoints:
         saved = torch.load(checkpoint, map_location=device, weights_only=True)
-        states = [saved["state_dict"]] + saved.get("members", []) if isinstance(saved, dict) and "state_dict" in saved else [saved]
+        if isinstance(saved, dict) and "state_dict" in saved:  # merkit's checkpoint: the first member, then the others
+            states = [saved["state_dict"]] + saved.get("members", [])
+        else:  # a bare state dict
+            states = [saved]
         for state in states:
             with torch.random.fork_rng():
                 model = create(config.model_name, num_classes=len(directory.classes), **config.model_kwargs)

@@ -147,15 +147,10 @@ class Predictor:
         Returns:
             (N, K) float64 probabilities, columns in :attr:`classes` order.
         """
-        from merkit.train.trainer import class_probabilities
+        from merkit.train.trainer import predict_members
 
         tensors = {name: torch.from_numpy(np.ascontiguousarray(array)).to(self.device) for name, array in views.items()}
-        mirror = self.config.train.augment.test_hflip
-        total = None
-        for model in self.models:
-            probabilities = class_probabilities(model, tensors, mirror).cpu().numpy().astype(np.float64)
-            total = probabilities if total is None else total + probabilities
-        return total / len(self.models)
+        return predict_members(self.models, tensors, self.config.train.augment.test_hflip)
 
     def views_of(self, sample: Sample, views_config: ViewsConfig | None = None) -> dict[str, np.ndarray]:
         """The model's views of one sample, built by the training pipeline (batch axis added)."""

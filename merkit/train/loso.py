@@ -58,7 +58,7 @@ from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.device import configure_determinism, cpu_state_dict, place_views, resolve_device
 from merkit.train.executors import Executor, LocalExecutor
 from merkit.train.progress import FoldProgress
-from merkit.train.trainer import History, Views, fit, predict_proba, subset, to_tensors
+from merkit.train.trainer import History, Views, fit, predict_members, predict_proba, subset, to_tensors
 from merkit.views import AUGMENTED_VIEWS, CHANNEL_VIEWS, FLOW_VIEWS, VIEWS
 
 log = logging.getLogger(__name__)
@@ -443,12 +443,6 @@ def fit_members(config: RunConfig, classes: Sequence[str], views: Views, labels:
     return models, histories
 
 
-def predict_members(models: Sequence[torch.nn.Module], views: Views, config: RunConfig) -> np.ndarray:
-    """``(N, K)`` class probabilities averaged over ``models`` (each mirrored at test time with
-    ``train.augment.test_hflip``; :func:`merkit.train.trainer.predict_proba`)."""
-    return np.mean([predict_proba(m, views, mirror=config.train.augment.test_hflip) for m in models], axis=0)
-
-
 def history_record(histories: Sequence[History]) -> dict:
     """What ``history.json`` holds: the (first) model's history, and with several members every
     member's under ``members``."""
@@ -690,7 +684,7 @@ def run_fold(numbered_fold: tuple[int, Fold], inputs: FoldInputs) -> FoldResult:
                                     on_epoch=lambda e, loss: log.debug("fold %s epoch %d loss %.4f", fold.name, e, loss),
                                     device=device)
     history = histories[0]
-    probabilities = predict_members(models, subset(views, fold.test_index), config)
+    probabilities = predict_members(models, subset(views, fold.test_index), config.train.augment.test_hflip)
     fold_dir.mkdir(parents=True, exist_ok=True)
     save_checkpoint(models, config, classes, fold_dir / "model.pt",
                     trained_on=trained_on([samples[i] for i in fold.train_index]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -85,6 +85,11 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig):
     return None
 
 
+def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's state dict, on its device."""
+    return {key: value.detach().clone() for key, value in model.state_dict().items()}
+
+
 class WeightAverage:
     """The bias-corrected exponential moving average of a model's state (``train.ema``).
 
@@ -98,7 +103,7 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
         self.updates = 0
-        self.state = {key: value.detach().clone() for key, value in model.state_dict().items()}
+        self.state = _state_copy(model)
         self._floating = [key for key, value in self.state.items() if value.is_floating_point()]
 
     @torch.no_grad()
@@ -221,7 +226,7 @@ def fit(
         if validate is not None:
             training_state = None
             if average is not None:  # validate the average; training goes on from the last step's weights
-                training_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                training_state = _state_copy(model)
                 model.load_state_dict(average.state)
             model.eval()  # the next epoch starts with model.train()
             score = float(validate(model))
@@ -229,7 +234,7 @@ def fit(
             if score > best_score:
                 best_score = score
                 history.best_epoch = epoch + 1
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = _state_copy(model)
             if training_state is not None:
                 model.load_state_dict(training_state)
     if best_state is not None:
@@ -275,3 +280,9 @@ def predict_proba(model: nn.Module, views: Views, batch_size: int = 64,
         index = torch.arange(start, min(n, start + batch_size))
         chunks.append(class_probabilities(model, take_batch(views, index, device), mirror).cpu().numpy())
     return np.concatenate(chunks)
+
+
+def predict_members(models: Sequence[nn.Module], views: Views, mirror: bool = False) -> np.ndarray:
+    """``(N, K)`` class probabilities (float64) averaged over ``models``: an ensemble's, or a
+    fold's members (``train.members``); each model's by :func:`predict_proba`."""
+    return np.mean([predict_proba(m, views, mirror=mirror) for m in models], axis=0, dtype=np.float64)

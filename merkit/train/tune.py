@@ -70,9 +70,8 @@ from merkit.preprocess.pipeline import ViewBuilder
 from merkit.train.device import configure_determinism
 from merkit.train.executors import Executor, LocalExecutor
 from merkit.train.loso import (Fold, assert_disjoint, check_reusable, check_views_config, fit_members, loso_folds,
-                               predict_members, pretrain_overlap, reuse_finished_fold, save_checkpoint, trained_on,
-                               write_finished_fold)
-from merkit.train.trainer import Views, subset, to_tensors
+                               pretrain_overlap, reuse_finished_fold, save_checkpoint, trained_on, write_finished_fold)
+from merkit.train.trainer import Views, predict_members, subset, to_tensors
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +247,7 @@ def _train_and_predict(config: RunConfig, classes: Sequence[str], views: Views, 
     """Fit new models (``train.members`` of them) on ``fit_index``; their probabilities for
     ``predict_index`` and the device they trained on."""
     models, histories = fit_members(config, classes, subset(views, fit_index), labels[fit_index], seed)
-    return models, predict_members(models, subset(views, predict_index), config), histories[0].device
+    return models, predict_members(models, subset(views, predict_index), config.train.augment.test_hflip), histories[0].device
 
 
 def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torch.Tensor, config: RunConfig,
