@@ -124,6 +124,7 @@ def _fingerprint(config, samples) -> str:
 
 def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, epochs: int | None,
              grid: Mapping[str, Sequence[Any]] | None, inner: str, inner_folds: int, selection_groups: int | None,
+             inner_repeats: int,
              cache_dir: str | Path | None, workers: int, fold_workers: int,
              on_fold: Callable[[int, int, str], None] | None, executor: Executor | None = None,
              compute: Mapping[str, Any] | None = None) -> tuple[dict, float | None]:
@@ -139,7 +140,7 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
     if grid:
         from merkit.train.tune import tuning_settings
 
-        tuning = tuning_settings(grid, inner, inner_folds, selection_groups)
+        tuning = tuning_settings(grid, inner, inner_folds, selection_groups, inner_repeats)
         fingerprint += "+nested:" + hashlib.sha1(json.dumps(tuning, sort_keys=True).encode()).hexdigest()
     timing_path = spec.run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
@@ -171,7 +172,7 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
         from merkit.train.tune import run_nested
 
         metrics = run_nested(run.samples, run.protocol, run.config, grid, spec.run_dir, inner=inner,
-                             inner_folds=inner_folds, selection_groups=selection_groups, cache_dir=cache_dir,
+                             inner_folds=inner_folds, inner_repeats=inner_repeats, selection_groups=selection_groups, cache_dir=cache_dir,
                              workers=workers, fold_workers=fold_workers, executor=executor, on_fold=fold_done)
     else:
         from merkit.train.loso import run_loso
@@ -372,6 +373,7 @@ def run_benchmark(
     grid: Mapping[str, Sequence[Any]] | None = None,
     inner: str = "kfold",
     inner_folds: int = 3,
+    inner_repeats: int = 1,
     selection_groups: int | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 1,
@@ -399,7 +401,7 @@ def run_benchmark(
             extra row each, ``seed-ensemble-<entry>``; needs two seeds or more).
         grid: dotted config keys -> candidate values: every run becomes a nested LOSO run
             (:func:`merkit.train.tune.run_nested`) with ``inner`` / ``inner_folds`` /
-            ``selection_groups``.
+            ``inner_repeats`` / ``selection_groups``.
         cache_dir, workers, fold_workers, executor: as for :func:`merkit.train.loso.run_loso`;
             every run's folds go to the same executor (a Ray cluster runs them all).
         device, amp, deterministic: override ``train.device``, ``train.amp`` and
@@ -429,7 +431,7 @@ def run_benchmark(
         "models": list(entries), "datasets": list(datasets), "seeds": [int(s) for s in seeds], "protocol": protocol,
         "epochs": epochs, "ensembles": [list(g) for g in ensembles], "seed_ensemble": seed_ensemble,
         "grid": {k: list(v) for k, v in grid.items()} if grid else None,
-        "inner": {"scheme": inner, "folds": inner_folds} if grid else None,
+        "inner": {"scheme": inner, "folds": inner_folds, "repeats": inner_repeats} if grid else None,
         "selection_groups": selection_groups if grid else None, "command": command}, indent=2))
     roots = dict(roots or {})
     results: list[tuple[str, str, dict, float | None]] = []
@@ -439,8 +441,8 @@ def run_benchmark(
         if on_run is not None:
             on_run(number + 1, len(specs), spec)
         metrics, wall = _run_one(spec, root=roots.get(spec.dataset), protocol=protocol, epochs=epochs, grid=grid,
-                                 inner=inner, inner_folds=inner_folds, selection_groups=selection_groups,
-                                 cache_dir=cache_dir, workers=workers, fold_workers=fold_workers, on_fold=on_fold,
+                                 inner=inner, inner_folds=inner_folds, inner_repeats=inner_repeats,
+                                 selection_groups=selection_groups, cache_dir=cache_dir, workers=workers, fold_workers=fold_workers, on_fold=on_fold,
                                  executor=executor,
                                  compute={"device": device, "amp": amp, "deterministic": deterministic})
         results.append((spec.dataset, entry_label(spec.entry), metrics, wall))
@@ -476,7 +478,7 @@ def run_benchmark(
     if grid:
         from merkit.train.tune import nested_description
 
-        description = nested_description(grid, inner, inner_folds, selection_groups)["description"]
+        description = nested_description(grid, inner, inner_folds, selection_groups, inner_repeats)["description"]
         notes.append(f"Nested selection: {description}. Grid {dict(grid)}; the point chosen per outer fold is in "
                      "each run's metrics.json.")
     return BenchmarkResult(rows=rows, files=write_tables(rows, out, notes), runs=runs)

@@ -425,6 +425,8 @@ def benchmark(
     tune: Optional[Path] = typer.Option(None, help="grid YAML (dotted key or pretrained: [values]; a joint axis sets keys together): every run is a nested LOSO"),
     inner: str = typer.Option("kfold", help="with --tune: inner scheme, loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="with --tune and --inner kfold: subject-grouped folds"),
+    inner_repeats: int = typer.Option(1, min=1, help="with --tune: run the inner scheme this many times (new splits "
+                                      "and fit seeds); a point scores its mean inner UF1"),
     selection_groups: Optional[int] = typer.Option(
         None, min=2, help="with --tune: choose once per group of subjects, on the other groups' subjects (merkit tune)"),
     workers: WorkersOption = 1,
@@ -464,7 +466,7 @@ def benchmark(
                 _split_list(models), dataset_names, out, roots=_roots(root, dataset_names), seeds=seed_values,
                 protocol=protocol, epochs=epochs, ensembles=[[m for m in e.split("+") if m] for e in ensemble],
                 seed_ensemble=seed_ensemble, grid=_read_grid(tune) if tune is not None else None, inner=inner, inner_folds=inner_folds,
-                selection_groups=selection_groups,
+                inner_repeats=inner_repeats, selection_groups=selection_groups,
                 cache_dir=cache, workers=workers, fold_workers=fold_workers, executor=fold_executor, device=device,
                 amp=amp, deterministic=deterministic or None, command=shlex.join(["merkit", *sys.argv[1:]]),
                 on_run=on_run, on_fold=on_fold)
@@ -486,6 +488,8 @@ def tune_command(
     seed: Optional[int] = typer.Option(None, min=0, help="override the run seed"),
     inner: str = typer.Option("kfold", help="inner scheme on each outer fold's training subjects: loso | kfold"),
     inner_folds: int = typer.Option(3, min=2, help="subject-grouped folds of --inner kfold"),
+    inner_repeats: int = typer.Option(1, min=1, help="run the inner scheme this many times (new subject splits and "
+                                      "fit seeds each time); a point scores the mean of its repeats' inner UF1"),
     selection_groups: Optional[int] = typer.Option(
         None, min=2, help="choose once per group of subjects, on the other groups' subjects (cheaper, still honest)"),
     workers: WorkersOption = 1,
@@ -515,7 +519,8 @@ def tune_command(
         with _progress() as progress, _log_to_stderr_without_terminal():
             task = progress.add_task(f"{run.config.model_name}: nested LOSO", total=None)
             metrics = run_nested(run.samples, run.protocol, run.config, _read_grid(grid), run_dir, inner=inner,
-                                 inner_folds=inner_folds, selection_groups=selection_groups, cache_dir=cache,
+                                 inner_folds=inner_folds, inner_repeats=inner_repeats,
+                                 selection_groups=selection_groups, cache_dir=cache,
                                  workers=workers, fold_workers=fold_workers, executor=fold_executor,
                                  on_fold=lambda done, total, name: progress.update(task, completed=done, total=total))
     except MerkitError as err:

@@ -175,13 +175,13 @@ def test_cli_benchmark_and_tune(synth_root, tmp_path):
     joint = tmp_path / "joint.yaml"  # a joint axis: the learning rate and the budget set together
     joint.write_text("recipe:\n  - {train.lr: 0.3, train.epochs: 1}\n  - {train.lr: 0.01, train.epochs: 2}\n")
     result = runner.invoke(app, ["tune", "--dataset", "synthme", "--root", str(synth_root), "--config", config,
-                                 "--grid", str(joint), "--inner-folds", "2", "--selection-groups", "2", "--out",
+                                 "--grid", str(joint), "--inner-folds", "2", "--inner-repeats", "2", "--selection-groups", "2", "--out",
                                  str(tmp_path / "grouped"), "--cache", str(tmp_path / "cache")])
     assert result.exit_code == 0, result.output
     output = " ".join(result.output.split())
     assert "selection group 0 (2 subjects)" in output and "2 selection groups" in output
     selection = json.loads((tmp_path / "grouped" / "metrics.json").read_text())["selection"]
-    assert selection["selection_groups"] == 2
+    assert selection["selection_groups"] == 2 and selection["inner"]["repeats"] == 2
     assert all(point in ({"train.lr": 0.3, "train.epochs": 1}, {"train.lr": 0.01, "train.epochs": 2})
                for point in selection["chosen"].values())
     result = runner.invoke(app, ["benchmark", "--models", config, "--datasets", "synthme", "--root", str(synth_root),

@@ -11,7 +11,7 @@ from merkit.errors import ConfigError
 from merkit.eval.metrics import evaluate_run
 from merkit.train import tune
 from merkit.train.loso import run_loso
-from merkit.train.tune import apply_point, expand_grid, inner_splits, run_nested
+from merkit.train.tune import apply_point, choose_point, expand_grid, inner_splits, repeat_seed, run_nested
 
 LOGREG = {"model": {"name": "logreg", "image_size": 16}, "train": {"epochs": 3, "batch_size": 8, "lr": 0.01}}
 GRID = {"train.lr": [0.3, 0.01], "train.epochs": [1, 3]}
@@ -79,6 +79,70 @@ def test_inner_splits_are_subject_grouped(synth_samples):
         inner_splits(synth_samples[:5], "loso", 0, seed=0)
 
 
+def _fake_fits(monkeypatch, classes):
+    """Replace every inner fit by a rule: sample ``i`` is predicted class ``(i + s) % C``, ``s``
+    the repeat's seed (a fit's seed is ``repeat seed * 100 + inner fold``)."""
+
+    def fake(config, classes_, views, labels, fit_index, predict_index, seed):
+        predicted = (np.asarray(predict_index) + seed // 100) % len(classes)
+        return [], np.eye(len(classes))[predicted], "cpu"
+
+    monkeypatch.setattr(tune, "_train_and_predict", fake)
+
+
+def test_repeated_inner_scores_are_the_mean_of_their_repeats(synth_samples, monkeypatch):
+    """A point's inner UF1 with r repeats is the mean of r pooled inner UF1s (sklearn's macro F1
+    over the classes present), each repeat with its own seed (repeat 0: the plain choice's);
+    a composite's records also hold each source dataset's inner UF1."""
+    import torch
+    from sklearn.metrics import f1_score
+
+    classes = list(get_protocol("casme2-5").classes)
+    _fake_fits(monkeypatch, classes)
+    # two source datasets: sub03 and sub04 relabelled as coming from another one
+    samples = [replace(s, dataset="other") if s.subject in ("sub03", "sub04") else s for s in synth_samples]
+    labels = torch.tensor([s.label for s in samples])
+    config = config_from_dict(LOGREG)
+    points = expand_grid({"train.lr": [0.3, 0.01]})
+    choice = choose_point(samples, [{}, {}], labels, config, points, classes, inner="kfold", inner_folds=2,
+                          inner_repeats=3, seed=7)
+    seeds = [repeat_seed(7, r) for r in range(3)]
+    assert seeds[0] == 7 and len(set(seeds)) == 3
+    truth = labels.numpy()
+    present = sorted(set(truth))
+    expected = [f1_score(truth, (np.arange(len(samples)) + s) % len(classes), average="macro", labels=present)
+                for s in seeds]
+    score = choice.scores[0]
+    np.testing.assert_allclose(score["uf1_repeats"], expected)
+    assert score["uf1"] == pytest.approx(np.mean(expected))
+    source = np.array([s.dataset for s in samples]) == "other"
+    expected_other = np.mean([f1_score(truth[source], ((np.arange(len(samples)) + s) % len(classes))[source],
+                                       average="macro", labels=sorted(set(truth[source]))) for s in seeds])
+    assert set(score["dataset_uf1"]) == {"other", "synthme"}
+    assert score["dataset_uf1"]["other"] == pytest.approx(expected_other)
+    # one repeat is the plain choice: no per-repeat list, the first repeat's score
+    single = choose_point(samples, [{}, {}], labels, config, points, classes, inner="kfold", inner_folds=2, seed=7)
+    assert single.scores[0]["uf1"] == pytest.approx(expected[0]) and "uf1_repeats" not in single.scores[0]
+    with pytest.raises(ConfigError, match="inner_repeats"):
+        choose_point(samples, [{}, {}], labels, config, points, classes, inner_repeats=0)
+
+
+def test_inner_repeats_reach_the_choice_and_the_run_records(synth_samples, tmp_path):
+    protocol = get_protocol("casme2-5")
+    grid = {"train.lr": [0.3, 0.01]}
+    metrics = run_nested(synth_samples, protocol, config_from_dict(LOGREG), grid, tmp_path / "run", inner="kfold",
+                         inner_folds=2, inner_repeats=2, selection_groups=2)
+    selection = metrics["selection"]
+    assert selection["inner"] == {"scheme": "kfold", "folds": 2, "repeats": 2}
+    assert "repeated 2 times" in selection["description"] and "mean over 2 inner repeats" in selection["score"]
+    assert all(len(score["uf1_repeats"]) == 2 for group in selection["groups"] for score in group["scores"])
+    import yaml
+
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded["tune"]["inner_repeats"] == 2
+    assert "inner_repeats" not in tune.tuning_settings(grid, "kfold", 2, 2)  # one repeat: old runs resume
+
+
 def test_one_point_grid_is_plain_loso(synth_samples, tmp_path):
     protocol = get_protocol("casme2-5")
     config = config_from_dict(LOGREG)
@@ -109,7 +173,7 @@ def test_nested_run_records_grid_scheme_and_choices(synth_samples, tmp_path):
                          inner_folds=2)
     selection = metrics["selection"]
     assert selection["policy"] == "nested" and selection["grid"] == GRID
-    assert selection["inner"] == {"scheme": "kfold", "folds": 2} and "nested" in selection["description"]
+    assert selection["inner"] == {"scheme": "kfold", "folds": 2, "repeats": 1} and "nested" in selection["description"]
     assert sorted(selection["chosen"]) == ["sub01", "sub02", "sub03", "sub04"]
     assert all(point in expand_grid(GRID) for point in selection["chosen"].values())
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -22,7 +22,12 @@ trained per outer LOSO fold as usual. A test subject never influences its own ch
 costs ``g`` choices instead of one per outer fold (68 on the MEGC2019 composite).
 
 Score of a grid point: UF1 of the inner predictions pooled over its inner folds (the MEGC
-convention), ties broken by pooled UAR, then by grid order. Inside every fit the model after the
+convention), ties broken by pooled UAR, then by grid order. With ``inner_repeats = r > 1`` the
+inner scheme runs ``r`` times, each repeat with its own subject shuffle (``kfold``) and its own
+fit seeds, and a point scores the mean of its repeats' pooled UF1 (and UAR): on a few dozen
+subjects one inner split and one seed per fit decide between close points by chance
+(:func:`repeat_seed`). Each point's record also keeps every repeat's UF1 and, for a composite,
+the pooled inner UF1 of each source dataset (mean over the repeats), which the choice does not use. Inside every fit the model after the
 last epoch is used (``selection: last``; put ``train.epochs`` in the grid to choose the budget).
 
 A grid maps dotted config keys to candidate values, e.g. ``{"train.lr": [1e-3, 1e-4],
@@ -250,9 +255,17 @@ def _train_and_predict(config: RunConfig, classes: Sequence[str], views: Views, 
     return models, predict_members(models, subset(views, predict_index), config.train.augment.test_hflip), histories[0].device
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of inner repeat ``repeat`` of a choice seeded ``seed``: repeat 0 is ``seed`` itself
+    (one repeat is the plain inner scheme), later repeats are drawn from ``(seed, repeat)``."""
+    if repeat == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0])
+
+
 def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torch.Tensor, config: RunConfig,
                  points: Sequence[Mapping[str, Any]], classes: Sequence[str], *, inner: InnerScheme = "kfold",
-                 inner_folds: int = 3, seed: int = 0) -> Choice:
+                 inner_folds: int = 3, inner_repeats: int = 1, seed: int = 0) -> Choice:
     """Score every grid point by inner cross-validation on ``samples`` and pick the best.
 
     Args:
@@ -263,51 +276,78 @@ def choose_point(samples: Sequence[Sample], views: Sequence[Views], labels: torc
         config: the base config; each point is applied to it (:func:`apply_point`).
         points: the grid points (:func:`expand_grid`).
         classes: the protocol's classes.
-        inner, inner_folds: the inner scheme (module doc).
-        seed: seeds the inner splits and every inner fit.
+        inner, inner_folds, inner_repeats: the inner scheme, run ``inner_repeats`` times (module doc).
+        seed: seeds the inner splits and every inner fit (repeat ``r``: :func:`repeat_seed`).
 
     Returns:
-        The chosen point with every point's inner UF1 and UAR.
+        The chosen point with every point's inner UF1 and UAR (means over the repeats), each
+        repeat's UF1 (``uf1_repeats``) and, when the samples come from several datasets, each
+        dataset's pooled inner UF1 (``dataset_uf1``, mean over the repeats).
     """
-    splits = inner_splits(samples, inner, inner_folds, seed)
+    if inner_repeats < 1:
+        raise ConfigError(f"inner_repeats must be at least 1, got {inner_repeats}")
+    seeds = [repeat_seed(seed, r) for r in range(inner_repeats)]
+    repeats = [(s, inner_splits(samples, inner, inner_folds, s)) for s in seeds]
     truth = labels.numpy()
+    datasets = np.array([s.dataset for s in samples])
+    sources = sorted(set(datasets)) if len(set(datasets)) > 1 else []
     scores = []
     if len(views) != len(points):
         raise ValueError(f"choose_point: {len(views)} view sets for {len(points)} grid points")
     for point, point_views in zip(points, views):
         point_config = apply_point(config, point)
-        predicted = np.empty(len(samples), dtype=np.int64)
-        for k, (fit_index, validation_index) in enumerate(splits):
-            _, probabilities, _ = _train_and_predict(point_config, classes, point_views, labels, fit_index,
-                                                  validation_index, seed=seed * 100 + k)
-            predicted[validation_index] = probabilities.argmax(1)
-        scores.append({"point": dict(point), "uf1": unweighted_f1(truth, predicted, list(classes)),
-                       "uar": unweighted_average_recall(truth, predicted, list(classes))})
-        log.info("grid point %d/%d %s: inner UF1 %.4f, UAR %.4f (%d samples)", len(scores), len(points), dict(point),
-                 scores[-1]["uf1"], scores[-1]["uar"], len(samples))
+        uf1s, uars, by_source = [], [], {name: [] for name in sources}
+        for repeat_seed_value, splits in repeats:
+            predicted = np.empty(len(samples), dtype=np.int64)
+            for k, (fit_index, validation_index) in enumerate(splits):
+                _, probabilities, _ = _train_and_predict(point_config, classes, point_views, labels, fit_index,
+                                                      validation_index, seed=repeat_seed_value * 100 + k)
+                predicted[validation_index] = probabilities.argmax(1)
+            uf1s.append(unweighted_f1(truth, predicted, list(classes)))
+            uars.append(unweighted_average_recall(truth, predicted, list(classes)))
+            for name in sources:
+                mask = datasets == name
+                by_source[name].append(unweighted_f1(truth[mask], predicted[mask], list(classes)))
+        score = {"point": dict(point), "uf1": float(np.mean(uf1s)), "uar": float(np.mean(uars))}
+        if inner_repeats > 1:
+            score["uf1_repeats"] = uf1s
+        if sources:
+            score["dataset_uf1"] = {name: float(np.mean(values)) for name, values in by_source.items()}
+        scores.append(score)
+        log.info("grid point %d/%d %s: inner UF1 %.4f, UAR %.4f (%d samples%s)%s", len(scores), len(points),
+                 dict(point), score["uf1"], score["uar"], len(samples),
+                 f", mean of {inner_repeats} repeats" if inner_repeats > 1 else "",
+                 "".join(f", {name} {value:.3f}" for name, value in score.get("dataset_uf1", {}).items()))
     best = max(range(len(points)), key=lambda i: (scores[i]["uf1"], scores[i]["uar"], -i))
     return Choice(best, dict(points[best]), scores)
 
 
 def tuning_settings(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int,
-                    groups: int | None = None) -> dict[str, Any]:
+                    groups: int | None = None, inner_repeats: int = 1) -> dict[str, Any]:
     """The tuning settings a nested run's results depend on (its ``config.yaml`` ``tune`` section,
-    part of the run's and a benchmark's fingerprint)."""
+    part of the run's and a benchmark's fingerprint; one inner repeat is left out, so that runs
+    made before repeats existed are resumed)."""
     tuning = {"grid": {k: list(v) for k, v in grid.items()}, "inner": inner, "inner_folds": inner_folds}
+    if inner_repeats != 1:
+        tuning["inner_repeats"] = inner_repeats
     if groups is not None:
         tuning["selection_groups"] = groups
     return tuning
 
 
 def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, inner_folds: int,
-                       groups: int | None = None) -> dict[str, Any]:
+                       groups: int | None = None, inner_repeats: int = 1) -> dict[str, Any]:
     """The ``selection`` entry of a nested run's ``metrics.json`` (without the chosen points)."""
     scheme = "inner LOSO" if inner == "loso" else f"inner subject-grouped {inner_folds}-fold cross-validation"
+    score = "pooled inner UF1 (ties: pooled inner UAR, then grid order)"
+    if inner_repeats > 1:
+        scheme += f" repeated {inner_repeats} times (new splits and fit seeds each time)"
+        score = f"mean over {inner_repeats} inner repeats of the pooled inner UF1 (ties: of the pooled UAR, then grid order)"
     description = {
         "policy": "nested",
         "grid": {k: list(v) for k, v in grid.items()},
-        "inner": {"scheme": inner, "folds": inner_folds if inner == "kfold" else None},
-        "score": "pooled inner UF1 (ties: pooled inner UAR, then grid order)",
+        "inner": {"scheme": inner, "folds": inner_folds if inner == "kfold" else None, "repeats": inner_repeats},
+        "score": score,
         "description": f"nested LOSO: for each outer test subject every grid point is scored by {scheme} over the "
                        "training subjects of that fold; the best point is retrained on all training subjects (model "
                        "after the last epoch) and evaluated once on the test subject, which never influences the choice",
@@ -332,6 +372,7 @@ def run_nested(
     *,
     inner: InnerScheme = "kfold",
     inner_folds: int = 3,
+    inner_repeats: int = 1,
     selection_groups: int | None = None,
     cache_dir: str | Path | None = None,
     workers: int = 1,
@@ -346,7 +387,7 @@ def run_nested(
         config: the base config (``selection.policy`` must be ``last``).
         grid: dotted config keys -> candidate values.
         run_dir: output folder; completed outer folds found there are reused.
-        inner, inner_folds: the inner scheme.
+        inner, inner_folds, inner_repeats: the inner scheme, run ``inner_repeats`` times (module doc).
         selection_groups: None (a choice per outer fold, on its training subjects), or the
             number ``g`` of selection groups (module doc): one choice per group, on the subjects
             of the other groups.
@@ -411,7 +452,9 @@ def run_nested(
         if choosers < (2 if inner == "loso" else inner_folds):
             raise ConfigError(f"{selection_groups} selection groups leave {choosers} subjects to choose a group's point, "
                               f"too few for inner {inner}" + (f" with {inner_folds} folds" if inner == "kfold" else ""))
-    tuning = tuning_settings(grid, inner, inner_folds, selection_groups)
+    if inner_repeats < 1:
+        raise ConfigError(f"inner_repeats must be at least 1, got {inner_repeats}")
+    tuning = tuning_settings(grid, inner, inner_folds, selection_groups, inner_repeats)
     settings = {"config": result_settings(config), **tuning}
     settings_sha1 = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     for finished in sorted((run_dir / "folds").glob("*/predictions.csv")):  # before config.yaml is rewritten
@@ -444,7 +487,7 @@ def run_nested(
              len(folds), len(points), len(views), inner, f", {selection_groups} selection groups" if selection_groups else "")
     fold_config = config.model_copy(update={"train": config.train.model_copy(update={"device": fold_device})})
     inputs = NestedInputs(kept, views, point_views, labels, classes, fold_config, points, inner, inner_folds,
-                          settings_sha1, Path(run_dir).absolute(), membership)
+                          inner_repeats, settings_sha1, Path(run_dir).absolute(), membership)
     if membership is not None:
         inputs.group_records = executor.map(_group_choice, list(range(selection_groups)), inputs)
     finished: list[int] = []
@@ -456,7 +499,7 @@ def run_nested(
 
     results = executor.map(_nested_fold, list(enumerate(folds)), inputs, on_done)
     write_predictions(pd.concat([table for table, _ in results], ignore_index=True), run_dir / "predictions.csv")
-    selection = nested_description(grid, inner, inner_folds, selection_groups) | {
+    selection = nested_description(grid, inner, inner_folds, selection_groups, inner_repeats) | {
         "chosen": {fold.name: choice["point"] for fold, (_, choice) in zip(folds, results)}}
     if inputs.group_records:
         selection["groups"] = [{k: record[k] for k in ("group", "subjects", "point", "scores")}
@@ -516,6 +559,7 @@ class NestedInputs:
     points: list[dict]
     inner: InnerScheme
     inner_folds: int
+    inner_repeats: int
     settings_sha1: str
     run_dir: Path
     membership: dict[str, int] | None = None
@@ -548,7 +592,8 @@ def _group_choice(group: int, inputs: NestedInputs) -> dict:
         log.info("selection group %d: reusing %s", group, path)
         return recorded
     choice = choose_point(choosers, inputs.views_of_points(chooser_index), labels[chooser_index], config, inputs.points,
-                          classes, inner=inputs.inner, inner_folds=inputs.inner_folds, seed=config.seed * 1000 + group)
+                          classes, inner=inputs.inner, inner_folds=inputs.inner_folds,
+                          inner_repeats=inputs.inner_repeats, seed=config.seed * 1000 + group)
     record = {"group": group, "subjects": members, "choosers": sorted({s.group for s in choosers}),
               "index": choice.index, "point": choice.point, "scores": choice.scores, "fingerprint": fingerprint}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -583,7 +628,8 @@ def _nested_fold(numbered_fold: tuple[int, Fold], inputs: NestedInputs) -> tuple
     seed = config.seed * 1000 + number  # the plain LOSO fold seed: a one-point grid gives run_loso's predictions
     if group_record is None:  # the choice sees the training subjects only
         choice = choose_point(train_samples, inputs.views_of_points(fold.train_index), labels[fold.train_index], config,
-                              points, classes, inner=inner, inner_folds=inner_folds, seed=seed)
+                              points, classes, inner=inner, inner_folds=inner_folds,
+                              inner_repeats=inputs.inner_repeats, seed=seed)
         record = {"index": choice.index, "point": choice.point, "scores": choice.scores}
     else:  # chosen by the other selection groups, all of them training subjects of this fold
         if fold.test_group in group_record["choosers"]:
