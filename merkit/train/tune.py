@@ -27,8 +27,9 @@ inner scheme runs ``r`` times, each repeat with its own subject shuffle (``kfold
 fit seeds, and a point scores the mean of its repeats' pooled UF1 (and UAR): on a few dozen
 subjects one inner split and one seed per fit decide between close points by chance
 (:func:`repeat_seed`). Each point's record also keeps every repeat's UF1 and, for a composite,
-the pooled inner UF1 of each source dataset (mean over the repeats), which the choice does not use. Inside every fit the model after the
-last epoch is used (``selection: last``; put ``train.epochs`` in the grid to choose the budget).
+the pooled inner UF1 of each source dataset (mean over the repeats), which the choice does not
+use. Inside every fit the model after the last epoch is used (``selection: last``; put
+``train.epochs`` in the grid to choose the budget).
 
 A grid maps dotted config keys to candidate values, e.g. ``{"train.lr": [1e-3, 1e-4],
 "model.dim": [32, 64]}``; its points are the Cartesian product in key order. Settings that only
@@ -342,7 +343,7 @@ def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, in
     score = "pooled inner UF1 (ties: pooled inner UAR, then grid order)"
     if inner_repeats > 1:
         scheme += f" repeated {inner_repeats} times (new splits and fit seeds each time)"
-        score = f"mean over {inner_repeats} inner repeats of the pooled inner UF1 (ties: of the pooled UAR, then grid order)"
+        score = f"mean over {inner_repeats} inner repeats of the pooled inner UF1 (ties: mean pooled inner UAR, then grid order)"
     description = {
         "policy": "nested",
         "grid": {k: list(v) for k, v in grid.items()},
