@@ -31,9 +31,14 @@ META = torch.device("meta")
 REFERENCE = Path(__file__).parent / "data" / "cpu_reference_predictions.csv"
 # predictions.csv of this config on the session's SynthME set were written by merkit before the
 # device change (first at commit b00cd01; re-written at cfea6aa, main just before the device branch
-# was merged, whose fused STSTNet pass and one thread per fold change the last bits): the CPU
-# path must reproduce them bit for bit. It exercises
-# augmentation (flip, shift), gradient clipping, val-split selection and Adam.
+# was merged, whose fused STSTNet pass and one thread per fold change the last bits), on an AVX2
+# CPU. On that kind of CPU the CPU path reproduces them bit for bit; on an AVX-512 one the vector
+# kernels (oneDNN, OpenCV's DIS flow) round differently, and three epochs with val-split selection
+# grow that to 2.2e-3 on a probability (measured 2026-12-02), so the file is matched to
+# REFERENCE_ATOL. Whether two ways of running folds agree bit for bit is checked against a run
+# made on the same machine (the local_reference fixture). It exercises augmentation (flip,
+# shift), gradient clipping, val-split selection and Adam.
+REFERENCE_ATOL = 5e-3
 REFERENCE_CONFIG = {
     "model": {"name": "ststnet", "image_size": 16, "stream_widths": [2, 3, 4]},
     "views": {"flow": "dis"},
@@ -48,14 +53,38 @@ def reference_run(samples, run_dir, cache_dir, **kwargs) -> dict:
                     cache_dir=cache_dir, **kwargs)
 
 
+def assert_matches_reference(predictions: Path) -> None:
+    """``predictions`` equal the stored reference: every column but the probabilities exactly,
+    the probabilities to REFERENCE_ATOL; a predicted class may differ only where the reference's
+    two most likely classes are closer than that (a near tie the rounding can turn)."""
+    got, expected = pd.read_csv(predictions), pd.read_csv(REFERENCE)
+    columns = [c for c in expected.columns if c.startswith("p_")]
+    assert list(got.columns) == list(expected.columns)
+    pd.testing.assert_frame_equal(got.drop(columns=columns + ["y_pred"]), expected.drop(columns=columns + ["y_pred"]))
+    np.testing.assert_allclose(got[columns].to_numpy(), expected[columns].to_numpy(), rtol=0, atol=REFERENCE_ATOL)
+    top_two = np.sort(expected[columns].to_numpy(), axis=1)[:, -2:]
+    turned = (got.y_pred != expected.y_pred).to_numpy()
+    assert np.all(top_two[turned, 1] - top_two[turned, 0] < 2 * REFERENCE_ATOL)
+
+
+@pytest.fixture(scope="module")
+def local_reference(synth_samples, tmp_path_factory) -> bytes:
+    """predictions.csv of the reference config run in this process on this machine."""
+    run = tmp_path_factory.mktemp("local-reference")
+    reference_run(synth_samples, run / "run", run / "cache")
+    return (run / "run" / "predictions.csv").read_bytes()
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
-def test_cpu_predictions_are_bit_identical_to_those_before_the_device_change(synth_samples, tmp_path, deterministic):
+def test_cpu_predictions_match_those_before_the_device_change(synth_samples, tmp_path, deterministic, local_reference):
     config = config_from_dict({**REFERENCE_CONFIG, "train": {**REFERENCE_CONFIG["train"], "deterministic": deterministic}})
     try:
         metrics = run_loso(synth_samples, get_protocol("casme2-5"), config, tmp_path / "run", cache_dir=tmp_path / "cache")
     finally:
         torch.use_deterministic_algorithms(False)  # process-wide: leave the other tests as they were
-    assert (tmp_path / "run" / "predictions.csv").read_bytes() == REFERENCE.read_bytes()
+    assert_matches_reference(tmp_path / "run" / "predictions.csv")
+    # torch's determinism flags change nothing on the CPU: bit for bit the run made here without them
+    assert (tmp_path / "run" / "predictions.csv").read_bytes() == local_reference
     compute = metrics["compute"]
     assert compute["devices_used"] == ["cpu"] and compute["device"] == "auto" and compute["amp"] == "none"
     assert compute["executor"] == {"name": "local", "workers": 1, "start_method": "fork"}
@@ -66,10 +95,10 @@ def test_cpu_predictions_are_bit_identical_to_those_before_the_device_change(syn
         assert compute["determinism"]["cublas_workspace_config"] in (":4096:8", ":16:8")
 
 
-def test_folds_in_fresh_worker_processes_give_the_same_predictions(synth_samples, tmp_path):
+def test_folds_in_fresh_worker_processes_give_the_same_predictions(synth_samples, tmp_path, local_reference):
     """The start method used for folds on a GPU (CUDA cannot be used in a forked child)."""
     reference_run(synth_samples, tmp_path / "run", tmp_path / "cache", executor=LocalExecutor(2, start_method="spawn"))
-    assert (tmp_path / "run" / "predictions.csv").read_bytes() == REFERENCE.read_bytes()
+    assert (tmp_path / "run" / "predictions.csv").read_bytes() == local_reference
 
 
 def test_a_fold_without_views_reads_them_from_the_cache_and_builds_the_missing_ones(synth_samples, tmp_path):

@@ -215,8 +215,11 @@ def test_dropout_multipliers_keep_each_element_with_probability_one_minus_p():
 
 
 def test_fused_training_gives_the_same_weights_on_one_or_two_threads():
-    """Worker processes train on one thread, an in-process fold on all of torch's: the fused pass
-    rounds the same on both (its reductions do not split across threads)."""
+    """The fused pass does not split its own reductions across threads: one or two threads give
+    the same weights, bit for bit on an AVX2 CPU; on an AVX-512 one oneDNN's weight-gradient
+    kernel splits by thread count (1.5e-8 on a weight after three steps, measured 2026-12-02), so
+    the check allows float rounding. Folds train on one thread either way
+    (``merkit.train.loso.one_thread``), so a run does not depend on it."""
     import merkit.models.ststnet as ststnet
 
     flow, target = torch.randn(40, 3, 28, 28), torch.arange(40) % 3
@@ -236,4 +239,4 @@ def test_fused_training_gives_the_same_weights_on_one_or_two_threads():
         results.append(model.state_dict())
     assert ststnet.FUSED_CHUNK < 40  # several chunks
     for name, value in results[0].items():
-        assert torch.equal(value, results[1][name]), name
+        torch.testing.assert_close(value, results[1][name], rtol=1e-6, atol=1e-7, msg=name)
