@@ -123,8 +123,8 @@ def _fingerprint(config, samples) -> str:
 
 
 def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, epochs: int | None,
-             grid: Mapping[str, Sequence[Any]] | None, inner: str, inner_folds: int, selection_groups: int | None,
-             inner_repeats: int,
+             grid: Mapping[str, Sequence[Any]] | None, inner: str, inner_folds: int, inner_repeats: int,
+             selection_groups: int | None,
              cache_dir: str | Path | None, workers: int, fold_workers: int,
              on_fold: Callable[[int, int, str], None] | None, executor: Executor | None = None,
              compute: Mapping[str, Any] | None = None) -> tuple[dict, float | None]:
@@ -172,8 +172,9 @@ def _run_one(spec: RunSpec, *, root: str | Path | None, protocol: str | None, ep
         from merkit.train.tune import run_nested
 
         metrics = run_nested(run.samples, run.protocol, run.config, grid, spec.run_dir, inner=inner,
-                             inner_folds=inner_folds, inner_repeats=inner_repeats, selection_groups=selection_groups, cache_dir=cache_dir,
-                             workers=workers, fold_workers=fold_workers, executor=executor, on_fold=fold_done)
+                             inner_folds=inner_folds, inner_repeats=inner_repeats, selection_groups=selection_groups,
+                             cache_dir=cache_dir, workers=workers, fold_workers=fold_workers, executor=executor,
+                             on_fold=fold_done)
     else:
         from merkit.train.loso import run_loso
 
@@ -442,8 +443,8 @@ def run_benchmark(
             on_run(number + 1, len(specs), spec)
         metrics, wall = _run_one(spec, root=roots.get(spec.dataset), protocol=protocol, epochs=epochs, grid=grid,
                                  inner=inner, inner_folds=inner_folds, inner_repeats=inner_repeats,
-                                 selection_groups=selection_groups, cache_dir=cache_dir, workers=workers, fold_workers=fold_workers, on_fold=on_fold,
-                                 executor=executor,
+                                 selection_groups=selection_groups, cache_dir=cache_dir, workers=workers,
+                                 fold_workers=fold_workers, on_fold=on_fold, executor=executor,
                                  compute={"device": device, "amp": amp, "deterministic": deterministic})
         results.append((spec.dataset, entry_label(spec.entry), metrics, wall))
         runs[str(spec.run_dir)] = metrics
