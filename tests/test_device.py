@@ -56,7 +56,7 @@ def reference_run(samples, run_dir, cache_dir, **kwargs) -> dict:
 def assert_matches_reference(predictions: Path) -> None:
     """``predictions`` equal the stored reference: every column but the probabilities exactly,
     the probabilities to REFERENCE_ATOL; a predicted class may differ only where the reference's
-    two most likely classes are closer than that (a near tie the rounding can turn)."""
+    two most likely classes are closer than twice that (a near tie the rounding can turn)."""
     got, expected = pd.read_csv(predictions), pd.read_csv(REFERENCE)
     columns = [c for c in expected.columns if c.startswith("p_")]
     assert list(got.columns) == list(expected.columns)
