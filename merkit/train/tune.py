@@ -343,7 +343,8 @@ def nested_description(grid: Mapping[str, Sequence[Any]], inner: InnerScheme, in
     score = "pooled inner UF1 (ties: pooled inner UAR, then grid order)"
     if inner_repeats > 1:
         scheme += f" repeated {inner_repeats} times (new splits and fit seeds each time)"
-        score = f"mean over {inner_repeats} inner repeats of the pooled inner UF1 (ties: mean pooled inner UAR, then grid order)"
+        score = (f"mean over {inner_repeats} inner repeats of the pooled inner UF1 (ties: mean pooled inner UAR, "
+                 "then grid order)")
     description = {
         "policy": "nested",
         "grid": {k: list(v) for k, v in grid.items()},
